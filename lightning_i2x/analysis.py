@@ -1,0 +1,174 @@
+"""The I2X analysis, Steps 3-6 of the method, as pure NumPy functions.
+
+Nothing here knows about Lightning, torch or files: arrays in, arrays out, so every step can be
+tested against planted ground truth. ``explain`` strings the steps together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import HDBSCAN
+
+__all__ = [
+    "prototype_counts",
+    "prototype_intensity",
+    "interval_deltas",
+    "ridge",
+    "learning_groups",
+    "default_min_cluster_size",
+    "salient_presence",
+    "interval_thresholds",
+    "pair_flips",
+]
+
+
+def _as_assignment(assignment: np.ndarray, num_prototypes: int) -> np.ndarray:
+    a = np.asarray(assignment)
+    if a.ndim != 2:
+        raise ValueError(f"assignment must be (N, L) prototype ids, got shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= num_prototypes):
+        raise ValueError(f"assignment ids must lie in [0, {num_prototypes}), got [{a.min()}, {a.max()}]")
+    return a.astype(np.int64, copy=False)
+
+
+def prototype_counts(assignment: np.ndarray, num_prototypes: int) -> np.ndarray:
+    """(N, K) number of locations of sample i assigned to prototype k."""
+    a = _as_assignment(assignment, num_prototypes)
+    n = a.shape[0]
+    flat = (np.arange(n)[:, None] * num_prototypes + a).ravel()
+    return np.bincount(flat, minlength=n * num_prototypes).reshape(n, num_prototypes)
+
+
+def prototype_intensity(cams: np.ndarray, assignment: np.ndarray, num_prototypes: int) -> np.ndarray:
+    """Step 3: mean saliency over the locations of each sample assigned to each prototype.
+
+    cams: (..., N, L) saliency per location (any leading axes, e.g. checkpoints).
+    assignment: (N, L) prototype id of every location, fixed across checkpoints.
+    Returns (..., N, K), NaN where prototype k is absent from sample i. Non-finite saliency
+    values count as 0 (no evidence).
+    """
+    a = _as_assignment(assignment, num_prototypes)
+    cams = np.asarray(cams, dtype=np.float64)
+    n, length = a.shape
+    if cams.shape[-2:] != (n, length):
+        raise ValueError(f"cams end in shape {cams.shape[-2:]}, assignment is {(n, length)}")
+    lead = cams.shape[:-2]
+    flat_cams = np.nan_to_num(cams.reshape(-1, n * length), nan=0.0, posinf=0.0, neginf=0.0)
+    flat = (np.arange(n)[:, None] * num_prototypes + a).ravel()
+    counts = np.bincount(flat, minlength=n * num_prototypes).astype(np.float64)
+    out = np.empty((flat_cams.shape[0], n * num_prototypes))
+    for t, row in enumerate(flat_cams):
+        out[t] = np.bincount(flat, weights=row, minlength=n * num_prototypes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out /= counts
+    out[:, counts == 0] = np.nan
+    return out.reshape(*lead, n, num_prototypes)
+
+
+def interval_deltas(intensities: np.ndarray, confidences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """dP[t] = P[t+1] - P[t] and dY[t] = Y[t+1] - Y[t]; an absent prototype's change is 0."""
+    p = np.asarray(intensities, dtype=np.float64)
+    y = np.asarray(confidences, dtype=np.float64)
+    if p.ndim != 3 or y.ndim != 3 or p.shape[:2] != y.shape[:2]:
+        raise ValueError(f"intensities (T, N, K) and confidences (T, N, M) must agree, got {p.shape}, {y.shape}")
+    dp = np.nan_to_num(np.diff(p, axis=0), nan=0.0, posinf=0.0, neginf=0.0)
+    dy = np.nan_to_num(np.diff(y, axis=0), nan=0.0, posinf=0.0, neginf=0.0)
+    return dp, dy
+
+
+def ridge(dp: np.ndarray, dy: np.ndarray, lam: float = 1.0, center: bool = True) -> np.ndarray:
+    """Step 5, closed form: beta = (dP^T dP + lam I)^-1 dP^T dY, a (K, M) matrix.
+
+    Columns are centred (not scaled) when ``center``; lam = 0 falls back to least squares.
+    """
+    x = np.asarray(dp, dtype=np.float64)
+    y = np.asarray(dy, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"ridge needs dP (N, K) and dY (N, M) with the same N, got {x.shape}, {y.shape}")
+    if lam < 0 or not np.isfinite(lam):
+        raise ValueError(f"ridge lambda must be a finite number >= 0, got {lam}")
+    if x.shape[0] == 0:
+        return np.zeros((x.shape[1], y.shape[1]))
+    if center:
+        x = x - x.mean(axis=0)
+        y = y - y.mean(axis=0)
+    gram = x.T @ x + lam * np.eye(x.shape[1])
+    if lam > 0:
+        return np.linalg.solve(gram, x.T @ y)
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+def default_min_cluster_size(n: int) -> int:
+    """The method's default HDBSCAN ``min_cluster_size``: max(5, N // 50)."""
+    return max(5, n // 50)
+
+
+def learning_groups(dy_t: np.ndarray, min_cluster_size: int | None = None) -> np.ndarray:
+    """Step 4: HDBSCAN over one interval's confidence changes; (N,) labels, -1 for noise."""
+    dy_t = np.asarray(dy_t, dtype=np.float64)
+    n = dy_t.shape[0]
+    mcs = default_min_cluster_size(n) if min_cluster_size is None else int(min_cluster_size)
+    if mcs < 2:
+        raise ValueError(f"min_cluster_size must be >= 2, got {mcs}")
+    labels = np.full(n, -1, dtype=np.int64)
+    finite = np.all(np.isfinite(dy_t), axis=1)
+    if finite.sum() < max(mcs, 2):
+        return labels
+    labels[finite] = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(dy_t[finite])
+    return labels
+
+
+def salient_presence(cam: np.ndarray, assignment: np.ndarray, num_prototypes: int, threshold: float = 0.5) -> np.ndarray:
+    """(N, K) bool: prototype k holds at least one location of sample i whose min-max normalised
+    saliency is >= threshold (the method's "present in the salient region")."""
+    a = _as_assignment(assignment, num_prototypes)
+    s = np.nan_to_num(np.asarray(cam, dtype=np.float64).reshape(a.shape), nan=0.0, posinf=0.0, neginf=0.0)
+    lo = s.min(axis=1, keepdims=True)
+    s = (s - lo) / (1e-7 + (s - lo).max(axis=1, keepdims=True))
+    n = a.shape[0]
+    flat = (np.arange(n)[:, None] * num_prototypes + a).ravel()
+    hits = np.bincount(flat, weights=(s >= threshold).ravel().astype(np.float64), minlength=n * num_prototypes)
+    return hits.reshape(n, num_prototypes) > 0
+
+
+def interval_thresholds(beta: np.ndarray, tau: float | str = "auto", tau_scale: float = 1.0) -> np.ndarray:
+    """The significance threshold of each interval, (T-1,).
+
+    ``tau="auto"``: tau_scale x the standard deviation of that interval's coefficients, so the
+    threshold follows the scale of beta (which depends on the model and the interval length).
+    A number: the same absolute threshold for every interval.
+    """
+    beta = np.asarray(beta, dtype=np.float64)
+    if isinstance(tau, str):
+        if tau != "auto":
+            raise ValueError(f"tau must be 'auto' or a number >= 0, got {tau!r}")
+        if beta.shape[0] == 0:
+            return np.zeros(0)
+        return tau_scale * beta.reshape(beta.shape[0], -1).std(axis=1)
+    if not np.isfinite(tau) or tau < 0:
+        raise ValueError(f"tau must be 'auto' or a number >= 0, got {tau!r}")
+    return np.full(beta.shape[0], float(tau))
+
+
+def pair_flips(beta: np.ndarray, thresholds: np.ndarray, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the class pair (a, b), per prototype: the number of sign flips of
+    beta[t][k, a] - beta[t][k, b] across the intervals where its magnitude exceeds the threshold,
+    the mean magnitude over those intervals, and the interval of the last flip (-1 if none).
+    Returns three (K,) arrays.
+    """
+    s = beta[:, :, a] - beta[:, :, b]  # (T-1, K)
+    significant = np.abs(s) > thresholds[:, None]
+    sign = np.where(significant, np.sign(s), 0.0)
+    num_k = s.shape[1]
+    flips = np.zeros(num_k, dtype=np.int64)
+    last_flip = np.full(num_k, -1, dtype=np.int64)
+    prev = np.zeros(num_k)
+    for t in range(s.shape[0]):
+        changed = (sign[t] != 0) & (prev != 0) & (sign[t] != prev)
+        flips += changed
+        last_flip[changed] = t
+        prev = np.where(sign[t] != 0, sign[t], prev)
+    hits = significant.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        magnitude = np.where(hits > 0, (np.abs(s) * significant).sum(axis=0) / np.maximum(hits, 1), 0.0)
+    return flips, magnitude, last_flip

@@ -1,0 +1,178 @@
+"""Step 2: one pass over the probe set gives activations, CAM maps and confidences.
+
+The native "gradcam" path hooks the target layer, runs one forward, and takes
+``torch.autograd.grad`` of the target scores with respect to that layer's output only: no
+parameter ``.grad`` is touched, the backward stops at the target layer, and everything stays on the
+model's device. Every other CAM method runs through pytorch-grad-cam, wrapped so that its side
+effects (``model.eval()``, hooks, zeroed ``.grad``) are undone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import pytorch_grad_cam as pgc
+import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from .guards import preserved_training_state
+
+__all__ = ["CAM_METHODS", "ProbeBatch", "probe_batches", "native_gradcam", "library_cam_class"]
+
+CAM_METHODS: dict[str, type] = {
+    "gradcam": pgc.GradCAM,
+    "hirescam": pgc.HiResCAM,
+    "gradcam++": pgc.GradCAMPlusPlus,
+    "xgradcam": pgc.XGradCAM,
+    "eigencam": pgc.EigenCAM,
+    "eigengradcam": pgc.EigenGradCAM,
+    "layercam": pgc.LayerCAM,
+    "scorecam": pgc.ScoreCAM,
+    "ablationcam": pgc.AblationCAM,
+    "fullgrad": pgc.FullGrad,
+    "gradcamelementwise": pgc.GradCAMElementWise,
+    "kpcacam": pgc.KPCA_CAM,
+}
+
+ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def default_forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model(images)
+
+
+@dataclass
+class ProbeBatch:
+    """What one probe batch yields, all on the model's device: activations (B, d, h, w) in the
+    layer's dtype, CAM maps (B, h, w) and softmax confidences (B, M) in float32."""
+
+    activations: torch.Tensor
+    cams: torch.Tensor
+    confidences: torch.Tensor
+
+
+def normalise_maps(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max per map, pytorch-grad-cam's convention: (x - min) / (1e-7 + max(x - min))."""
+    flat = cam.flatten(1)
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    flat = flat / (1e-7 + flat.max(dim=1, keepdim=True).values)
+    return flat.view_as(cam)
+
+
+@contextlib.contextmanager
+def _grad_enabled_full_precision(device: torch.device):
+    """Autograd on, outside inference mode, autocast off: the CAM maps are computed in float32
+    whether validation runs under no_grad, inference_mode or mixed precision."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _model_input(images: torch.Tensor, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """A fresh (non-inference) tensor on the model's device in its floating dtype."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return images.to(device=device, dtype=dtype).clone()
+
+
+def native_gradcam(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    *,
+    reshape_transform: Callable | None = None,
+    forward_fn: ForwardFn = default_forward,
+    normalise: bool = True,
+) -> ProbeBatch:
+    """GradCAM at feature resolution for one batch; ``targets`` None = the predicted class."""
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with _grad_enabled_full_precision(device):
+            x = _model_input(images, model, device).requires_grad_(True)
+            logits = forward_fn(model, x)
+            if not captured:
+                raise RuntimeError("the target layer did not run in the model's forward")
+            out = captured[-1]
+            logits = logits.float()
+            target = logits.argmax(dim=1) if targets is None else targets.to(device)
+            score = logits.gather(1, target.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(score, out)
+    finally:
+        handle.remove()
+    acts = out.detach()
+    if reshape_transform is not None:
+        acts, grad = reshape_transform(acts), reshape_transform(grad)
+    dtype = torch.promote_types(acts.dtype, torch.float32)  # half and bfloat16 maps in float32
+    a32, g32 = acts.to(dtype), grad.to(dtype)
+    cam = torch.relu((g32.mean(dim=(2, 3))[:, :, None, None] * a32).sum(dim=1))
+    if normalise:
+        cam = normalise_maps(cam)
+    return ProbeBatch(acts, cam, torch.softmax(logits.detach(), dim=1))
+
+
+def library_cam_class(name: str) -> type:
+    """The pytorch-grad-cam class for ``name``, made to return maps at feature resolution."""
+    base = CAM_METHODS[name]
+
+    class FeatureResolution(base):
+        def get_target_width_height(self, input_tensor):
+            acts = self.activations_and_grads.activations
+            if acts:
+                return acts[0].shape[-1], acts[0].shape[-2]
+            return super().get_target_width_height(input_tensor)
+
+    FeatureResolution.__name__ = f"{base.__name__}AtFeatureResolution"
+    return FeatureResolution
+
+
+def library_cam(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    *,
+    method: str,
+    reshape_transform: Callable | None = None,
+) -> ProbeBatch:
+    """Any pytorch-grad-cam method for one batch, its side effects on the model undone."""
+    device = next(model.parameters()).device
+    with preserved_training_state(model), _grad_enabled_full_precision(device):
+        cam = library_cam_class(method)(model=model, target_layers=[layer], reshape_transform=reshape_transform)
+        try:
+            x = _model_input(images, model, device)
+            cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+            maps = cam(input_tensor=x, targets=cam_targets)
+            logits = cam.outputs.detach().float()
+            acts = cam.activations_and_grads.activations[0].to(device)
+        finally:
+            cam.activations_and_grads.release()
+    return ProbeBatch(acts, torch.as_tensor(maps, device=device, dtype=torch.float32), torch.softmax(logits, dim=1))
+
+
+def probe_batches(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    cam: str = "gradcam",
+    cam_target: str = "label",
+    batch_size: int = 256,
+    reshape_transform: Callable | None = None,
+    forward_fn: ForwardFn | None = None,
+    normalise: bool = True,
+) -> Iterator[ProbeBatch]:
+    """Stream the probe set through the model in batches (memory bounded by the batch size)."""
+    forward_fn = forward_fn or default_forward
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        targets = labels[start : start + batch_size] if cam_target == "label" else None
+        if cam == "gradcam":
+            yield native_gradcam(model, layer, x, targets, reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=normalise)
+        else:
+            if forward_fn is not default_forward:
+                raise ValueError("forward_fn is only supported with cam='gradcam' (pytorch-grad-cam calls model(x))")
+            yield library_cam(model, layer, x, targets, method=cam, reshape_transform=reshape_transform)

@@ -1,0 +1,301 @@
+"""The run directory: what the callback records at every checkpoint, and ``I2XRun`` to read it.
+
+Format (version 1; everything NumPy ``.npz`` without pickles, or JSON):
+
+    <run_dir>/manifest.json            format name and version, classes, shapes, config,
+                                       fingerprint, the list of checkpoints, the current
+                                       prototypes file, recorded errors
+    <run_dir>/probe.npz                labels (N,) int64; images (N, C, H, W) float16 if stored
+    <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
+    <run_dir>/prototypes/proto-00000.npz   projection (p, d), bias (p,), centroids (K, p),
+                                       assignment (N, h, w) int32 (from the reference model)
+
+Every file is written atomically and the manifest last, so a reader always finds a consistent
+prefix of the checkpoints: a file the manifest does not list is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import analysis, atomic
+from .explanation import Explanation, explain
+from .prototypes import Prototypes
+
+__all__ = ["I2XRun", "I2XRunError", "FORMAT_NAME", "FORMAT_VERSION"]
+
+FORMAT_NAME = "lightning-i2x-run"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class I2XRunError(ValueError):
+    """A run directory that is missing, of another format, or damaged."""
+
+
+def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in keys}
+    except FileNotFoundError:
+        raise I2XRunError(f"{path} is listed in the run's manifest but missing") from None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+        raise I2XRunError(f"{path} is damaged or not an I2X run file ({type(e).__name__}: {e})") from None
+
+
+class I2XRun:
+    """A recorded I2X run: read with ``I2XRun.load(path)``, no Trainer and no model needed.
+
+    The callback appends to the same object while training (``callback.run``).
+    """
+
+    def __init__(self, path: Path, manifest: dict, labels: np.ndarray, images: np.ndarray | None):
+        self.path = Path(path)
+        self._manifest = manifest
+        self.labels = labels
+        self.images = images
+        self._cams: list[np.ndarray] = []
+        self._confidences: list[np.ndarray] = []
+        self._prototypes: Prototypes | None = None
+        self._assignment: np.ndarray | None = None
+        self._groups: dict[tuple[int, int | None], np.ndarray] = {}
+
+    # -- creation and loading -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        feature_shape: tuple[int, int],
+        num_prototypes: int,
+        config: dict[str, Any] | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        images: np.ndarray | None = None,
+    ) -> "I2XRun":
+        """Start a new run directory (refuses one that already holds a run)."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise I2XRunError(f"{path} already holds an I2X run; choose another run_dir or load it with I2XRun.load")
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (path / "prototypes").mkdir(exist_ok=True)
+        labels = np.asarray(labels, dtype=np.int64)
+        arrays = {"labels": labels}
+        if images is not None:
+            arrays["images"] = np.asarray(images, dtype=np.float16)
+        atomic.write_npz(path / "probe.npz", **arrays)
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "class_names": [str(c) for c in class_names],
+            "num_probe": int(labels.shape[0]),
+            "feature_shape": [int(s) for s in feature_shape],
+            "num_prototypes": int(num_prototypes),
+            "config": config or {},
+            "fingerprint": fingerprint or {},
+            "checkpoints": [],
+            "prototypes": None,
+            "errors": [],
+        }
+        atomic.write_json(path / MANIFEST, manifest)
+        return cls(path, manifest, labels, arrays.get("images"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "I2XRun":
+        """Read a run directory; raises ``I2XRunError`` with the reason when it is not readable."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise I2XRunError(f"{path} holds no I2X run (no {MANIFEST})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise I2XRunError(f"{path / MANIFEST} is damaged: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            raise I2XRunError(f"{path / MANIFEST} is not a {FORMAT_NAME} manifest")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise I2XRunError(
+                f"{path} is format version {manifest.get('version')}; this lightning-i2x reads version {FORMAT_VERSION}"
+            )
+        probe = np.load(path / "probe.npz", allow_pickle=False) if (path / "probe.npz").exists() else None
+        if probe is None:
+            raise I2XRunError(f"{path} has no probe.npz")
+        with probe:
+            labels = probe["labels"]
+            images = probe["images"] if "images" in probe.files else None
+        run = cls(path, manifest, labels, images)
+        n, m = run.num_probe, run.num_classes
+        h, w = manifest["feature_shape"]
+        for entry in manifest["checkpoints"]:
+            data = _load_npz(path / entry["file"], ("cams", "confidences"))
+            if data["cams"].shape != (n, h, w) or data["confidences"].shape != (n, m):
+                raise I2XRunError(f"{path / entry['file']} has shapes {data['cams'].shape}, {data['confidences'].shape}; expected {(n, h, w)}, {(n, m)}")
+            run._cams.append(data["cams"])
+            run._confidences.append(data["confidences"])
+        if manifest["prototypes"] is not None:
+            data = _load_npz(path / manifest["prototypes"]["file"], ("projection", "bias", "centroids", "inertia", "assignment"))
+            run._prototypes = Prototypes.from_arrays(data)
+            run._assignment = data["assignment"].astype(np.int64)
+            if run._assignment.shape != (n, h, w) or run._prototypes.num_prototypes != run.num_prototypes:
+                raise I2XRunError(f"{path / manifest['prototypes']['file']} does not match the run's shapes")
+        return run
+
+    # -- appending (used by the callback) -------------------------------------------------------
+    def append_checkpoint(self, cams: np.ndarray, confidences: np.ndarray, *, epoch: int, global_step: int) -> int:
+        """Store one checkpoint's maps and confidences; returns its index."""
+        n, m = self.num_probe, self.num_classes
+        h, w = self.feature_shape
+        cams16 = np.asarray(cams, dtype=np.float16).reshape(n, h, w)
+        conf = np.asarray(confidences, dtype=np.float32).reshape(n, m)
+        index = self.num_checkpoints
+        name = f"checkpoints/ckpt-{index:05d}.npz"
+        atomic.write_npz(self.path / name, cams=cams16, confidences=conf)
+        self._cams.append(cams16)
+        self._confidences.append(conf)
+        self._manifest["checkpoints"].append({"index": index, "epoch": int(epoch), "global_step": int(global_step), "file": name})
+        self._write_manifest()
+        return index
+
+    def set_prototypes(self, prototypes: Prototypes, assignment: np.ndarray, *, reference: int) -> None:
+        """Replace the prototypes and the (N, h, w) assignment fitted on checkpoint ``reference``."""
+        assignment = np.asarray(assignment).reshape(self.num_probe, *self.feature_shape)
+        old = self._manifest["prototypes"]
+        name = f"prototypes/proto-{reference:05d}.npz"
+        atomic.write_npz(self.path / name, assignment=assignment.astype(np.int32), **prototypes.to_arrays())
+        self._prototypes, self._assignment = prototypes, assignment.astype(np.int64)
+        self._manifest["prototypes"] = {"file": name, "reference": int(reference)}
+        self._write_manifest()
+        if old is not None and old["file"] != name:
+            (self.path / old["file"]).unlink(missing_ok=True)
+
+    def record_error(self, where: str, error: BaseException, *, epoch: int, global_step: int) -> None:
+        """Keep an explainer failure in the manifest so the run says what it missed."""
+        self._manifest["errors"].append(
+            {"where": where, "type": type(error).__name__, "message": str(error), "epoch": int(epoch), "global_step": int(global_step)}
+        )
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        atomic.write_json(self.path / MANIFEST, self._manifest)
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict:
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def num_checkpoints(self) -> int:
+        return len(self._cams)
+
+    @property
+    def num_prototypes(self) -> int:
+        return int(self._manifest["num_prototypes"])
+
+    @property
+    def num_probe(self) -> int:
+        return int(self._manifest["num_probe"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._manifest["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._manifest["class_names"])
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        h, w = self._manifest["feature_shape"]
+        return int(h), int(w)
+
+    @property
+    def checkpoints(self) -> list[dict]:
+        """One dict per checkpoint: index, epoch, global_step."""
+        return [{k: c[k] for k in ("index", "epoch", "global_step")} for c in self._manifest["checkpoints"]]
+
+    @property
+    def errors(self) -> list[dict]:
+        return list(self._manifest["errors"])
+
+    @property
+    def config(self) -> dict:
+        return dict(self._manifest["config"])
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._manifest["fingerprint"])
+
+    @property
+    def prototypes(self) -> Prototypes | None:
+        return self._prototypes
+
+    @property
+    def reference(self) -> int | None:
+        """Index of the checkpoint whose model the prototypes come from."""
+        p = self._manifest["prototypes"]
+        return None if p is None else int(p["reference"])
+
+    def assignment(self) -> np.ndarray:
+        """(N, h, w) prototype id of every probe location (from the reference model)."""
+        self._require_prototypes()
+        return self._assignment.copy()
+
+    def cams(self) -> np.ndarray:
+        """(T, N, h, w) float32 CAM maps at feature resolution."""
+        return np.stack(self._cams).astype(np.float32) if self._cams else np.zeros((0, self.num_probe, *self.feature_shape), np.float32)
+
+    def confidences(self) -> np.ndarray:
+        """(T, N, M) softmax probabilities."""
+        return np.stack(self._confidences) if self._confidences else np.zeros((0, self.num_probe, self.num_classes), np.float32)
+
+    def intensities(self) -> np.ndarray:
+        """(T, N, K) mean saliency of each prototype in each sample, NaN where absent."""
+        self._require_prototypes()
+        n = self.num_probe
+        return analysis.prototype_intensity(self.cams().reshape(self.num_checkpoints, n, -1), self._assignment.reshape(n, -1), self.num_prototypes)
+
+    def presence(self, reference: int | None = None, threshold: float = 0.5) -> np.ndarray:
+        """(N, K) prototype present in the salient region of the reference checkpoint's map."""
+        self._require_prototypes()
+        ref = self.reference if reference is None else reference
+        n = self.num_probe
+        return analysis.salient_presence(self._cams[ref].reshape(n, -1), self._assignment.reshape(n, -1), self.num_prototypes, threshold)
+
+    def explain(self, *, saliency_threshold: float = 0.5, reference: int | None = None, **params) -> Explanation:
+        """The structured explanation (Steps 4-6). ``params`` go to ``lightning_i2x.explain``
+        (ridge_lambda, tau, tau_scale, min_flips, shared_frac, specialised_frac, min_cluster_size)."""
+        self._require_prototypes()
+        return explain(
+            self.intensities(),
+            self.confidences(),
+            self.labels,
+            self.presence(reference, saliency_threshold),
+            class_names=self.class_names,
+            groups=self._learning_groups(params.get("min_cluster_size")),
+            **params,
+        )
+
+    def _learning_groups(self, min_cluster_size: int | None) -> np.ndarray:
+        """HDBSCAN labels per interval; they depend on confidences only, so each interval is
+        clustered once and reused at later checkpoints."""
+        conf = self._confidences
+        rows = []
+        for t in range(len(conf) - 1):
+            key = (t, min_cluster_size)
+            if key not in self._groups:
+                dy = conf[t + 1].astype(np.float64) - conf[t].astype(np.float64)
+                self._groups[key] = analysis.learning_groups(dy, min_cluster_size)
+            rows.append(self._groups[key])
+        return np.stack(rows) if rows else np.zeros((0, self.num_probe), np.int64)
+
+    def _require_prototypes(self) -> None:
+        if self._assignment is None:
+            raise I2XRunError(f"{self.path} has no prototypes yet (no checkpoint has been recorded)")
+
+    def __repr__(self) -> str:
+        return f"I2XRun({str(self.path)!r}, checkpoints={self.num_checkpoints}, probe={self.num_probe}, K={self.num_prototypes}, classes={self.num_classes})"
