@@ -134,9 +134,10 @@ def salient_presence(cam: np.ndarray, assignment: np.ndarray, num_prototypes: in
 def interval_thresholds(beta: np.ndarray, tau: float | str = "auto", tau_scale: float = 1.0) -> np.ndarray:
     """The significance threshold of each interval, (T-1,).
 
-    ``tau="auto"``: tau_scale x the standard deviation of that interval's coefficients, so the
-    threshold follows the scale of beta (which depends on the model and the interval length).
-    A number: the same absolute threshold for every interval.
+    ``tau="auto"``: tau_scale x the standard deviation of all coefficients of the run, so the
+    threshold follows the scale of beta (which depends on the model and the data) while an
+    interval in which little happened yields no significant entries.
+    A number: that absolute threshold.
     """
     beta = np.asarray(beta, dtype=np.float64)
     if isinstance(tau, str):
@@ -144,7 +145,7 @@ def interval_thresholds(beta: np.ndarray, tau: float | str = "auto", tau_scale: 
             raise ValueError(f"tau must be 'auto' or a number >= 0, got {tau!r}")
         if beta.shape[0] == 0:
             return np.zeros(0)
-        return tau_scale * beta.reshape(beta.shape[0], -1).std(axis=1)
+        return np.full(beta.shape[0], tau_scale * beta.std())
     if not np.isfinite(tau) or tau < 0:
         raise ValueError(f"tau must be 'auto' or a number >= 0, got {tau!r}")
     return np.full(beta.shape[0], float(tau))

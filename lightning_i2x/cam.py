@@ -17,7 +17,7 @@ import pytorch_grad_cam as pgc
 import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .guards import preserved_training_state
+from .guards import evaluation_mode, preserved_training_state
 
 __all__ = ["CAM_METHODS", "ProbeBatch", "probe_batches", "native_gradcam", "library_cam_class"]
 
@@ -165,8 +165,14 @@ def probe_batches(
     forward_fn: ForwardFn | None = None,
     normalise: bool = True,
 ) -> Iterator[ProbeBatch]:
-    """Stream the probe set through the model in batches (memory bounded by the batch size)."""
+    """Stream the probe set through the model in batches (memory bounded by the batch size), in
+    eval mode whatever mode the model was in, restored afterwards."""
     forward_fn = forward_fn or default_forward
+    with evaluation_mode(model):
+        yield from _probe_batches(model, layer, images, labels, cam, cam_target, batch_size, reshape_transform, forward_fn, normalise)
+
+
+def _probe_batches(model, layer, images, labels, cam, cam_target, batch_size, reshape_transform, forward_fn, normalise):
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         targets = labels[start : start + batch_size] if cam_target == "label" else None

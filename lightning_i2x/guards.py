@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["preserved_rng", "preserved_training_state"]
+__all__ = ["preserved_rng", "preserved_training_state", "evaluation_mode"]
 
 
 @contextlib.contextmanager
@@ -41,3 +41,17 @@ def preserved_training_state(model: torch.nn.Module):
         for p, requires_grad, grad in params:
             p.requires_grad_(requires_grad)
             p.grad = grad
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: torch.nn.Module):
+    """Run in eval mode (no BatchNorm statistics updates, no dropout draws) and put back every
+    submodule's own mode after; free when the model is already in eval mode, as in validation."""
+    modes = [(m, m.training) for m in model.modules() if m.training]
+    if modes:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode

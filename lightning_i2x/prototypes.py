@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import kmeans_plusplus
 
 __all__ = ["Prototypes", "fit_prototypes", "gpu_available"]
 
@@ -100,7 +101,8 @@ def fit_prototypes(
     previous_assignment: np.ndarray | None = None,
     use_gpu: bool | None = None,
 ) -> tuple[Prototypes, np.ndarray]:
-    """PCA to ``n_components`` (or d if smaller), then FAISS k-means with K clusters.
+    """PCA to ``n_components`` (or d if smaller), then FAISS k-means with K clusters from a
+    k-means++ start.
 
     Returns the prototypes and the (n,) assignment of every input vector. With
     ``previous_assignment`` (the ids the same n locations had under the previous prototypes),
@@ -131,7 +133,12 @@ def fit_prototypes(
         p, num_prototypes, niter=niter, seed=seed, verbose=False,
         max_points_per_centroid=max_points_per_centroid, gpu=bool(gpu_available() if use_gpu is None else use_gpu),
     )
-    kmeans.train(y)
+    # k-means++ seeding (on a sample) instead of FAISS's uniform random start, which often
+    # merges well-separated clusters
+    rng = np.random.default_rng(seed)
+    sample = y if n <= 64 * num_prototypes else y[rng.choice(n, 64 * num_prototypes, replace=False)]
+    init, _ = kmeans_plusplus(sample, num_prototypes, random_state=seed)
+    kmeans.train(y, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
     protos = Prototypes(projection, bias, kmeans.centroids)
     dist, ids = protos.index(use_gpu).search(y, 1)
     assignment = ids[:, 0].astype(np.int64)

@@ -1,0 +1,77 @@
+"""Shared fixtures: scikit-learn's real 8x8 digits and a tiny CNN that trains on them in seconds."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+
+
+class TinyCNN(pl.LightningModule):
+    """8x8 digits -> ``features`` (16 channels, 4x4 map) -> global pool -> linear."""
+
+    def __init__(self, num_classes: int = 10, lr: float = 0.01, dropout: float = 0.1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16, num_classes))
+        self.lr = lr
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+    def training_step(self, batch, _i):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, _i):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(train, probe) TensorDatasets of real digits scaled to [-1, 1]; probe = 200 images."""
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    train, probe = TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:1700], y[1500:1700])
+    probe.classes = [f"d{c}" for c in range(10)]
+    return train, probe
+
+
+def trainer_kwargs(tmp_path, **kw):
+    base = dict(
+        default_root_dir=tmp_path, max_epochs=3, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, accelerator="cpu", devices=1, enable_checkpointing=False,
+    )
+    base.update(kw)
+    return base
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+def seeded(seed: int = 0):
+    torch.manual_seed(seed)
+    np.random.seed(seed)

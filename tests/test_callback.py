@@ -1,0 +1,161 @@
+"""I2XCallback inside real Lightning runs on real digits."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_i2x.callback as callback_module
+from lightning_i2x import I2XCallback, I2XRun
+
+from .conftest import TinyCNN, trainer_kwargs
+
+
+def _loaders(digits):
+    train, probe = digits
+    return DataLoader(train, batch_size=64, shuffle=True), DataLoader(probe, batch_size=100)
+
+
+def _fit(tmp_path, digits, callback, seed=0, **kw):
+    pl.seed_everything(seed, verbose=False)
+    model = TinyCNN()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[callback] if callback else [], **kw))
+    trainer.fit(model, *_loaders(digits))
+    return trainer, model
+
+
+def test_fit_records_a_run_that_loads_and_explains(tmp_path, digits):
+    cb = I2XCallback(digits[1], num_prototypes=8)
+    trainer, _ = _fit(tmp_path, digits, cb)
+    assert cb.run.path == tmp_path / "lightning_logs" / "version_0" / "i2x"
+    run = I2XRun.load(cb.run.path)
+    assert run.num_checkpoints == 3 and run.num_prototypes == 8 and run.class_names == [f"d{c}" for c in range(10)]
+    assert [c["epoch"] for c in run.checkpoints] == [0, 1, 2]
+    assert run.config["target_layer"] == "features"
+    p, y = run.intensities(), run.confidences()
+    assert p.shape == (3, 200, 8) and y.shape == (3, 200, 10)
+    np.testing.assert_allclose(y.sum(-1), 1, atol=1e-5)
+    absent = (run.assignment().reshape(200, -1)[:, :, None] != np.arange(8)).all(axis=1)  # (N, K)
+    assert (np.isnan(p) == absent[None]).all() and np.isfinite(p[:, ~absent]).all()
+    np.testing.assert_array_equal(run.confidences(), cb.run.confidences())
+    expl = run.explain()
+    assert expl.beta.shape == (2, 8, 10) and np.abs(expl.beta).max() > 0
+    assert any(expl.shared_prototypes(c) for c in range(10))
+    assert expl.to_dict()["shared"]
+    # the model learned: the probe's true-class confidence rose from the first checkpoint to the last
+    labels = run.labels
+    assert y[-1][np.arange(200), labels].mean() > y[0][np.arange(200), labels].mean()
+    # TensorBoard got the scalars and the summary
+    acc = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    assert len(acc.Scalars("i2x/true_class_confidence")) == 3
+    assert len(acc.Scalars("i2x/uncertain_prototypes")) == 3
+    text = acc.Tensors("i2x/summary/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "Uncertain prototypes" in text and "### d3" in text
+
+
+def test_callback_does_not_change_training(tmp_path, digits):
+    kw = dict(deterministic=True, max_epochs=2)
+    _, without = _fit(tmp_path / "a", digits, None, **kw)
+    _, with_cb = _fit(tmp_path / "b", digits, I2XCallback(digits[1], num_prototypes=8, cam_target="predicted"), **kw)
+    for (k, a), b in zip(without.state_dict().items(), with_cb.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_validate_records_under_inference_mode(tmp_path, digits):
+    cb = I2XCallback(digits[1], num_prototypes=8)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path))
+    trainer.callbacks.append(cb)
+    trainer.validate(TinyCNN(), _loaders(digits)[1])
+    assert cb.run.num_checkpoints == 1
+    assert np.isfinite(cb.run.cams()).all() and cb.run.cams().max() > 0.5
+
+
+def test_mixed_precision(tmp_path, digits):
+    cb = I2XCallback(digits[1], num_prototypes=8)
+    _fit(tmp_path, digits, cb, precision="bf16-mixed", max_epochs=2)
+    assert cb.run.num_checkpoints == 2 and np.isfinite(cb.run.cams()).all()
+
+
+def test_every_n_epochs_and_library_cam(tmp_path, digits):
+    cb = I2XCallback(digits[1], target_layer="features", num_prototypes=4, every_n_epochs=2, cam="gradcam++")
+    _fit(tmp_path, digits, cb, max_epochs=4)
+    assert [c["epoch"] for c in cb.run.checkpoints] == [1, 3]
+
+
+def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("injected k-means failure")
+
+    monkeypatch.setattr(callback_module, "fit_prototypes", broken)
+    cb = I2XCallback(digits[1], num_prototypes=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _ = _fit(tmp_path, digits, cb)
+    ours = [w for w in caught if "I2XCallback" in str(w.message)]
+    assert len(ours) == 1 and "injected k-means failure" in str(ours[0].message)
+    assert trainer.current_epoch == 3
+    assert [e["message"] for e in I2XRun.load(cb.run.path).errors] == ["injected k-means failure"] * 3
+
+
+def test_on_error_raise_stops(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(callback_module, "fit_prototypes", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _fit(tmp_path, digits, I2XCallback(digits[1], num_prototypes=8, on_error="raise"))
+
+
+def _setup_error(tmp_path, digits, match, probe=None, **kw):
+    model = TinyCNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = I2XCallback(digits[1] if probe is None else probe, **{"num_prototypes": 8, **kw})
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb]))
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model, *_loaders(digits))
+    assert trainer.global_step == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), "setup changed the model"
+
+
+def test_setup_errors_come_before_training(tmp_path, digits):
+    x, y = digits[1].tensors
+    _setup_error(tmp_path, digits, r"'nope' is not a module.*'features'", target_layer="nope")
+    _setup_error(tmp_path, digits, r"'head.3' outputs shape \(2, 10\), not a feature map", target_layer="head.3")
+    _setup_error(tmp_path, digits, "probe set is empty", probe=(x[:0], y[:0]))
+    _setup_error(tmp_path, digits, r"labels \[12\] lie outside the model's 10 classes", probe=(x[:4], torch.tensor([1, 2, 12, 3])))
+    _setup_error(tmp_path, digits, r"num_prototypes=40 exceeds the 32 probe feature vectors", probe=(x[:2], y[:2]), num_prototypes=40)
+    (tmp_path / "a_file").write_text("")
+    _setup_error(tmp_path, digits, "cannot be written", run_dir=tmp_path / "a_file" / "run")
+    _setup_error(tmp_path, digits, "3 class names for a model with 10 classes", class_names=["a", "b", "c"])
+
+
+def test_constructor_errors():
+    probe = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="not a known CAM method"):
+        I2XCallback(probe, cam="gradkam")
+    with pytest.raises(ValueError, match="cam_target"):
+        I2XCallback(probe, cam_target="true")
+    with pytest.raises(ValueError, match="num_prototypes must be a positive integer"):
+        I2XCallback(probe, num_prototypes=0)
+    with pytest.raises(ValueError, match="on_error"):
+        I2XCallback(probe, on_error="ignore")
+
+
+def test_probe_forms_agree(tmp_path, digits):
+    x, y = digits[1].tensors
+    forms = [(x, y), digits[1], DataLoader(TensorDataset(x, y), batch_size=33, shuffle=True)]
+    cams = []
+    for i, probe in enumerate(forms):
+        cb = I2XCallback(probe, num_prototypes=8, run_dir=tmp_path / f"run{i}")
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path))
+        trainer.callbacks.append(cb)
+        torch.manual_seed(0)
+        trainer.validate(TinyCNN(), _loaders(digits)[1], verbose=False)
+        cams.append(cb.run.cams())
+    np.testing.assert_array_equal(cams[0], cams[1])
+    assert cams[2].shape == cams[0].shape  # a shuffling loader is read once, in its own order
