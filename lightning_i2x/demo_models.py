@@ -15,13 +15,13 @@ class SmallCNN(pl.LightningModule):
     """Three convolutions with BatchNorm and two poolings (``features``: a 7x7 map at 28x28 input,
     the I2X target layer), global pooling, dropout, linear."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, lr: float = 1e-3):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, lr: float = 3e-3):
         super().__init__()
         self.save_hyperparameters()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(2 * width, num_classes))
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

@@ -1,0 +1,38 @@
+"""Command line: ``i2x summary RUN_DIR`` (also ``python -m lightning_i2x``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .run import I2XRun, I2XRunError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="i2x", description="Read I2X runs recorded by lightning_i2x.I2XCallback.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summary", help="print the findings of a run as text")
+    s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true", help="print the whole explanation as JSON instead")
+    args = ap.parse_args(argv)
+    try:
+        run = I2XRun.load(args.run_dir)
+        expl = run.explain()
+    except I2XRunError as e:
+        print(f"i2x: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(expl.to_dict(), indent=1))
+    else:
+        print(f"# I2X run {run.path}\n")
+        print(f"{run.num_checkpoints} checkpoints, {run.num_prototypes} prototypes, {run.num_probe} probe images, "
+              f"target layer {run.config.get('target_layer')!r}\n")
+        print(expl.to_markdown())
+        if run.errors:
+            print(f"{len(run.errors)} explainer errors recorded; first: {run.errors[0]['type']}: {run.errors[0]['message']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
