@@ -71,8 +71,9 @@ def interval_deltas(intensities: np.ndarray, confidences: np.ndarray) -> tuple[n
     y = np.asarray(confidences, dtype=np.float64)
     if p.ndim != 3 or y.ndim != 3 or p.shape[:2] != y.shape[:2]:
         raise ValueError(f"intensities (T, N, K) and confidences (T, N, M) must agree, got {p.shape}, {y.shape}")
-    dp = np.nan_to_num(np.diff(p, axis=0), nan=0.0, posinf=0.0, neginf=0.0)
-    dy = np.nan_to_num(np.diff(y, axis=0), nan=0.0, posinf=0.0, neginf=0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow: mapped to 0 below
+        dp = np.nan_to_num(np.diff(p, axis=0), nan=0.0, posinf=0.0, neginf=0.0)
+        dy = np.nan_to_num(np.diff(y, axis=0), nan=0.0, posinf=0.0, neginf=0.0)
     return dp, dy
 
 

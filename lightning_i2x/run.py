@@ -17,7 +17,6 @@ prefix of the checkpoints: a file the manifest does not list is ignored.
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,14 +37,59 @@ class I2XRunError(ValueError):
     """A run directory that is missing, of another format, or damaged."""
 
 
-def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+def _load_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The named numeric arrays of an .npz file (never unpickled); any failure is an I2XRunError
+    naming the file."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in keys}
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with data:
+            out = {k: data[k] for k in keys}
+            out.update({k: data[k] for k in optional if k in data.files})
     except FileNotFoundError:
         raise I2XRunError(f"{path} is listed in the run's manifest but missing") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+    except Exception as e:  # a damaged zip fails in many ways (BadZipFile, NotImplementedError, zlib.error, ...)
         raise I2XRunError(f"{path} is damaged or not an I2X run file ({type(e).__name__}: {e})") from None
+    for k, v in out.items():
+        if v.dtype.kind not in "biuf":
+            raise I2XRunError(f"{path} is damaged or not an I2X run file (array {k!r} has dtype {v.dtype})")
+    return out
+
+
+def _check_manifest(manifest: Any, where: Path) -> None:
+    """The fields ``load`` reads, with the types it expects; file names must stay inside the run."""
+
+    def bad(what: str) -> I2XRunError:
+        return I2XRunError(f"{where} is damaged: {what}")
+
+    def count(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def rel_file(v: Any) -> bool:
+        return isinstance(v, str) and bool(v) and not Path(v).is_absolute() and ".." not in Path(v).parts
+
+    m = manifest
+    if not isinstance(m.get("class_names"), list) or not all(isinstance(c, str) for c in m["class_names"]):
+        raise bad("class_names is not a list of names")
+    if not count(m.get("num_probe"), 0) or not count(m.get("num_prototypes"), 1):
+        raise bad("num_probe / num_prototypes are not counts")
+    fs = m.get("feature_shape")
+    if not isinstance(fs, list) or len(fs) != 2 or not all(count(v, 1) for v in fs):
+        raise bad(f"feature_shape {fs!r} is not [h, w]")
+    if not isinstance(m.get("checkpoints"), list):
+        raise bad("checkpoints is not a list")
+    for i, c in enumerate(m["checkpoints"]):
+        if not (isinstance(c, dict) and c.get("index") == i and rel_file(c.get("file"))
+                and count(c.get("epoch"), 0) and count(c.get("global_step"), 0)):
+            raise bad(f"checkpoint entry {i} is malformed: {c!r}")
+    pr = m.get("prototypes")
+    if pr is not None and not (isinstance(pr, dict) and rel_file(pr.get("file")) and count(pr.get("reference"), 0)
+                               and pr["reference"] < len(m["checkpoints"])):
+        raise bad(f"prototypes entry is malformed: {pr!r}")
+    for key, kind in (("config", dict), ("fingerprint", dict), ("errors", list)):
+        if not isinstance(m.get(key), kind):
+            raise bad(f"{key} is not a {kind.__name__}")
 
 
 class I2XRun:
@@ -114,21 +158,22 @@ class I2XRun:
             manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
             raise I2XRunError(f"{path} holds no I2X run (no {MANIFEST})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise I2XRunError(f"{path / MANIFEST} is damaged: {e}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise I2XRunError(f"{path / MANIFEST} is not a {FORMAT_NAME} manifest")
         if manifest.get("version") != FORMAT_VERSION:
             raise I2XRunError(
-                f"{path} is format version {manifest.get('version')}; this lightning-i2x reads version {FORMAT_VERSION}"
+                f"{path / MANIFEST} is format version {manifest.get('version')}; this lightning-i2x reads version {FORMAT_VERSION}"
             )
-        probe = np.load(path / "probe.npz", allow_pickle=False) if (path / "probe.npz").exists() else None
-        if probe is None:
+        _check_manifest(manifest, path / MANIFEST)
+        if not (path / "probe.npz").exists():
             raise I2XRunError(f"{path} has no probe.npz")
-        with probe:
-            labels = probe["labels"]
-            images = probe["images"] if "images" in probe.files else None
-        run = cls(path, manifest, labels, images)
+        probe = _load_npz(path / "probe.npz", ("labels",), optional=("images",))
+        labels, images = probe["labels"], probe.get("images")
+        if labels.shape != (manifest["num_probe"],) or labels.dtype.kind not in "iu" or (images is not None and images.shape[:1] != labels.shape):
+            raise I2XRunError(f"{path / 'probe.npz'} does not match the run's {manifest['num_probe']} probe samples")
+        run = cls(path, manifest, labels.astype(np.int64), images)
         n, m = run.num_probe, run.num_classes
         h, w = manifest["feature_shape"]
         for entry in manifest["checkpoints"]:
@@ -138,11 +183,18 @@ class I2XRun:
             run._cams.append(data["cams"])
             run._confidences.append(data["confidences"])
         if manifest["prototypes"] is not None:
-            data = _load_npz(path / manifest["prototypes"]["file"], ("projection", "bias", "centroids", "inertia", "assignment"))
+            file = path / manifest["prototypes"]["file"]
+            data = _load_npz(file, ("projection", "bias", "centroids", "inertia", "assignment"))
+            proj, bias, cent, assignment = data["projection"], data["bias"], data["centroids"], data["assignment"]
+            k = run.num_prototypes
+            if (
+                proj.ndim != 2 or bias.shape != proj.shape[:1] or cent.shape != (k, proj.shape[0]) or data["inertia"].size != 1
+                or assignment.shape != (n, h, w) or assignment.dtype.kind not in "iu"
+                or (assignment.size and (assignment.min() < 0 or assignment.max() >= k))
+            ):
+                raise I2XRunError(f"{file} does not match the run's shapes")
             run._prototypes = Prototypes.from_arrays(data)
-            run._assignment = data["assignment"].astype(np.int64)
-            if run._assignment.shape != (n, h, w) or run._prototypes.num_prototypes != run.num_prototypes:
-                raise I2XRunError(f"{path / manifest['prototypes']['file']} does not match the run's shapes")
+            run._assignment = assignment.astype(np.int64)
         return run
 
     # -- appending (used by the callback) -------------------------------------------------------
