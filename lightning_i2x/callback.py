@@ -17,7 +17,7 @@ from .explanation import Explanation
 from .guards import preserved_rng
 from .layers import TargetLayer, resolve_target_layer
 from .probe import materialise_probe, probe_fingerprint
-from .prototypes import fit_prototypes
+from .prototypes import Prototypes, fit_prototypes
 from .run import I2XRun
 
 __all__ = ["I2XCallback"]
@@ -114,6 +114,8 @@ class I2XCallback(pl.Callback):
         self._images: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
         self._warned: set[tuple[str, str]] = set()
+        self._resume_state: dict[str, Any] | None = None
+        self._run_path: Path | None = None
         self.explanation: Explanation | None = None
 
     # -- public state ---------------------------------------------------------------------------
@@ -127,12 +129,19 @@ class I2XCallback(pl.Callback):
         return self._generate_state_key(run_dir=str(self.run_dir), target_layer=str(self.target_layer))
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed fit needs to continue the same run: where it is, how many checkpoints
+        the Lightning checkpoint covers, and the prototypes current at that moment."""
         run = self._run
-        return {
+        state: dict[str, Any] = {
             "run_dir": None if run is None else str(run.path),
             "num_checkpoints": 0 if run is None else run.num_checkpoints,
             "fingerprint": None if run is None else run.fingerprint,
         }
+        if run is not None and run.prototypes is not None:
+            state["prototypes"] = {k: torch.from_numpy(np.asarray(v)) for k, v in run.prototypes.to_arrays().items()}
+            state["assignment"] = torch.from_numpy(run.assignment().astype(np.int32))
+            state["reference"] = run.reference
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_state = dict(state_dict)
@@ -163,7 +172,22 @@ class I2XCallback(pl.Callback):
             raise ValueError(f"{len(names)} class names for a model with {m} classes")
         self._class_names = [str(c) for c in names]
         if trainer.is_global_zero and self._run is None:
-            self._run = self._open_run(trainer)
+            self._run_path = self.run_dir if self.run_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "i2x"
+            _check_writable(self._run_path)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure_run(trainer)
+
+    def _ensure_run(self, trainer: pl.Trainer) -> None:
+        """Open the run once Lightning has restored this callback's state (after ``setup``):
+        a resumed fit continues its run directory, a new one starts a run."""
+        if not trainer.is_global_zero or self._run is not None:
+            return
+        resume = self._resume_state
+        if resume and resume.get("run_dir") and (Path(resume["run_dir"]) / "manifest.json").exists():
+            self._run = self._reopen_run(resume)
+        else:
+            self._run = self._open_run()
 
     def _fingerprint(self) -> dict[str, Any]:
         return {
@@ -173,15 +197,25 @@ class I2XCallback(pl.Callback):
             "num_prototypes": self.num_prototypes,
         }
 
-    def _open_run(self, trainer: pl.Trainer) -> I2XRun:
-        path = self.run_dir if self.run_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "i2x"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe_file = path / f".write-test-{os.getpid()}"
-            probe_file.write_bytes(b"")
-            probe_file.unlink()
-        except OSError as e:
-            raise ValueError(f"run_dir {str(path)!r} cannot be written ({e.strerror or e}); pass a writable run_dir") from None
+    def _reopen_run(self, resume: dict[str, Any]) -> I2XRun:
+        run = I2XRun.load(resume["run_dir"])
+        ours = self._fingerprint()
+        differs = [k for k in ours if run.fingerprint.get(k) != ours[k]]
+        if differs:
+            raise ValueError(
+                f"cannot resume the I2X run in {run.path}: its {', '.join(differs)} differ from this callback's "
+                "(a run needs the same probe set, target layer, class count and K throughout); "
+                "pass a new run_dir to start a new run"
+            )
+        prototypes = None
+        if "prototypes" in resume:
+            arrays = {k: v.numpy() for k, v in resume["prototypes"].items()}
+            prototypes = (Prototypes.from_arrays(arrays), resume["assignment"].numpy(), int(resume["reference"]))
+        run.truncate(int(resume["num_checkpoints"]), prototypes)
+        return run
+
+    def _open_run(self) -> I2XRun:
+        path = self._run_path
         images = self._images.numpy()
         store = self.store_probe_images and images.size * 2 <= _MAX_STORED_PROBE_BYTES
         _, h, w = self._layer.feature_shape
@@ -221,6 +255,7 @@ class I2XCallback(pl.Callback):
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        self._ensure_run(trainer)
         run = self._run
         with preserved_rng():
             feats, cams, confs = [], [], []
@@ -277,6 +312,16 @@ class I2XCallback(pl.Callback):
                     self._run.record_error(where, e, epoch=trainer.current_epoch, global_step=trainer.global_step)
                 except Exception:
                     pass  # the run directory itself may be what failed
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe_file = path / f".write-test-{os.getpid()}"
+        probe_file.write_bytes(b"")
+        probe_file.unlink()
+    except OSError as e:
+        raise ValueError(f"run_dir {str(path)!r} cannot be written ({e.strerror or e}); pass a writable run_dir") from None
 
 
 def _tensorboard_writer(trainer: pl.Trainer):

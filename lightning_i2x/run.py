@@ -225,6 +225,21 @@ class I2XRun:
         if old is not None and old["file"] != name:
             (self.path / old["file"]).unlink(missing_ok=True)
 
+    def truncate(self, num_checkpoints: int, prototypes: tuple[Prototypes, np.ndarray, int] | None = None) -> None:
+        """Keep the first ``num_checkpoints`` (a resumed fit drops what was recorded after its
+        Lightning checkpoint) and, if given, reinstate the (prototypes, assignment, reference)
+        current at that moment. Dropped files stay on disk unlisted, so they are never read."""
+        if not 0 <= num_checkpoints <= self.num_checkpoints:
+            raise I2XRunError(f"{self.path} has {self.num_checkpoints} checkpoints; cannot keep {num_checkpoints}")
+        del self._cams[num_checkpoints:], self._confidences[num_checkpoints:]
+        del self._manifest["checkpoints"][num_checkpoints:]
+        self._groups.clear()
+        if prototypes is not None:
+            self.set_prototypes(prototypes[0], prototypes[1], reference=prototypes[2])
+        elif self.reference is not None and self.reference >= num_checkpoints:
+            self._manifest["prototypes"], self._prototypes, self._assignment = None, None, None
+        self._write_manifest()
+
     def record_error(self, where: str, error: BaseException, *, epoch: int, global_step: int) -> None:
         """Keep an explainer failure in the manifest so the run says what it missed."""
         self._manifest["errors"].append(
