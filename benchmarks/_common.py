@@ -1,0 +1,172 @@
+"""Shared helpers for the benchmark scripts: interleaved timing, the machine description, output.
+
+Every script times the variants it compares interleaved (A B C A B C ...) after a warm-up round,
+takes medians, prints a markdown table and, as its last line, ratios as ``name=value`` pairs.
+Ratios are the claim; absolute times depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/NAME.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one timed round: a smoke test, not a measurement")
+    ap.add_argument("--out", default=None, help="also write the markdown table, the machine and the command to this file")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds after the warm-up (default: per script)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
+    return ap
+
+
+def set_threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    import numpy as np
+    import torch
+
+    out = {
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads)",
+        "device": "cpu",
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+    if hasattr(os, "getloadavg"):
+        out["load average at start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return out
+
+
+def command() -> str:
+    """The command line as it was typed (the script relative to the working directory)."""
+    script = sys.argv[0]
+    try:
+        rel = os.path.relpath(script)
+        script = rel if not rel.startswith("..") else script
+    except ValueError:
+        pass
+    return shlex.join(["python", script, *sys.argv[1:]])
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, log: bool = True) -> dict[str, list[float]]:
+    """Run ``warmup`` untimed rounds, then ``repeats`` timed rounds of every variant in turn
+    (A B C A B C ...); returns the seconds of each variant per round."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+        if log:
+            shown = "  ".join(f"{k}={v[-1]:.3f}s" for k, v in times.items())
+            print(f"  round {r + 1}/{repeats}: {shown}", file=sys.stderr, flush=True)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def spread(xs: Sequence[float]) -> str:
+    """min-max of the timed rounds, for the table."""
+    return f"{fmt_s(min(xs))}-{fmt_s(max(xs))}" if len(xs) > 1 else "-"
+
+
+def fmt_s(seconds: float) -> str:
+    if seconds >= 100:
+        return f"{seconds:.0f} s"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def loglog_slope(sizes: Sequence[float], seconds: Sequence[float]) -> float:
+    """Least-squares slope of log(time) against log(size): the growth exponent."""
+    import numpy as np
+
+    return float(np.polyfit(np.log(np.asarray(sizes, float)), np.log(np.asarray(seconds, float)), 1)[0])
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ratio_line(ratios: dict[str, float]) -> str:
+    for k, v in ratios.items():
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"ratio {k}={v!r} is not a finite number")
+    return " ".join(f"{k}={v:.4g}" for k, v in ratios.items())
+
+
+def report(title: str, body: str, ratios: dict[str, float], out: str | None, info: dict[str, str], quick: bool) -> None:
+    """Print the markdown report, write it to ``out`` with the date, machine and command, and print
+    the ratio line last."""
+    line = ratio_line(ratios)
+    text = f"# {title}\n\n{body.rstrip()}\n\nRatios: `{line}`\n"
+    print(text, flush=True)
+    if out:
+        head = [
+            f"# {title}",
+            "",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+            *[f"- {k}: {v}" for k, v in info.items()],
+        ]
+        if hasattr(os, "getloadavg"):
+            head.append("- load average at end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+        head += [f"- command: `{command()}`", ""]
+        if quick:
+            head += ["**--quick: tiny sizes for smoke testing; these numbers are not a measurement.**", ""]
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text("\n".join(head) + "\n" + text.split("\n", 2)[2])
+    print(line, flush=True)

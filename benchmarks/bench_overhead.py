@@ -1,0 +1,303 @@
+"""What I2XCallback adds to training, and how the analysis grows with checkpoints and probe size.
+
+    python benchmarks/bench_overhead.py [--quick] [--out FILE] [--repeats R] [--data-dir DIR]
+
+Part 1, epoch overhead: MNIST training epochs of SmallCNN (batch 128, Adam) on a 12k-image
+subset of the training set, validation on 2000 test images, with and without I2XCallback
+(probe: 1000 test images, 100 per class; target layer ``features``; K=32; recorded at every
+validation, so once per epoch, with the full analysis: prototypes, ``I2XRun.explain`` and the
+TensorBoard summary). Fits alternate (without, with, without, with, ...); every epoch's wall time
+counts, validation included. epoch_overhead = median epoch with / median epoch without - 1.
+
+Part 2, analysis growth: ``I2XRun.explain`` (which computes the intensities) on synthetic recorded
+arrays (a run made with ``I2XRun.create`` and filled with ``append_checkpoint`` and
+``set_prototypes``: 7x7 maps, K=32, 10 classes, confidences drifting per class), loaded fresh
+with ``I2XRun.load`` before each timing so nothing is cached, as T (checkpoints) grows at N=1000
+and as N (probe images) grows at T=5. The growth exponent is the least-squares slope of
+log(time) on log(size).
+
+Data: --data-dir, else $I2X_DATA_DIR, else ../shared/data when it exists (else a download).
+Last line: epoch_overhead, analysis_growth_exponent_T, analysis_growth_exponent_N.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import _common
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from torch.utils.data import DataLoader, Subset
+
+from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x.cam import probe_batches
+from lightning_i2x.datasets import balanced_indices, load_mnist
+from lightning_i2x.demo_models import SmallCNN
+from lightning_i2x.prototypes import Prototypes, fit_prototypes
+
+K, M, H, W = 32, 10, 7, 7
+
+
+# -- part 1: epoch overhead ---------------------------------------------------------------------
+class EpochClock(pl.Callback):
+    """Wall time of every training epoch, from its start to the end of its validation."""
+
+    def __init__(self):
+        self.epochs: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+        self._end = None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append(max(time.perf_counter(), self._end or 0.0) - self._start)
+
+
+class ClockedI2X(I2XCallback):
+    """I2XCallback that also notes how long each of its records (with the analysis) took."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record_seconds: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        t0 = time.perf_counter()
+        super().on_validation_epoch_end(trainer, pl_module)
+        self.record_seconds.append(time.perf_counter() - t0)
+
+
+def fit_once(train, val, probe, epochs: int, with_i2x: bool, root: Path, tag: str):
+    pl.seed_everything(0, verbose=False)
+    clock = EpochClock()
+    callbacks: list[pl.Callback] = [clock]
+    i2x = None
+    if with_i2x:
+        i2x = ClockedI2X(probe, target_layer="features", num_prototypes=K, run_dir=root / f"i2x-{tag}")
+        callbacks.append(i2x)
+    trainer = pl.Trainer(
+        max_epochs=epochs, callbacks=callbacks, default_root_dir=str(root / tag), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    model = SmallCNN()
+    trainer.fit(model, DataLoader(train, batch_size=128, shuffle=True), DataLoader(val, batch_size=500))
+    if i2x is not None and i2x.run is not None and i2x.run.errors:
+        raise RuntimeError(f"I2XCallback recorded errors: {i2x.run.errors}")
+    return clock.epochs, i2x, model
+
+
+def epoch_overhead(args, root: Path, repeats: int):
+    train_full = load_mnist(train=True, data_dir=args.data_dir)
+    test = load_mnist(train=False, data_dir=args.data_dir)
+    n_train, n_val, per_class, epochs = (256, 128, 10, 2) if args.quick else (12_000, 2000, 100, 2)
+    train = Subset(train_full, range(n_train))
+    val = Subset(test, range(n_val))
+    probe = Subset(test, balanced_indices(test.tensors[1], per_class).tolist())
+    probe.classes = test.classes
+    if not args.quick:
+        print("warm-up fits (512 images)", file=sys.stderr, flush=True)
+        warm = Subset(train_full, range(512))
+        fit_once(warm, val, probe, 1, False, root, "warm-without")
+        fit_once(warm, val, probe, 1, True, root, "warm-with")
+    epochs_of = {"without": [], "with": []}
+    records: list[float] = []
+    last = None
+    for r in range(repeats):
+        for variant in ("without", "with"):
+            secs, i2x, model = fit_once(train, val, probe, epochs, variant == "with", root, f"{variant}-{r}")
+            epochs_of[variant] += secs
+            if i2x is not None:
+                records += i2x.record_seconds
+                last = (i2x, model)
+            print(f"  round {r + 1}/{repeats} {variant}: epochs {', '.join(f'{s:.2f}s' for s in secs)}", file=sys.stderr, flush=True)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {
+        "n_train": n_train, "n_val": n_val, "n_probe": len(probe), "epochs": epochs, "epochs_of": epochs_of,
+        "records": records, "peak_rss": peak_rss, "last": last, "probe": probe,
+    }
+
+
+def record_breakdown(part1, repeats: int) -> list[list[str]]:
+    """The phases of one record, on the last trained model and its run (interleaved)."""
+    i2x, model = part1["last"]
+    model.eval()
+    layer = model.features
+    images, labels = i2x._images, i2x._labels
+    state: dict[str, np.ndarray] = {}
+
+    def probe_pass():
+        feats = []
+        for batch in probe_batches(model, layer, images, labels, batch_size=256):
+            feats.append(batch.activations.permute(0, 2, 3, 1).reshape(-1, batch.activations.shape[1]))
+            batch.cams.cpu().numpy(), batch.confidences.cpu().numpy()
+        state["feats"] = torch.cat(feats).float().cpu().numpy()
+
+    probe_pass()
+    previous = i2x.run.assignment().reshape(-1)
+    run_path = i2x.run.path
+    variants = {
+        "probe pass (maps, confidences, activations)": probe_pass,
+        "fit_prototypes, first checkpoint": lambda: fit_prototypes(state["feats"], K, seed=0),
+        "fit_prototypes, matched to the previous ids": lambda: fit_prototypes(state["feats"], K, seed=0, previous_assignment=previous),
+        f"I2XRun.explain, fresh ({i2x.run.num_checkpoints} checkpoints)": lambda: I2XRun.load(run_path).explain(),
+    }
+    times = _common.interleaved(variants, repeats)
+    return [[name, _common.fmt_s(_common.median(t)), _common.spread(t)] for name, t in times.items()]
+
+
+# -- part 2: analysis growth --------------------------------------------------------------------
+def make_run(path: Path, t_count: int, n: int, seed: int = 0) -> Path:
+    """A run directory with T checkpoints of synthetic maps and confidences for N probe images."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % M
+    run = I2XRun.create(path, labels=labels, class_names=[str(c) for c in range(M)], feature_shape=(H, W), num_prototypes=K)
+    drift = rng.normal(0, 1, (M, M))  # each class's confidences move together, as learning groups do
+    logits = rng.normal(0, 0.5, (n, M))
+    for t in range(t_count):
+        logits = logits + 0.3 * np.eye(M)[labels] * 3 + 0.3 * drift[labels] + rng.normal(0, 0.3, (n, M))
+        conf = np.exp(logits - logits.max(1, keepdims=True))
+        conf /= conf.sum(1, keepdims=True)
+        run.append_checkpoint(rng.random((n, H, W), dtype=np.float32), conf.astype(np.float32), epoch=t, global_step=t)
+    protos = Prototypes(rng.normal(size=(8, 64)), np.zeros(8), rng.normal(size=(K, 8)))
+    run.set_prototypes(protos, rng.integers(0, K, (n, H, W)), reference=t_count - 1)
+    return path
+
+
+def growth(root: Path, sizes: list[tuple[int, int]], repeats: int, blas_one_thread: bool = False):
+    """Per (T, N), interleaved over the sizes: seconds of a fresh explain (run just loaded, nothing
+    cached), of the intensities, and of a second (cached) explain on the same loaded run."""
+    paths = {s: make_run(root / f"run-T{s[0]}-N{s[1]}", *s) for s in sizes}
+    I2XRun.load(paths[sizes[0]]).explain()  # warm-up
+    out = {s: {"explain": [], "intensities": [], "cached": [], "explain_blas1": []} for s in sizes}
+    for r in range(repeats):
+        for s in sizes:
+            run = I2XRun.load(paths[s])
+            out[s]["explain"].append(_common.timed(run.explain))
+            out[s]["cached"].append(_common.timed(run.explain))
+            out[s]["intensities"].append(_common.timed(run.intensities))
+            if blas_one_thread:
+                run = I2XRun.load(paths[s])
+                with threadpool_limits(1, user_api="blas"):
+                    out[s]["explain_blas1"].append(_common.timed(run.explain))
+        shown = "  ".join(f"T{s[0]}/N{s[1]}={out[s]['explain'][-1]:.2f}s" for s in sizes)
+        print(f"  round {r + 1}/{repeats}: explain {shown}", file=sys.stderr, flush=True)
+    return paths, out
+
+
+def peak_memory(path: Path) -> int:
+    """tracemalloc peak (NumPy buffers included) of a fresh load + explain."""
+    tracemalloc.start()
+    try:
+        I2XRun.load(path).explain()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def main(argv=None) -> None:
+    ap = _common.parser(__doc__)
+    ap.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $I2X_DATA_DIR or ../shared/data)")
+    args = ap.parse_args(argv)
+    _common.set_threads(args.threads)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    info = _common.machine()
+    repeats = args.repeats or (1 if args.quick else 2)
+    t_sizes = [3, 12] if args.quick else [5, 10, 20, 40]
+    n_sizes = [200, 800] if args.quick else [1000, 4000, 16000]
+    t_fixed_n = 200 if args.quick else 1000
+    n_fixed_t = 3 if args.quick else 5
+
+    with tempfile.TemporaryDirectory(prefix="i2x-bench-") as tmp:
+        root = Path(tmp)
+        print("part 1: epoch overhead", file=sys.stderr, flush=True)
+        part1 = epoch_overhead(args, root, repeats)
+        ew, ewo = part1["epochs_of"]["with"], part1["epochs_of"]["without"]
+        overhead = _common.median(ew) / _common.median(ewo) - 1.0
+        rec = part1["records"]
+        breakdown = record_breakdown(part1, 1 if args.quick else 3)
+
+        print("part 2: analysis growth in T", file=sys.stderr, flush=True)
+        t_cfg = [(t, t_fixed_n) for t in t_sizes]
+        t_paths, t_res = growth(root / "T", t_cfg, 1 if args.quick else 3, blas_one_thread=True)
+        print("part 2: analysis growth in N", file=sys.stderr, flush=True)
+        n_cfg = [(n_fixed_t, n) for n in n_sizes]
+        n_paths, n_res = growth(root / "N", n_cfg, repeats)
+        mem_t = peak_memory(t_paths[t_cfg[-1]])
+        mem_n = peak_memory(n_paths[n_cfg[-1]])
+
+    med = lambda res, s, key: _common.median(res[s][key])  # noqa: E731
+    exp_t = _common.loglog_slope([s[0] for s in t_cfg], [med(t_res, s, "explain") for s in t_cfg])
+    exp_n = _common.loglog_slope([s[1] for s in n_cfg], [med(n_res, s, "explain") for s in n_cfg])
+    exp_t_blas1 = _common.loglog_slope([s[0] for s in t_cfg], [med(t_res, s, "explain_blas1") for s in t_cfg])
+
+    epoch_rows = [
+        ["without I2XCallback", len(ewo), _common.fmt_s(_common.median(ewo)), _common.spread(ewo), "-"],
+        ["with I2XCallback", len(ew), _common.fmt_s(_common.median(ew)), _common.spread(ew),
+         f"{_common.fmt_s(_common.median(rec))} ({_common.spread(rec)})"],
+    ]
+    t_rows = [["T", s[0], s[1], _common.fmt_s(med(t_res, s, "explain")), _common.spread(t_res[s]["explain"]),
+               _common.fmt_s(med(t_res, s, "explain_blas1")), _common.fmt_s(med(t_res, s, "intensities")),
+               _common.fmt_s(med(t_res, s, "cached"))] for s in t_cfg]
+    n_rows = [["N", s[0], s[1], _common.fmt_s(med(n_res, s, "explain")), _common.spread(n_res[s]["explain"]), "-",
+               _common.fmt_s(med(n_res, s, "intensities")), _common.fmt_s(med(n_res, s, "cached"))] for s in n_cfg]
+    subset = f"a {part1['n_train']}-image subset of the MNIST training set"
+    body = "\n".join([
+        "## Epoch overhead",
+        "",
+        f"SmallCNN on {subset}, batch 128, {part1['epochs']} epochs per fit, validation on {part1['n_val']} test images "
+        f"once per epoch; fits alternate without/with I2XCallback, {repeats} of each"
+        f"{'' if args.quick else ' after one warm-up fit of each (512 images, 1 epoch)'}. "
+        f"I2XCallback: probe of {part1['n_probe']} test images, target layer `features` (64x7x7), K={K}, a record "
+        "at every validation with the full analysis. Every epoch's wall time counts, validation included.",
+        "",
+        _common.table(["training", "epochs", "median epoch", "min-max", "I2X record + analysis per checkpoint"], epoch_rows),
+        "",
+        f"- epoch_overhead = median epoch with / median epoch without - 1 = {overhead:.3f} "
+        f"(record time / median epoch without = {_common.median(rec) / _common.median(ewo):.3f}).",
+        f"- peak resident memory of the process (training, both variants): {_common.fmt_bytes(part1['peak_rss'])}.",
+        "",
+        "One record's phases on the last trained model (median of interleaved rounds):",
+        "",
+        _common.table(["phase", "median", "min-max"], breakdown),
+        "",
+        "## Analysis growth",
+        "",
+        f"`I2XRun.explain` (intensities, HDBSCAN learning groups per interval, ridge per interval and group, pair "
+        f"flips) on a run loaded fresh, so nothing is cached; synthetic arrays, 7x7 maps, K={K}, {M} classes. "
+        "'cached' is a second `explain` on the same loaded run (HDBSCAN labels reused), the floor of what the "
+        "callback pays per checkpoint, which also clusters the one new interval.",
+        "",
+        _common.table(["series", "T", "N", "explain (fresh)", "min-max", "explain, BLAS 1 thread", "intensities", "explain (cached)"], t_rows + n_rows),
+        "",
+        f"- growth exponent in T (N={t_fixed_n}): {exp_t:.2f} (with BLAS limited to one thread: {exp_t_blas1:.2f}); "
+        f"in N (T={n_fixed_t}): {exp_n:.2f}.",
+        f"- peak traced memory (tracemalloc, NumPy buffers included) of load + explain: {_common.fmt_bytes(mem_t)} at "
+        f"T={t_cfg[-1][0]}, N={t_cfg[-1][1]}; {_common.fmt_bytes(mem_n)} at T={n_cfg[-1][0]}, N={n_cfg[-1][1]}.",
+    ])
+    _common.report(
+        "I2XCallback overhead and analysis growth",
+        body,
+        {"epoch_overhead": overhead, "analysis_growth_exponent_T": exp_t, "analysis_growth_exponent_N": exp_n},
+        args.out, info, args.quick,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""What one I2X checkpoint's probe pass costs, against a plain forward and against pytorch-grad-cam.
+
+    python benchmarks/bench_probe_pass.py [--quick] [--out FILE] [--repeats R] [--threads N]
+
+For each model (random-init weights, eval mode, random inputs: the cost does not depend on them):
+
+  forward      plain eval forward over the probe set under torch.no_grad (the floor)
+  record       what I2XCallback records per checkpoint, prototype fitting excluded: iterate
+               lightning_i2x.cam.probe_batches(..., cam="gradcam") and move the activations, maps
+               and confidences to NumPy as the callback does
+  gradcam_lib  what a user would otherwise write: pytorch_grad_cam.GradCAM(model, [layer]) with
+               ClassifierOutputTarget targets per batch, plus a separate no_grad forward with a
+               forward hook for the activations and the confidences
+
+Last line: record_vs_forward (worst model: max of record/forward) and gradcam_lib_vs_record
+(worst model: min of gradcam_lib/record).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import _common
+
+import numpy as np
+import torch
+import torchvision
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from lightning_i2x.cam import probe_batches
+from lightning_i2x.demo_models import SmallCNN
+from lightning_i2x.guards import preserved_rng
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    layer: str
+    shape: tuple[int, int, int]
+    n: int
+    batch_size: int
+
+
+def cases(quick: bool) -> list[Case]:
+    resnet = lambda: torchvision.models.resnet18(num_classes=10)  # noqa: E731
+    if quick:
+        return [
+            Case("SmallCNN 28 px", SmallCNN, "features", (1, 28, 28), 32, 16),
+            Case("resnet18 32 px", resnet, "layer4", (3, 32, 32), 16, 8),
+            Case("resnet18 224 px", resnet, "layer4", (3, 224, 224), 2, 2),
+        ]
+    return [
+        Case("SmallCNN 28 px", SmallCNN, "features", (1, 28, 28), 1000, 256),
+        Case("resnet18 32 px", resnet, "layer4", (3, 32, 32), 1000, 256),
+        Case("resnet18 224 px", resnet, "layer4", (3, 224, 224), 64, 32),
+    ]
+
+
+def forward_pass(model, images, batch_size):
+    with torch.no_grad():
+        for s in range(0, images.shape[0], batch_size):
+            model(images[s : s + batch_size])
+
+
+def record_pass(model, layer, images, labels, batch_size):
+    """I2XCallback._record up to (not including) fit_prototypes."""
+    with preserved_rng():
+        feats, cams, confs = [], [], []
+        for batch in probe_batches(model, layer, images, labels, cam="gradcam", cam_target="label", batch_size=batch_size):
+            feats.append(batch.activations.permute(0, 2, 3, 1).reshape(-1, batch.activations.shape[1]))
+            cams.append(batch.cams)
+            confs.append(batch.confidences)
+        cams_np = torch.cat(cams).cpu().numpy()
+        conf_np = torch.cat(confs).cpu().numpy()
+        feats_np = torch.cat(feats).float().cpu().numpy()
+    return cams_np, conf_np, feats_np
+
+
+def library_pass(model, layer, images, labels, batch_size):
+    """The same evidence with pytorch-grad-cam as a user would write it."""
+    cam = GradCAM(model=model, target_layers=[layer])
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+    maps, feats, confs = [], [], []
+    try:
+        for s in range(0, images.shape[0], batch_size):
+            x, y = images[s : s + batch_size], labels[s : s + batch_size]
+            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in y]))
+            captured.clear()
+            with torch.no_grad():
+                logits = model(x)
+            acts = captured[-1]
+            feats.append(acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1]).cpu().numpy())
+            confs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            captured.clear()
+    finally:
+        handle.remove()
+        cam.activations_and_grads.release()
+    return np.concatenate(maps), np.concatenate(confs), np.concatenate(feats)
+
+
+def main(argv=None) -> None:
+    args = _common.parser(__doc__).parse_args(argv)
+    _common.set_threads(args.threads)
+    info = _common.machine()
+    repeats = args.repeats or (1 if args.quick else 5)
+    torch.manual_seed(0)
+    rows, rec_vs_fwd, lib_vs_rec = [], [], []
+    for case in cases(args.quick):
+        print(f"{case.name}: N={case.n}, batch {case.batch_size}", file=sys.stderr, flush=True)
+        model = case.build().eval()
+        layer = model.get_submodule(case.layer)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(case.n, *case.shape, generator=g)
+        labels = torch.randint(0, 10, (case.n,), generator=g)
+        shapes: list[tuple[int, ...]] = []
+        hook = layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])) and None)
+        with torch.no_grad():
+            model(images[:1])
+        hook.remove()
+        times = _common.interleaved(
+            {
+                "forward": lambda: forward_pass(model, images, case.batch_size),
+                "record": lambda: record_pass(model, layer, images, labels, case.batch_size),
+                "gradcam_lib": lambda: library_pass(model, layer, images, labels, case.batch_size),
+            },
+            repeats,
+        )
+        med = {k: _common.median(v) for k, v in times.items()}
+        r1, r2 = med["record"] / med["forward"], med["gradcam_lib"] / med["record"]
+        rec_vs_fwd.append(r1)
+        lib_vs_rec.append(r2)
+        d, fh, fw = shapes[0]
+        rows.append([
+            case.name, f"{case.n} / {case.batch_size}", f"{d}x{fh}x{fw}",
+            f"{_common.fmt_s(med['forward'])} ({_common.spread(times['forward'])})",
+            f"{_common.fmt_s(med['record'])} ({_common.spread(times['record'])})",
+            f"{_common.fmt_s(med['gradcam_lib'])} ({_common.spread(times['gradcam_lib'])})",
+            f"{r1:.2f}", f"{r2:.1f}",
+        ])
+    header = ["model", "probe N / batch", "target layer map", "forward (floor)", "record (I2X)", "pytorch-grad-cam",
+              "record / forward", "grad-cam lib / record"]
+    body = "\n".join([
+        f"Median of {repeats} interleaved rounds after one warm-up round (min-max in brackets). Random-init weights, "
+        "eval mode, random inputs; target layer `features` (SmallCNN) or `layer4` (resnet18, num_classes=10).",
+        "",
+        _common.table(header, rows),
+        "",
+        "- forward: `model(x)` under `torch.no_grad()` over the probe set, batch by batch.",
+        "- record: `lightning_i2x.cam.probe_batches(..., cam=\"gradcam\")`, activations/maps/confidences to NumPy, "
+        "as `I2XCallback._record` does before fitting prototypes (prototype fitting excluded).",
+        "- pytorch-grad-cam: `GradCAM(model, [layer])` with `ClassifierOutputTarget` targets (maps upsampled to the "
+        "input size, the library's default) plus a separate `no_grad` forward for activations and confidences.",
+    ])
+    _common.report(
+        "I2X probe pass: record vs plain forward vs pytorch-grad-cam",
+        body,
+        {"record_vs_forward": max(rec_vs_fwd), "gradcam_lib_vs_record": min(lib_vs_rec)},
+        args.out, info, args.quick,
+    )
+
+
+if __name__ == "__main__":
+    main()
