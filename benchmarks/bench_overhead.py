@@ -3,11 +3,12 @@
     python benchmarks/bench_overhead.py [--quick] [--out FILE] [--repeats R] [--data-dir DIR]
 
 Part 1, epoch overhead: MNIST training epochs of SmallCNN (batch 128, Adam) on a 12k-image
-subset of the training set, validation on 2000 test images, with and without I2XCallback
-(probe: 1000 test images, 100 per class; target layer ``features``; K=32; recorded at every
-validation, so once per epoch, with the full analysis: prototypes, ``I2XRun.explain`` and the
-TensorBoard summary). Fits alternate (without, with, without, with, ...); every epoch's wall time
-counts, validation included. epoch_overhead = median epoch with / median epoch without - 1.
+subset of the training set, validation on 2000 test images once per epoch, in one fit with
+I2XCallback(every_n_epochs=2) (probe: 1000 test images, 100 per class; target layer ``features``;
+K=32; full analysis: prototypes, ``I2XRun.explain``, the TensorBoard summary), so epochs with a
+record and epochs without one alternate (B A B A ...; epoch 0 is the warm-up). Every epoch's
+wall time counts, validation included. epoch_overhead = median epoch with a record / median epoch
+without - 1: what recording at every validation adds to each epoch.
 
 Part 2, analysis growth: ``I2XRun.explain`` (which computes the intensities) on synthetic recorded
 arrays (a run made with ``I2XRun.create`` and filled with ``append_checkpoint`` and
@@ -73,58 +74,50 @@ class ClockedI2X(I2XCallback):
         self.record_seconds: list[float] = []
 
     def on_validation_epoch_end(self, trainer, pl_module):
+        before = self.run.num_checkpoints if self.run is not None else 0
         t0 = time.perf_counter()
         super().on_validation_epoch_end(trainer, pl_module)
-        self.record_seconds.append(time.perf_counter() - t0)
+        if self.run is not None and self.run.num_checkpoints > before:
+            self.record_seconds.append(time.perf_counter() - t0)
 
 
-def fit_once(train, val, probe, epochs: int, with_i2x: bool, root: Path, tag: str):
-    pl.seed_everything(0, verbose=False)
-    clock = EpochClock()
-    callbacks: list[pl.Callback] = [clock]
-    i2x = None
-    if with_i2x:
-        i2x = ClockedI2X(probe, target_layer="features", num_prototypes=K, run_dir=root / f"i2x-{tag}")
-        callbacks.append(i2x)
-    trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=callbacks, default_root_dir=str(root / tag), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    model = SmallCNN()
-    trainer.fit(model, DataLoader(train, batch_size=128, shuffle=True), DataLoader(val, batch_size=500))
-    if i2x is not None and i2x.run is not None and i2x.run.errors:
-        raise RuntimeError(f"I2XCallback recorded errors: {i2x.run.errors}")
-    return clock.epochs, i2x, model
-
-
-def epoch_overhead(args, root: Path, repeats: int):
+def epoch_overhead(args, root: Path, rounds: int):
+    """One fit with I2XCallback(every_n_epochs=2): epochs with a record and epochs without one
+    alternate (epoch 0, without, is the warm-up and not counted)."""
     train_full = load_mnist(train=True, data_dir=args.data_dir)
     test = load_mnist(train=False, data_dir=args.data_dir)
-    n_train, n_val, per_class, epochs = (256, 128, 10, 2) if args.quick else (12_000, 2000, 100, 2)
+    n_train, n_val, per_class = (256, 128, 10) if args.quick else (12_000, 2000, 100)
     train = Subset(train_full, range(n_train))
     val = Subset(test, range(n_val))
     probe = Subset(test, balanced_indices(test.tensors[1], per_class).tolist())
     probe.classes = test.classes
-    if not args.quick:
-        print("warm-up fits (512 images)", file=sys.stderr, flush=True)
-        warm = Subset(train_full, range(512))
-        fit_once(warm, val, probe, 1, False, root, "warm-without")
-        fit_once(warm, val, probe, 1, True, root, "warm-with")
-    epochs_of = {"without": [], "with": []}
-    records: list[float] = []
-    last = None
-    for r in range(repeats):
-        for variant in ("without", "with"):
-            secs, i2x, model = fit_once(train, val, probe, epochs, variant == "with", root, f"{variant}-{r}")
-            epochs_of[variant] += secs
-            if i2x is not None:
-                records += i2x.record_seconds
-                last = (i2x, model)
-            print(f"  round {r + 1}/{repeats} {variant}: epochs {', '.join(f'{s:.2f}s' for s in secs)}", file=sys.stderr, flush=True)
+    pl.seed_everything(0, verbose=False)
+    clock = EpochClock()
+    i2x = ClockedI2X(probe, target_layer="features", num_prototypes=K, every_n_epochs=2, run_dir=root / "i2x")
+
+    class Progress(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            e = trainer.current_epoch
+            kind = "warm-up" if e == 0 else ("with record" if (e + 1) % 2 == 0 else "without")
+            print(f"  epoch {e} ({kind}): {clock.epochs[-1]:.2f}s", file=sys.stderr, flush=True)
+
+    trainer = pl.Trainer(
+        max_epochs=1 + 2 * rounds, callbacks=[clock, i2x, Progress()], default_root_dir=str(root / "fit"),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    model = SmallCNN()
+    trainer.fit(model, DataLoader(train, batch_size=128, shuffle=True), DataLoader(val, batch_size=500))
+    if i2x.run.errors:
+        raise RuntimeError(f"I2XCallback recorded errors: {i2x.run.errors}")
+    if i2x.run.num_checkpoints != rounds or len(i2x.record_seconds) != rounds:
+        raise RuntimeError(f"expected {rounds} records, the run holds {i2x.run.num_checkpoints}")
+    epochs = clock.epochs
+    with_record = [t for e, t in enumerate(epochs) if e >= 1 and (e + 1) % 2 == 0]
+    without = [t for e, t in enumerate(epochs) if e >= 1 and (e + 1) % 2 == 1]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {
-        "n_train": n_train, "n_val": n_val, "n_probe": len(probe), "epochs": epochs, "epochs_of": epochs_of,
-        "records": records, "peak_rss": peak_rss, "last": last, "probe": probe,
+        "n_train": n_train, "n_val": n_val, "n_probe": len(probe), "epochs_of": {"with": with_record, "without": without},
+        "records": i2x.record_seconds, "peak_rss": peak_rss, "last": (i2x, model),
     }
 
 
@@ -150,7 +143,7 @@ def record_breakdown(part1, repeats: int) -> list[list[str]]:
         "probe pass (maps, confidences, activations)": probe_pass,
         "fit_prototypes, first checkpoint": lambda: fit_prototypes(state["feats"], K, seed=0),
         "fit_prototypes, matched to the previous ids": lambda: fit_prototypes(state["feats"], K, seed=0, previous_assignment=previous),
-        f"I2XRun.explain, fresh ({i2x.run.num_checkpoints} checkpoints)": lambda: I2XRun.load(run_path).explain(),
+        f"I2XRun.explain, fresh (T={i2x.run.num_checkpoints})": lambda: I2XRun.load(run_path).explain(),
     }
     times = _common.interleaved(variants, repeats)
     return [[name, _common.fmt_s(_common.median(t)), _common.spread(t)] for name, t in times.items()]
@@ -218,7 +211,7 @@ def main(argv=None) -> None:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     info = _common.machine()
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 8)
     t_sizes = [3, 12] if args.quick else [5, 10, 20, 40]
     n_sizes = [200, 800] if args.quick else [1000, 4000, 16000]
     t_fixed_n = 200 if args.quick else 1000
@@ -238,7 +231,7 @@ def main(argv=None) -> None:
         t_paths, t_res = growth(root / "T", t_cfg, 1 if args.quick else 3, blas_one_thread=True)
         print("part 2: analysis growth in N", file=sys.stderr, flush=True)
         n_cfg = [(n_fixed_t, n) for n in n_sizes]
-        n_paths, n_res = growth(root / "N", n_cfg, repeats)
+        n_paths, n_res = growth(root / "N", n_cfg, 1 if args.quick else 2)
         mem_t = peak_memory(t_paths[t_cfg[-1]])
         mem_n = peak_memory(n_paths[n_cfg[-1]])
 
@@ -248,8 +241,8 @@ def main(argv=None) -> None:
     exp_t_blas1 = _common.loglog_slope([s[0] for s in t_cfg], [med(t_res, s, "explain_blas1") for s in t_cfg])
 
     epoch_rows = [
-        ["without I2XCallback", len(ewo), _common.fmt_s(_common.median(ewo)), _common.spread(ewo), "-"],
-        ["with I2XCallback", len(ew), _common.fmt_s(_common.median(ew)), _common.spread(ew),
+        ["without a record", len(ewo), _common.fmt_s(_common.median(ewo)), _common.spread(ewo), "-"],
+        ["with an I2X record", len(ew), _common.fmt_s(_common.median(ew)), _common.spread(ew),
          f"{_common.fmt_s(_common.median(rec))} ({_common.spread(rec)})"],
     ]
     t_rows = [["T", s[0], s[1], _common.fmt_s(med(t_res, s, "explain")), _common.spread(t_res[s]["explain"]),
@@ -261,17 +254,18 @@ def main(argv=None) -> None:
     body = "\n".join([
         "## Epoch overhead",
         "",
-        f"SmallCNN on {subset}, batch 128, {part1['epochs']} epochs per fit, validation on {part1['n_val']} test images "
-        f"once per epoch; fits alternate without/with I2XCallback, {repeats} of each"
-        f"{'' if args.quick else ' after one warm-up fit of each (512 images, 1 epoch)'}. "
-        f"I2XCallback: probe of {part1['n_probe']} test images, target layer `features` (64x7x7), K={K}, a record "
-        "at every validation with the full analysis. Every epoch's wall time counts, validation included.",
+        f"SmallCNN on {subset}, batch 128, validation on {part1['n_val']} test images once per epoch, in one fit "
+        f"with `I2XCallback(every_n_epochs=2)`: epochs with a record and epochs without one alternate, {repeats} of each "
+        "after a warm-up epoch (epoch 0, not counted). A record is the full per-checkpoint work: probe pass over "
+        f"{part1['n_probe']} test images at `features` (64x7x7), prototypes (K={K}, matched to the previous ids), "
+        "`I2XRun.explain` and the TensorBoard summary; on the other epochs the attached callback does nothing. "
+        "Every epoch's wall time counts, validation included.",
         "",
         _common.table(["training", "epochs", "median epoch", "min-max", "I2X record + analysis per checkpoint"], epoch_rows),
         "",
         f"- epoch_overhead = median epoch with / median epoch without - 1 = {overhead:.3f} "
         f"(record time / median epoch without = {_common.median(rec) / _common.median(ewo):.3f}).",
-        f"- peak resident memory of the process (training, both variants): {_common.fmt_bytes(part1['peak_rss'])}.",
+        f"- peak resident memory of the process after training: {_common.fmt_bytes(part1['peak_rss'])}.",
         "",
         "One record's phases on the last trained model (median of interleaved rounds):",
         "",

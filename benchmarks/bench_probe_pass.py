@@ -43,6 +43,7 @@ class Case:
     shape: tuple[int, int, int]
     n: int
     batch_size: int
+    rounds_factor: int = 1  # cheap cases get more rounds: their times are the noisiest
 
 
 def cases(quick: bool) -> list[Case]:
@@ -54,7 +55,7 @@ def cases(quick: bool) -> list[Case]:
             Case("resnet18 224 px", resnet, "layer4", (3, 224, 224), 2, 2),
         ]
     return [
-        Case("SmallCNN 28 px", SmallCNN, "features", (1, 28, 28), 1000, 256),
+        Case("SmallCNN 28 px", SmallCNN, "features", (1, 28, 28), 1000, 256, rounds_factor=3),
         Case("resnet18 32 px", resnet, "layer4", (3, 32, 32), 1000, 256),
         Case("resnet18 224 px", resnet, "layer4", (3, 224, 224), 64, 32),
     ]
@@ -122,13 +123,14 @@ def main(argv=None) -> None:
         with torch.no_grad():
             model(images[:1])
         hook.remove()
+        rounds = repeats * case.rounds_factor
         times = _common.interleaved(
             {
                 "forward": lambda: forward_pass(model, images, case.batch_size),
                 "record": lambda: record_pass(model, layer, images, labels, case.batch_size),
                 "gradcam_lib": lambda: library_pass(model, layer, images, labels, case.batch_size),
             },
-            repeats,
+            rounds,
         )
         med = {k: _common.median(v) for k, v in times.items()}
         r1, r2 = med["record"] / med["forward"], med["gradcam_lib"] / med["record"]
@@ -136,16 +138,17 @@ def main(argv=None) -> None:
         lib_vs_rec.append(r2)
         d, fh, fw = shapes[0]
         rows.append([
-            case.name, f"{case.n} / {case.batch_size}", f"{d}x{fh}x{fw}",
+            case.name, f"{case.n} / {case.batch_size}", rounds, f"{d}x{fh}x{fw}",
             f"{_common.fmt_s(med['forward'])} ({_common.spread(times['forward'])})",
             f"{_common.fmt_s(med['record'])} ({_common.spread(times['record'])})",
             f"{_common.fmt_s(med['gradcam_lib'])} ({_common.spread(times['gradcam_lib'])})",
             f"{r1:.2f}", f"{r2:.1f}",
         ])
-    header = ["model", "probe N / batch", "target layer map", "forward (floor)", "record (I2X)", "pytorch-grad-cam",
+    header = ["model", "probe N / batch", "rounds", "target layer map", "forward (floor)", "record (I2X)", "pytorch-grad-cam",
               "record / forward", "grad-cam lib / record"]
     body = "\n".join([
-        f"Median of {repeats} interleaved rounds after one warm-up round (min-max in brackets). Random-init weights, "
+        "Median of the interleaved rounds (forward, record, pytorch-grad-cam in turn) after one warm-up round; "
+        "min-max in brackets. Random-init weights, "
         "eval mode, random inputs; target layer `features` (SmallCNN) or `layer4` (resnet18, num_classes=10).",
         "",
         _common.table(header, rows),

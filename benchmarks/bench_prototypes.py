@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     info["scikit-learn"] = sklearn.__version__
     n = args.n or (20_000 if args.quick else 500_000)
     k = args.k
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     t0 = time.perf_counter()
     x = make_vectors(n)
     print(f"{n} x {DIM} vectors made in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
