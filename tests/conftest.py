@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,7 +70,3 @@ def tiny_model():
     torch.manual_seed(0)
     return TinyCNN()
 
-
-def seeded(seed: int = 0):
-    torch.manual_seed(seed)
-    np.random.seed(seed)
