@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.cluster import HDBSCAN
+from sklearn.neighbors import NearestNeighbors
 
 __all__ = [
     "prototype_counts",
@@ -77,10 +78,14 @@ def interval_deltas(intensities: np.ndarray, confidences: np.ndarray) -> tuple[n
     return dp, dy
 
 
+_HUGE = 1e100
+
+
 def ridge(dp: np.ndarray, dy: np.ndarray, lam: float = 1.0, center: bool = True) -> np.ndarray:
     """Step 5, closed form: beta = (dP^T dP + lam I)^-1 dP^T dY, a (K, M) matrix.
 
     Columns are centred (not scaled) when ``center``; lam = 0 falls back to least squares.
+    Inputs beyond 1e100 are solved rescaled (the same beta), so dP^T dP cannot overflow.
     """
     x = np.asarray(dp, dtype=np.float64)
     y = np.asarray(dy, dtype=np.float64)
@@ -93,10 +98,18 @@ def ridge(dp: np.ndarray, dy: np.ndarray, lam: float = 1.0, center: bool = True)
     if center:
         x = x - x.mean(axis=0)
         y = y - y.mean(axis=0)
+    sx, sy = np.abs(x).max(initial=0.0), np.abs(y).max(initial=0.0)
+    if sx > _HUGE or sy > _HUGE:  # beta(x, y, lam) = beta(x / sx, y / sy, lam / sx^2) * sy / sx
+        sx, sy = max(sx, 1.0), max(sy, 1.0)
+        return ridge(x / sx, y / sy, lam / sx**2, center=False) * (sy / sx)
     gram = x.T @ x + lam * np.eye(x.shape[1])
     if lam > 0:
         return np.linalg.solve(gram, x.T @ y)
     return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+MAX_CLUSTER_SAMPLES = 2048
+"""Above this many probe samples, Step 4 clusters a subset (see ``learning_groups``)."""
 
 
 def default_min_cluster_size(n: int) -> int:
@@ -104,18 +117,37 @@ def default_min_cluster_size(n: int) -> int:
     return max(5, n // 50)
 
 
-def learning_groups(dy_t: np.ndarray, min_cluster_size: int | None = None) -> np.ndarray:
-    """Step 4: HDBSCAN over one interval's confidence changes; (N,) labels, -1 for noise."""
+def learning_groups(
+    dy_t: np.ndarray, min_cluster_size: int | None = None, max_cluster_samples: int | None = MAX_CLUSTER_SAMPLES, seed: int = 0
+) -> np.ndarray:
+    """Step 4: HDBSCAN over one interval's confidence changes; (N,) labels, -1 for noise.
+
+    HDBSCAN costs O(N^2) in time, so above ``max_cluster_samples`` finite samples it clusters a
+    seeded random subset of that size (with ``min_cluster_size`` scaled by the subset's share, but
+    not below 5, the method's floor, below which HDBSCAN splits a dense group into fragments)
+    and gives every other sample the label of its nearest clustered neighbour, noise included:
+    the whole step then grows linearly in N. ``None`` clusters every sample.
+    """
     dy_t = np.asarray(dy_t, dtype=np.float64)
     n = dy_t.shape[0]
     mcs = default_min_cluster_size(n) if min_cluster_size is None else int(min_cluster_size)
     if mcs < 2:
         raise ValueError(f"min_cluster_size must be >= 2, got {mcs}")
+    if max_cluster_samples is not None and max_cluster_samples < 2:
+        raise ValueError(f"max_cluster_samples must be >= 2 or None, got {max_cluster_samples}")
     labels = np.full(n, -1, dtype=np.int64)
-    finite = np.all(np.isfinite(dy_t), axis=1)
-    if finite.sum() < max(mcs, 2):
+    finite = np.flatnonzero(np.all(np.isfinite(dy_t), axis=1))
+    if finite.size < max(mcs, 2):
         return labels
-    labels[finite] = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(dy_t[finite])
+    if max_cluster_samples is None or finite.size <= max_cluster_samples:
+        labels[finite] = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(dy_t[finite])
+        return labels
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(finite, size=max_cluster_samples, replace=False))
+    sample_mcs = max(min(mcs, 5), round(mcs * max_cluster_samples / finite.size))  # never below the method's floor
+    sample_labels = HDBSCAN(min_cluster_size=sample_mcs, copy=True).fit_predict(dy_t[sample])
+    nearest = NearestNeighbors(n_neighbors=1).fit(dy_t[sample]).kneighbors(dy_t[finite], return_distance=False)[:, 0]
+    labels[finite] = sample_labels[nearest]
     return labels
 
 

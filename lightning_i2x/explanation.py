@@ -191,6 +191,54 @@ class Explanation:
         return "\n".join(lines) + "\n"
 
 
+    def class_markdown(self, c: int | str, max_uncertain: int = 10) -> str:
+        """Everything the explanation says about one class, as markdown: its shared and
+        specialised prototypes, every edge of its checkpoint graph, the (top ``max_uncertain``)
+        uncertain prototypes of its pairs and when each of its pairs was resolved."""
+        ci, name = self.class_index(c), self.class_names
+        lines = [f"### {name[ci]}", "", f"- shared: {_fmt_protos(self.shared_prototypes(ci))}",
+                 f"- specialised: {_fmt_protos(self.specialised_prototypes(ci))}"]
+        by_t: dict[int, list[str]] = {}
+        for t, b, _, ks in self.edges(ci):
+            by_t.setdefault(t, []).append(f"{name[b]} ({_fmt_protos(ks)})")
+        lines.append("- edges: " + ("; ".join(f"{', '.join(v)} -> T{t}" for t, v in by_t.items()) if by_t else "none"))
+        unc = [u for u in self._uncertain if ci in u.classes]
+        more = f" and {len(unc) - max_uncertain} more" if len(unc) > max_uncertain else ""
+        lines.append("- uncertain: " + (", ".join(
+            f"P-{u.prototype} ({name[u.classes[0]]} <-> {name[u.classes[1]]}, {u.flips} flips)" for u in unc[:max_uncertain]) + more
+            if unc else "none"))
+        steps = [s for s in self._order if ci in s.classes]
+        lines.append("- learning order: " + (", ".join(
+            f"{name[s.classes[0]]}/{name[s.classes[1]]} " + (f"@T{s.interval}" if s.interval is not None else "unresolved")
+            for s in steps) if steps else "none"))
+        return "\n".join(lines) + "\n"
+
+    # -- plots (matplotlib figures; see lightning_i2x.plots) ---------------------------------------
+    def plot_evolution(self, c: int | str, run=None, **kw):
+        """Fig. 3: prototypes x intervals, did each raise or lower class c, and against whom."""
+        from . import plots
+
+        return plots.evolution_grid(self, c, run=run, **kw)
+
+    def plot_graph(self, c: int | str, **kw):
+        """Fig. 4: the annotated checkpoint graph of class c."""
+        from . import plots
+
+        return plots.checkpoint_graph(self, c, **kw)
+
+    def plot_pair(self, a: int | str, b: int | str, run=None, **kw):
+        """Fig. 5: every prototype separating a from b over the intervals, uncertain ones marked."""
+        from . import plots
+
+        return plots.confused_pair(self, a, b, run=run, **kw)
+
+    def plot_beta(self, interval: int = -1, **kw):
+        """Heat map of one interval's ridge coefficients (K x M)."""
+        from . import plots
+
+        return plots.ridge_heatmap(self, interval, **kw)
+
+
 def _fmt_protos(ks: Sequence[int]) -> str:
     return ", ".join(f"P-{k}" for k in ks) if ks else "none"
 
@@ -209,13 +257,15 @@ def explain(
     shared_frac: float = 0.8,
     specialised_frac: float = 0.5,
     min_cluster_size: int | None = None,
+    max_cluster_samples: int | None = analysis.MAX_CLUSTER_SAMPLES,
     groups: np.ndarray | None = None,
 ) -> Explanation:
     """Steps 4-6 on recorded arrays.
 
     intensities (T, N, K) with NaN where absent; confidences (T, N, M); labels (N,);
     presence (N, K) salient presence at the reference checkpoint. ``groups`` (T-1, N) may be
-    passed to reuse HDBSCAN labels computed earlier (they depend on confidences only).
+    passed to reuse HDBSCAN labels computed earlier (they depend on confidences only);
+    ``max_cluster_samples`` bounds HDBSCAN's quadratic cost (see ``analysis.learning_groups``).
     """
     p = np.asarray(intensities, dtype=np.float64)
     y = np.asarray(confidences, dtype=np.float64)
@@ -239,8 +289,15 @@ def explain(
 
     dp, dy = analysis.interval_deltas(p, y)
     if groups is None:
-        groups = np.stack([analysis.learning_groups(dy[t], min_cluster_size) for t in range(t_ - 1)]) if t_ > 1 else np.zeros((0, n), np.int64)
-    groups = np.asarray(groups, dtype=np.int64).reshape(t_ - 1, n)
+        groups = (
+            np.stack([analysis.learning_groups(dy[t], min_cluster_size, max_cluster_samples) for t in range(t_ - 1)])
+            if t_ > 1
+            else np.zeros((0, n), np.int64)
+        )
+    groups = np.asarray(groups)
+    if groups.shape != (t_ - 1, n) or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(f"groups must be ({t_ - 1}, {n}) integer labels (one row per interval), got {groups.dtype} {groups.shape}")
+    groups = groups.astype(np.int64)
     beta = np.stack([analysis.ridge(dp[t], dy[t], ridge_lambda) for t in range(t_ - 1)]) if t_ > 1 else np.zeros((0, k, m))
     group_beta = [
         {int(g): analysis.ridge(dp[t][groups[t] == g], dy[t][groups[t] == g], ridge_lambda) for g in np.unique(groups[t]) if g >= 0}
@@ -271,6 +328,7 @@ def explain(
         "shared_frac": float(shared_frac),
         "specialised_frac": float(specialised_frac),
         "min_cluster_size": analysis.default_min_cluster_size(n) if min_cluster_size is None else int(min_cluster_size),
+        "max_cluster_samples": None if max_cluster_samples is None else int(max_cluster_samples),
         "min_group_members": 3,
     }
     return Explanation(beta, thresholds, groups, group_beta, presence, labels, names, params, uncertain, order)

@@ -100,7 +100,8 @@ def fit_prototypes(
     max_points_per_centroid: int = 256,
     previous_assignment: np.ndarray | None = None,
     use_gpu: bool | None = None,
-) -> tuple[Prototypes, np.ndarray]:
+    return_distances: bool = False,
+) -> tuple[Prototypes, np.ndarray] | tuple[Prototypes, np.ndarray, np.ndarray]:
     """PCA to ``n_components`` (or d if smaller), then FAISS k-means with K clusters from a
     k-means++ start.
 
@@ -109,6 +110,9 @@ def fit_prototypes(
     new prototypes take the ids of the old ones they match best (Hungarian matching on centroid
     distance, the old centroids recomputed from the new features of their members so both live
     in one space); old prototypes left with no members are matched last.
+
+    With ``return_distances`` also returns each vector's (n,) float32 squared distance to its
+    centroid in the PCA space: galleries show a prototype by its nearest locations.
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim != 2:
@@ -147,6 +151,9 @@ def fit_prototypes(
         order = _match_to_previous(y, assignment, np.asarray(previous_assignment).reshape(-1), protos.centroids)
         protos = Prototypes(projection, bias, protos.centroids[order], protos.inertia)
         assignment = np.argsort(order)[assignment]
+    if return_distances:
+        # FAISS computes |x|^2 + |c|^2 - 2 x.c, which can dip just below 0
+        return protos, assignment, np.maximum(dist[:, 0], 0).astype(np.float32)
     return protos, assignment
 
 

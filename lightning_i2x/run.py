@@ -8,7 +8,9 @@ Format (version 1; everything NumPy ``.npz`` without pickles, or JSON):
     <run_dir>/probe.npz                labels (N,) int64; images (N, C, H, W) float16 if stored
     <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
     <run_dir>/prototypes/proto-00000.npz   projection (p, d), bias (p,), centroids (K, p),
-                                       assignment (N, h, w) int32 (from the reference model)
+                                       assignment (N, h, w) int32 (from the reference model),
+                                       distances (N, h, w) float32, optional: each location's
+                                       squared distance to its centroid (for galleries)
 
 Every file is written atomically and the manifest last, so a reader always finds a consistent
 prefix of the checkpoints: a file the manifest does not list is ignored.
@@ -107,6 +109,7 @@ class I2XRun:
         self._confidences: list[np.ndarray] = []
         self._prototypes: Prototypes | None = None
         self._assignment: np.ndarray | None = None
+        self._distances: np.ndarray | None = None
         self._groups: dict[tuple[int, int | None], np.ndarray] = {}
 
     # -- creation and loading -------------------------------------------------------------------
@@ -184,7 +187,7 @@ class I2XRun:
             run._confidences.append(data["confidences"])
         if manifest["prototypes"] is not None:
             file = path / manifest["prototypes"]["file"]
-            data = _load_npz(file, ("projection", "bias", "centroids", "inertia", "assignment"))
+            data = _load_npz(file, ("projection", "bias", "centroids", "inertia", "assignment"), optional=("distances",))
             proj, bias, cent, assignment = data["projection"], data["bias"], data["centroids"], data["assignment"]
             k = run.num_prototypes
             if (
@@ -193,8 +196,12 @@ class I2XRun:
                 or (assignment.size and (assignment.min() < 0 or assignment.max() >= k))
             ):
                 raise I2XRunError(f"{file} does not match the run's shapes")
+            dist = data.get("distances")
+            if dist is not None and (dist.shape != (n, h, w) or dist.dtype.kind != "f" or not np.all(np.isfinite(dist))):
+                raise I2XRunError(f"{file} holds distances that do not match the run's shapes or are not finite")
             run._prototypes = Prototypes.from_arrays(data)
             run._assignment = assignment.astype(np.int64)
+            run._distances = None if dist is None else dist.astype(np.float32)
         return run
 
     # -- appending (used by the callback) -------------------------------------------------------
@@ -213,13 +220,22 @@ class I2XRun:
         self._write_manifest()
         return index
 
-    def set_prototypes(self, prototypes: Prototypes, assignment: np.ndarray, *, reference: int) -> None:
-        """Replace the prototypes and the (N, h, w) assignment fitted on checkpoint ``reference``."""
-        assignment = np.asarray(assignment).reshape(self.num_probe, *self.feature_shape)
+    def set_prototypes(
+        self, prototypes: Prototypes, assignment: np.ndarray, *, reference: int, distances: np.ndarray | None = None
+    ) -> None:
+        """Replace the prototypes and the (N, h, w) assignment fitted on checkpoint ``reference``;
+        ``distances`` (each location's squared distance to its centroid) lets galleries pick a
+        prototype's nearest locations."""
+        shape = (self.num_probe, *self.feature_shape)
+        assignment = np.asarray(assignment).reshape(shape)
+        arrays = {"assignment": assignment.astype(np.int32), **prototypes.to_arrays()}
+        if distances is not None:
+            arrays["distances"] = np.asarray(distances, dtype=np.float32).reshape(shape)
         old = self._manifest["prototypes"]
         name = f"prototypes/proto-{reference:05d}.npz"
-        atomic.write_npz(self.path / name, assignment=assignment.astype(np.int32), **prototypes.to_arrays())
+        atomic.write_npz(self.path / name, **arrays)
         self._prototypes, self._assignment = prototypes, assignment.astype(np.int64)
+        self._distances = arrays.get("distances")
         self._manifest["prototypes"] = {"file": name, "reference": int(reference)}
         self._write_manifest()
         if old is not None and old["file"] != name:
@@ -228,7 +244,9 @@ class I2XRun:
     def truncate(self, num_checkpoints: int, prototypes: tuple[Prototypes, np.ndarray, int] | None = None) -> None:
         """Keep the first ``num_checkpoints`` (a resumed fit drops what was recorded after its
         Lightning checkpoint) and, if given, reinstate the (prototypes, assignment, reference)
-        current at that moment. Dropped files stay on disk unlisted, so they are never read."""
+        current at that moment. The writer of the run calls this when it reopens the run, so the
+        files a crash or the truncation left unlisted (temporary files, dropped checkpoints, older
+        prototypes) are deleted; readers never see them either way."""
         if not 0 <= num_checkpoints <= self.num_checkpoints:
             raise I2XRunError(f"{self.path} has {self.num_checkpoints} checkpoints; cannot keep {num_checkpoints}")
         del self._cams[num_checkpoints:], self._confidences[num_checkpoints:]
@@ -237,8 +255,20 @@ class I2XRun:
         if prototypes is not None:
             self.set_prototypes(prototypes[0], prototypes[1], reference=prototypes[2])
         elif self.reference is not None and self.reference >= num_checkpoints:
-            self._manifest["prototypes"], self._prototypes, self._assignment = None, None, None
+            self._manifest["prototypes"], self._prototypes, self._assignment, self._distances = None, None, None, None
         self._write_manifest()
+        self._remove_unlisted()
+
+    def _remove_unlisted(self) -> None:
+        listed = {c["file"] for c in self._manifest["checkpoints"]}
+        if self._manifest["prototypes"] is not None:
+            listed.add(self._manifest["prototypes"]["file"])
+        for folder in ("checkpoints", "prototypes"):
+            for f in (self.path / folder).iterdir():
+                if f"{folder}/{f.name}" not in listed and f.is_file():
+                    f.unlink(missing_ok=True)
+        for f in self.path.glob(".*.tmp-*"):
+            f.unlink(missing_ok=True)
 
     def record_error(self, where: str, error: BaseException, *, epoch: int, global_step: int) -> None:
         """Keep an explainer failure in the manifest so the run says what it missed."""
@@ -312,6 +342,12 @@ class I2XRun:
         self._require_prototypes()
         return self._assignment.copy()
 
+    def distances(self) -> np.ndarray | None:
+        """(N, h, w) squared distance of every probe location to its prototype's centroid, or
+        None for runs recorded without them (older runs, or prototypes reinstated on resume)."""
+        self._require_prototypes()
+        return None if self._distances is None else self._distances.copy()
+
     def cams(self) -> np.ndarray:
         """(T, N, h, w) float32 CAM maps at feature resolution."""
         return np.stack(self._cams).astype(np.float32) if self._cams else np.zeros((0, self.num_probe, *self.feature_shape), np.float32)
@@ -335,7 +371,8 @@ class I2XRun:
 
     def explain(self, *, saliency_threshold: float = 0.5, reference: int | None = None, **params) -> Explanation:
         """The structured explanation (Steps 4-6). ``params`` go to ``lightning_i2x.explain``
-        (ridge_lambda, tau, tau_scale, min_flips, shared_frac, specialised_frac, min_cluster_size)."""
+        (ridge_lambda, tau, tau_scale, min_flips, shared_frac, specialised_frac, min_cluster_size,
+        max_cluster_samples)."""
         self._require_prototypes()
         return explain(
             self.intensities(),
@@ -343,20 +380,34 @@ class I2XRun:
             self.labels,
             self.presence(reference, saliency_threshold),
             class_names=self.class_names,
-            groups=self._learning_groups(params.get("min_cluster_size")),
+            groups=self._learning_groups(params.get("min_cluster_size"), params.get("max_cluster_samples", analysis.MAX_CLUSTER_SAMPLES)),
             **params,
         )
 
-    def _learning_groups(self, min_cluster_size: int | None) -> np.ndarray:
+    def plot_gallery(self, prototypes: Sequence[int] | None = None, **kw):
+        """Each prototype as the probe patches nearest its centroid (a matplotlib figure; see
+        ``lightning_i2x.plots.prototype_gallery``)."""
+        from . import plots
+
+        return plots.prototype_gallery(self, prototypes, **kw)
+
+    def plot_overlays(self, c: int | str, **kw):
+        """GradCAM over probe images of class c with the salient prototypes outlined (a matplotlib
+        figure; see ``lightning_i2x.plots.saliency_overlays``)."""
+        from . import plots
+
+        return plots.saliency_overlays(self, c, **kw)
+
+    def _learning_groups(self, min_cluster_size: int | None, max_cluster_samples: int | None) -> np.ndarray:
         """HDBSCAN labels per interval; they depend on confidences only, so each interval is
         clustered once and reused at later checkpoints."""
         conf = self._confidences
         rows = []
         for t in range(len(conf) - 1):
-            key = (t, min_cluster_size)
+            key = (t, min_cluster_size, max_cluster_samples)
             if key not in self._groups:
                 dy = conf[t + 1].astype(np.float64) - conf[t].astype(np.float64)
-                self._groups[key] = analysis.learning_groups(dy, min_cluster_size)
+                self._groups[key] = analysis.learning_groups(dy, min_cluster_size, max_cluster_samples)
             rows.append(self._groups[key])
         return np.stack(rows) if rows else np.zeros((0, self.num_probe), np.int64)
 

@@ -163,3 +163,35 @@ def test_explain_rejects_bad_parameters():
         explain(p, y, np.zeros(5), np.ones((5, 3), bool), ridge_lambda=-1)
     with pytest.raises(ValueError, match="tau"):
         explain(p, y, np.zeros(5), np.ones((5, 3), bool), tau="big")
+
+
+def test_learning_groups_subsample_recovers_planted_groups_and_labels_every_sample():
+    """Above max_cluster_samples, the clustered subset's groups reach every sample by nearest
+    neighbour: three planted groups of 2000 come back whole, and the run is deterministic."""
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.0, 0.0, 0.6]])
+    dy = np.vstack([rng.normal(c, 0.02, (2000, 3)) for c in centres])
+    truth = np.repeat(np.arange(3), 2000)
+    labels = analysis.learning_groups(dy, max_cluster_samples=500)
+    for g in range(3):
+        assert len(set(labels[truth == g])) == 1 and labels[truth == g][0] >= 0
+    assert len(set(labels)) == 3
+    assert np.array_equal(labels, analysis.learning_groups(dy, max_cluster_samples=500))
+
+
+def test_learning_groups_subsample_keeps_nan_rows_noise_and_matches_full_below_the_cap():
+    rng = np.random.default_rng(4)
+    dy = np.vstack([rng.normal([0.5, -0.5], 0.01, (60, 2)), rng.normal([-0.5, 0.5], 0.01, (60, 2))])
+    assert np.array_equal(analysis.learning_groups(dy, max_cluster_samples=120), analysis.learning_groups(dy, max_cluster_samples=None))
+    dy[[0, 70]] = np.nan
+    labels = analysis.learning_groups(dy, max_cluster_samples=50)
+    assert labels[0] == -1 and labels[70] == -1
+    assert len(set(labels[1:60])) == 1 and len(set(labels[71:])) == 1 and labels[1] != labels[71]
+    with pytest.raises(ValueError, match="max_cluster_samples"):
+        analysis.learning_groups(dy, max_cluster_samples=1)
+
+
+def test_explain_rejects_groups_of_the_wrong_shape():
+    p, y = np.zeros((3, 5, 2)), np.zeros((3, 5, 2))
+    with pytest.raises(ValueError, match=r"groups must be \(2, 5\)"):
+        explain(p, y, np.zeros(5), np.ones((5, 2), bool), groups=np.zeros((1, 10), np.int64))

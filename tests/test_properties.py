@@ -246,6 +246,21 @@ def test_ridge_without_penalty_solves_the_normal_equations(case, center):
         assert np.abs(grad).max() <= 1e-8 * scale
 
 
+@FAST
+@given(delta_cases(), st.floats(0.01, 100.0), st.sampled_from([1e120, 1e200]), st.sampled_from([1.0, 1e150]))
+def test_ridge_of_huge_inputs_is_finite_and_scales_exactly(case, lam, c, d):
+    """beta(c x, d y, lam c^2) = beta(x, y, lam) d / c, even where (c x)^T (c x) would overflow."""
+    x, y = case
+    with np.errstate(over="raise"):
+        huge = analysis.ridge(c * x, d * y, lam * c * c) if np.isfinite(lam * c * c) else None
+    if huge is None:
+        return
+    expected = analysis.ridge(x, y, lam) * (d / c)
+    assert np.isfinite(huge).all()
+    natural = d * np.abs(y).max(initial=0.0) / (c * max(np.abs(x).max(initial=0.0), 1e-300))  # the scale of beta
+    np.testing.assert_allclose(huge, expected, rtol=1e-6, atol=1e-9 * max(natural, np.abs(expected).max(initial=0.0), 1e-300))
+
+
 # -- Step 4: learning groups ----------------------------------------------------------------------
 @FAST
 @given(st.integers(1, 40), st.integers(1, 4), st.sampled_from(VALUE_KINDS), st.sampled_from([0.0, 0.1, 1.0]),

@@ -480,3 +480,18 @@ def test_a_writer_killed_at_random_moments_leaves_a_consistent_prefix(tmp_path):
     assert counts[-1] > 0, "the writer never got to append"
     expl = I2XRun.load(run_dir).explain()
     json.dumps(expl.to_dict(), allow_nan=False)
+
+
+def test_truncate_by_the_writer_deletes_what_a_crash_left_unlisted(run_dir):
+    (run_dir / "checkpoints" / f".ckpt-{NUM_CHECKPOINTS:05d}.npz.tmp-12345").write_bytes(b"PK\x03\x04half")
+    (run_dir / ".manifest.json.tmp-999").write_bytes(b"{")
+    _ckpt(run_dir, NUM_CHECKPOINTS + 2).write_bytes(b"garbage")
+    (run_dir / "prototypes" / "proto-00000.npz").write_bytes(b"an old prototypes file")
+    run = I2XRun.load(run_dir)
+    run.truncate(NUM_CHECKPOINTS - 1)
+    assert run.manifest["prototypes"] is None  # fitted on a dropped checkpoint
+    listed = {run_dir / c["file"] for c in run.manifest["checkpoints"]}
+    left = {f for f in run_dir.rglob("*") if f.is_file()} - {run_dir / "manifest.json", run_dir / "probe.npz"}
+    assert left == listed and len(listed) == NUM_CHECKPOINTS - 1
+    again = I2XRun.load(run_dir)
+    np.testing.assert_array_equal(again.cams(), run.cams())
