@@ -1,4 +1,5 @@
-"""Train a small CNN on MNIST with I2XCallback attached, then print what it found.
+"""Train a small CNN on MNIST with I2XCallback attached, print what it found and write the HTML
+report (``report.html`` beside the TensorBoard logs).
 
     python examples/mnist_demo.py [--data-dir DIR] [--epochs 2] [--out i2x_demo]
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from lightning_i2x import I2XCallback, I2XRun
 from lightning_i2x.datasets import balanced_indices, load_mnist
 from lightning_i2x.demo_models import SmallCNN
+from lightning_i2x.report import write_report
 
 
 def main(argv=None) -> None:
@@ -67,7 +69,8 @@ def main(argv=None) -> None:
     names = run.class_names
     print()
     print(f"I2X run:          {run.path}  ({run.num_checkpoints} checkpoints, {run.num_prototypes} prototypes, {run.num_probe} probe images)")
-    print(f"TensorBoard logs: {Path(logger.log_dir)}   (view: tensorboard --logdir {args.out})")
+    events = sum(f.stat().st_size for f in Path(logger.log_dir).glob("events.out.tfevents.*"))
+    print(f"TensorBoard logs: {Path(logger.log_dir)}   (view: tensorboard --logdir {args.out}; event files {events / 2**20:.1f} MiB)")
     print(f"validation accuracy: {trainer.callback_metrics['val_acc']:.4f}; finished in {time.perf_counter() - t0:.0f} s")
     print()
     if expl.uncertain:
@@ -85,6 +88,9 @@ def main(argv=None) -> None:
     print("Learning order (pair @ interval resolved): " + ", ".join(f"{names[s.classes[0]]}/{names[s.classes[1]]}@T{s.interval}" for s in resolved[:12]))
     if run.errors:
         print(f"explainer errors recorded: {run.errors}")
+    report = write_report(run, Path(logger.log_dir) / "report.html", explanation=expl, progress=True)
+    print()
+    print(f"HTML report: {report.resolve()}  ({report.stat().st_size / 2**20:.1f} MiB; open it in a browser)")
 
 
 if __name__ == "__main__":

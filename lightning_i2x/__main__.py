@@ -1,4 +1,5 @@
-"""Command line: ``i2x summary RUN_DIR`` (also ``python -m lightning_i2x``)."""
+"""Command line: ``i2x summary RUN_DIR`` and ``i2x report RUN_DIR --out FILE`` (also
+``python -m lightning_i2x``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summary", help="print the findings of a run as text")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="print the whole explanation as JSON instead")
+    r = sub.add_parser("report", help="write a self-contained HTML report (images embedded)")
+    r.add_argument("run_dir")
+    r.add_argument("--out", required=True, help="the HTML file to write")
+    r.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to draw, by index or name (default: all)")
+    r.add_argument("--max-pairs", type=int, default=3, help="confused pairs to draw (default 3)")
+    r.add_argument("--dpi", type=int, default=80, help="image resolution (default 80)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = ap.parse_args(argv)
     try:
         run = I2XRun.load(args.run_dir)
@@ -22,7 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     except I2XRunError as e:
         print(f"i2x: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    if args.command == "report":
+        from .report import write_report
+
+        classes = None if not args.classes else tuple(int(c) if c.isdigit() else c for c in args.classes)
+        try:
+            out = write_report(run, args.out, explanation=expl, classes=classes, max_pairs=args.max_pairs, dpi=args.dpi,
+                               progress=not args.no_progress)
+        except (KeyError, IndexError, ValueError) as e:
+            print(f"i2x: {e}", file=sys.stderr)
+            return 2
+        print(out)
+    elif args.json:
         print(json.dumps(expl.to_dict(), indent=1))
     else:
         print(f"# I2X run {run.path}\n")
