@@ -3,6 +3,7 @@
 from .analysis import prototype_intensity, ridge
 from .callback import I2XCallback
 from .explanation import Explanation, LearningStep, UncertainPrototype, explain
+from .finetune import FinetuneResult, PerturbationFinetuner
 from .prototypes import Prototypes, fit_prototypes
 from .run import I2XRun, I2XRunError
 
@@ -12,6 +13,8 @@ __all__ = [
     "I2XCallback",
     "I2XRun",
     "I2XRunError",
+    "PerturbationFinetuner",
+    "FinetuneResult",
     "Explanation",
     "UncertainPrototype",
     "LearningStep",

@@ -1,0 +1,928 @@
+"""Step 7 of the method: perturbation fine-tuning targeted by the uncertain prototypes.
+
+An uncertain prototype of the class pair (a, b) is evidence the model kept reassigning between a
+and b. The training samples that *contain* it (images of class a or b whose salient region, under
+the model being fine-tuned, holds a location assigned to it) are the ones that confuse the model.
+``PerturbationFinetuner`` finds them by streaming the training set through the model (the same
+fast GradCAM pass as the probe: a forward and a backward that stops at the target layer), searching
+every location's feature vector against the run's prototype index (FAISS, on the GPU when there
+is one), and then fine-tunes:
+
+- ``mode="remove"`` (the paper): the *curated* set is the training set without those samples;
+- ``mode="mask"``: the curated set keeps them but perturbs the pixels of the regions that hold the
+  uncertain prototype (blur, noise or a baseline fill).
+
+``schedule`` lists the epochs in order: ``("curated", "full")`` is the paper's "curated -> full",
+``("full", "full")`` its baseline. Accuracy and the targeted pairs' confusions (both directions) are
+measured on the validation set before and after.
+
+The selection logic (``resolve_pairs``, ``salient_locations``, ``flag_samples``, ``pixel_mask``,
+``perturb``) is plain functions on arrays; ``find_uncertain_samples`` streams a dataset through them;
+the Trainer use is thin glue in ``PerturbationFinetuner.fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
+
+from . import atomic
+from .cam import CAM_METHODS, ForwardFn, default_forward, probe_batches
+from .guards import evaluation_mode, preserved_rng
+from .layers import resolve_target_layer
+from .prototypes import Prototypes
+from .run import I2XRun, I2XRunError
+
+__all__ = [
+    "PerturbationFinetuner",
+    "FinetuneResult",
+    "Selection",
+    "MaskedDataset",
+    "resolve_pairs",
+    "pair_prototypes",
+    "salient_locations",
+    "flag_samples",
+    "pixel_mask",
+    "perturb",
+    "find_uncertain_samples",
+    "check_finetune_kwargs",
+    "log_finetune",
+]
+
+MODES = ("remove", "mask")
+PHASES = ("curated", "full")
+MASK_FILLS = ("blur", "noise", "baseline")
+MASK_REGIONS = ("salient", "all")
+_RESERVED_TRAINER_KWARGS = ("max_epochs", "min_epochs", "max_steps", "reload_dataloaders_every_n_epochs", "callbacks")
+
+Pair = tuple[int, int]
+
+
+# -- pure functions: which samples, which pixels ---------------------------------------------------
+def resolve_pairs(pairs: Iterable[Sequence[int | str]], class_names: Sequence[str]) -> list[Pair]:
+    """Class pairs given by index or name, as sorted index pairs (duplicates dropped, order kept).
+
+    Raises ValueError naming every unknown class and listing the run's classes."""
+    names = [str(c) for c in class_names]
+    m = len(names)
+    out: list[Pair] = []
+    unknown: list[str] = []
+    for pair in pairs:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"each pair must be two classes (a, b), got {pair!r}")
+        idx = []
+        for c in pair:
+            if isinstance(c, str):
+                if c in names:
+                    idx.append(names.index(c))
+                elif c.lstrip("-").isdigit() and 0 <= int(c) < m and c not in names:
+                    idx.append(int(c))
+                else:
+                    unknown.append(repr(c))
+            elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < m:
+                idx.append(int(c))
+            else:
+                unknown.append(repr(c))
+        if len(idx) == 2:
+            if idx[0] == idx[1]:
+                raise ValueError(f"pair {pair!r} names the same class twice; a pair needs two different classes")
+            p = (min(idx), max(idx))
+            if p not in out:
+                out.append(p)
+    if unknown:
+        raise ValueError(
+            f"pairs name unknown classes {', '.join(dict.fromkeys(unknown))}; the run's classes are "
+            f"{names} (by name, or by index 0..{m - 1})"
+        )
+    return out
+
+
+def pair_prototypes(uncertain: Iterable[Any], pairs: Sequence[Pair]) -> dict[Pair, list[int]]:
+    """The uncertain prototypes of each pair, best first (``uncertain``: ``Explanation.uncertain``)."""
+    out: dict[Pair, list[int]] = {p: [] for p in pairs}
+    for u in uncertain:
+        key = (min(u.classes), max(u.classes))
+        if key in out and int(u.prototype) not in out[key]:
+            out[key].append(int(u.prototype))
+    return out
+
+
+def salient_locations(cams: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(B, L) bool: location j of sample i lies in its salient region, i.e. its min-max normalised
+    saliency is >= threshold; the normalisation of ``analysis.salient_presence`` (which
+    ``I2XRun.presence`` and ``explain`` use), so the training set is judged as the probe was."""
+    s = np.asarray(cams, dtype=np.float64)
+    s = np.nan_to_num(s.reshape(s.shape[0], -1), nan=0.0, posinf=0.0, neginf=0.0)
+    lo = s.min(axis=1, keepdims=True)
+    s = (s - lo) / (1e-7 + (s - lo).max(axis=1, keepdims=True))
+    return s >= threshold
+
+
+def flag_samples(
+    assignment: np.ndarray,
+    salient: np.ndarray,
+    labels: np.ndarray,
+    pair_protos: dict[Pair, Sequence[int]],
+    region: str = "salient",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which samples contain which pair's uncertain prototypes.
+
+    assignment (B, L) prototype id of every location; salient (B, L) bool; labels (B,).
+    Sample i is flagged for pair (a, b) when its label is a or b and one of its salient locations is
+    assigned to an uncertain prototype of (a, b).
+
+    Returns flags (P, B) bool (pairs in the order of ``pair_protos``) and regions (B, L) bool: the
+    locations of flagged samples to perturb in mask mode, the union over the pairs the sample is
+    flagged for of the locations assigned to that pair's prototypes, salient ones only
+    (``region="salient"``) or all of them (``"all"``).
+    """
+    a = np.asarray(assignment)
+    s = np.asarray(salient, dtype=bool)
+    y = np.asarray(labels).reshape(-1)
+    if a.ndim != 2 or s.shape != a.shape or y.shape != a.shape[:1]:
+        raise ValueError(f"assignment (B, L), salient (B, L) and labels (B,) must agree, got {a.shape}, {s.shape}, {y.shape}")
+    if region not in MASK_REGIONS:
+        raise ValueError(f"region must be one of {MASK_REGIONS}, got {region!r}")
+    flags = np.zeros((len(pair_protos), a.shape[0]), dtype=bool)
+    regions = np.zeros(a.shape, dtype=bool)
+    for p, ((ca, cb), protos) in enumerate(pair_protos.items()):
+        if len(protos) == 0:
+            continue
+        holds = np.isin(a, np.asarray(list(protos), dtype=a.dtype))
+        in_pair = (y == ca) | (y == cb)
+        hit = holds & s
+        flags[p] = in_pair & hit.any(axis=1)
+        regions[flags[p]] |= (hit if region == "salient" else holds)[flags[p]]
+    return flags, regions
+
+
+def pixel_mask(regions: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Feature-map locations (..., h, w) to the input pixels (..., H, W) they cover: pixel (y, x)
+    belongs to location (floor(y h / H), floor(x w / W)), nearest-neighbour upsampling."""
+    r = np.asarray(regions, dtype=bool)
+    h, w = r.shape[-2:]
+    big_h, big_w = int(image_size[0]), int(image_size[1])
+    rows = (np.arange(big_h) * h) // big_h
+    cols = (np.arange(big_w) * w) // big_w
+    return r[..., rows[:, None], cols[None, :]]
+
+
+def perturb(
+    image: torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+    fill: str = "blur",
+    *,
+    seed: int = 0,
+    sigma: float = 2.0,
+    baseline: float | None = None,
+) -> torch.Tensor:
+    """A copy of the (C, H, W) ``image`` whose pixels under the (H, W) ``mask`` are replaced, the
+    others left bitwise as they were:
+
+    - ``"blur"``: by a Gaussian blur (standard deviation ``sigma`` pixels, reflected borders) of
+      the whole image;
+    - ``"noise"``: by Gaussian noise with the image's per-channel mean and standard deviation,
+      drawn from a generator seeded with ``seed`` (the same seed gives the same noise);
+    - ``"baseline"``: by ``baseline``, or by the image's per-channel mean when None.
+
+    Computed in NumPy/SciPy on the CPU: one image is too small for torch's parallel kernels, whose
+    thread start-up dominates (and stalls on a busy machine) inside a DataLoader.
+    """
+    if fill not in MASK_FILLS:
+        raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {fill!r}")
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        raise TypeError(f"mask mode needs (C, H, W) image tensors, got {type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
+    m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
+    if m.shape != tuple(image.shape[1:]):
+        raise ValueError(f"mask of shape {m.shape} for an image of shape {tuple(image.shape)}")
+    if not m.any():
+        return image.clone()
+    x = image.detach().cpu().numpy()
+    work = x.astype(np.float64)
+    if fill == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        values = gaussian_filter(work, sigma=(0.0, float(sigma), float(sigma)), mode="reflect", truncate=3.0)
+    elif fill == "noise":
+        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+        mean = work.mean(axis=(1, 2), keepdims=True)
+        std = work.std(axis=(1, 2), keepdims=True)
+        values = mean + std * rng.standard_normal(work.shape)
+    else:
+        values = work.mean(axis=(1, 2), keepdims=True) * np.ones_like(work) if baseline is None else np.full_like(work, float(baseline))
+    out = x.copy()
+    out[:, m] = values[:, m].astype(x.dtype)
+    return torch.from_numpy(out).to(image.device)
+
+
+class MaskedDataset(Dataset):
+    """The dataset with the pixels of the flagged regions perturbed (``perturb``); other samples and
+    other pixels are returned unchanged. ``regions`` maps a dataset index to its (h, w) location
+    mask; the noise of sample i is seeded with (seed, i), so every epoch sees the same images."""
+
+    def __init__(self, dataset: Dataset, regions: dict[int, np.ndarray], fill: str = "blur", *, seed: int = 0,
+                 sigma: float | None = None, baseline: float | None = None):
+        if fill not in MASK_FILLS:
+            raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {fill!r}")
+        self.dataset = dataset
+        self.regions = {int(k): np.asarray(v, dtype=bool) for k, v in regions.items()}
+        self.fill, self.seed, self.sigma, self.baseline = fill, int(seed), sigma, baseline
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        region = self.regions.get(int(index))
+        if region is None:
+            return item
+        x, rest = _split_item(item, "the training Dataset")
+        big = pixel_mask(region, tuple(x.shape[-2:]))
+        sigma = self.sigma
+        if sigma is None:  # half a location's block of pixels: enough to wipe out what it showed
+            sigma = max(1.0, 0.5 * max(x.shape[-2] / region.shape[0], x.shape[-1] / region.shape[1]))
+        x = perturb(x, big, self.fill, seed=self.seed * 1_000_003 + int(index), sigma=sigma, baseline=self.baseline)
+        return (x, *rest) if isinstance(item, tuple) else [x, *rest]
+
+
+def _split_item(item: Any, where: str) -> tuple[torch.Tensor, list]:
+    if isinstance(item, dict):
+        raise TypeError(f"{where} yields a dict; fine-tuning needs (image, label) samples: wrap it to return a tuple")
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise TypeError(f"{where} must yield (image, label) samples, got {type(item).__name__}")
+    if not isinstance(item[0], torch.Tensor):
+        raise TypeError(f"{where} yields images of type {type(item[0]).__name__}; fine-tuning needs tensors (add ToTensor)")
+    return item[0], list(item[1:])
+
+
+def _split_batch(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, rest = _split_item(batch, where)
+    y = torch.as_tensor(rest[0])
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{where} must yield (images (B, ...), labels (B,) integer) batches, got labels {tuple(y.shape)} {y.dtype}")
+    return x, y.long()
+
+
+# -- streaming the training set ------------------------------------------------------------------
+@dataclass
+class Selection:
+    """Which training samples contain the pairs' uncertain prototypes.
+
+    indices (n,): the dataset indices searched, in order; labels (n,); flags (P, n) bool: sample
+    flagged for pair p; regions (n, h, w) bool: the locations to perturb in mask mode (False for
+    unflagged samples)."""
+
+    pairs: list[Pair]
+    prototypes: dict[Pair, list[int]]
+    indices: np.ndarray
+    labels: np.ndarray
+    flags: np.ndarray
+    regions: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """(n,) flagged for any pair."""
+        return self.flags.any(axis=0) if self.flags.size else np.zeros(len(self.indices), bool)
+
+    def counts(self) -> dict[Pair, int]:
+        return {p: int(self.flags[i].sum()) for i, p in enumerate(self.pairs)}
+
+    def removed_indices(self) -> np.ndarray:
+        return self.indices[self.flagged]
+
+    def kept_indices(self) -> np.ndarray:
+        return self.indices[~self.flagged]
+
+
+def find_uncertain_samples(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    dataset: Dataset,
+    indices: Sequence[int],
+    prototypes: Prototypes,
+    pair_protos: dict[Pair, list[int]],
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    cam: str = "gradcam",
+    cam_target: str = "label",
+    threshold: float = 0.5,
+    region: str = "salient",
+    forward_fn: ForwardFn | None = None,
+    reshape_transform: Callable | None = None,
+    progress: bool = True,
+) -> Selection:
+    """Stream ``dataset[indices]`` through the model in batches: per batch the GradCAM maps and
+    target-layer features (``probe_batches``), every location assigned to its nearest prototype
+    (``Prototypes.assign``: projection + FAISS search), then ``flag_samples``. Only the flags and
+    the (n, h, w) location masks are kept, never the features."""
+    from tqdm.auto import tqdm
+
+    indices = np.asarray(indices, dtype=np.int64)
+    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_fn)
+    flags, regions, labels = [], [], []
+    t0 = time.perf_counter()
+    bar = tqdm(loader, total=len(loader), desc="I2X: searching the training set", unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        x, y = _split_batch(batch, "the training DataLoader")
+        (pb,) = list(probe_batches(model, layer, x, y, cam=cam, cam_target=cam_target, batch_size=x.shape[0],
+                                   reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=True))
+        b, d, h, w = pb.activations.shape
+        feats = pb.activations.permute(0, 2, 3, 1).reshape(-1, d).float().cpu().numpy()
+        assignment = prototypes.assign(feats).reshape(b, h * w)
+        salient = salient_locations(pb.cams.cpu().numpy(), threshold)
+        f, r = flag_samples(assignment, salient, y.numpy(), pair_protos, region)
+        flags.append(f)
+        regions.append(r.reshape(b, h, w))
+        labels.append(y.numpy())
+        del feats, assignment, pb
+    n_pairs = len(pair_protos)
+    return Selection(
+        pairs=list(pair_protos),
+        prototypes={p: list(v) for p, v in pair_protos.items()},
+        indices=indices,
+        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        flags=np.concatenate(flags, axis=1) if flags else np.zeros((n_pairs, 0), bool),
+        regions=np.concatenate(regions) if regions else np.zeros((0, 1, 1), bool),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# -- the result ------------------------------------------------------------------------------------
+@dataclass
+class FinetuneResult:
+    """What a targeted fine-tuning did and measured (``to_dict()`` for JSON).
+
+    confusions_before / confusions_after: {(a, b): (a predicted as b, b predicted as a)} on the
+    validation set; removed_or_masked: {(a, b): training samples flagged for the pair}.
+    ``skipped_reason`` is set (and the numbers are None) when nothing was done."""
+
+    pairs: list[Pair]
+    class_names: list[str]
+    mode: str
+    schedule: tuple[str, ...]
+    prototypes: dict[Pair, list[int]] = field(default_factory=dict)
+    removed_or_masked: dict[Pair, int] = field(default_factory=dict)
+    num_train_samples: int = 0
+    num_curated_samples: int | None = None
+    num_val_samples: int = 0
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    confusions_before: dict[Pair, tuple[int, int]] = field(default_factory=dict)
+    confusions_after: dict[Pair, tuple[int, int]] = field(default_factory=dict)
+    confusion_matrix_before: np.ndarray | None = None
+    confusion_matrix_after: np.ndarray | None = None
+    seed: int = 0
+    lr: float | None = None
+    mask_fill: str | None = None
+    skipped_reason: str | None = None
+    out_dir: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_reason is not None
+
+    def targeted_confusions(self, when: str = "after") -> int | None:
+        """Confusions of all targeted pairs, both directions, before or after."""
+        conf = {"before": self.confusions_before, "after": self.confusions_after}[when]
+        return None if self.skipped else int(sum(a + b for a, b in conf.values()))
+
+    def _name(self, c: int) -> str:
+        return self.class_names[c]
+
+    def to_dict(self) -> dict:
+        pairs = []
+        for p in self.pairs:
+            a, b = p
+            entry = {"classes": [a, b], "names": [self._name(a), self._name(b)], "prototypes": self.prototypes.get(p, []),
+                     "removed_or_masked": self.removed_or_masked.get(p)}
+            for when, conf in (("before", self.confusions_before), ("after", self.confusions_after)):
+                if p in conf:
+                    ab, ba = conf[p]
+                    entry[f"confusions_{when}"] = {f"{self._name(a)}->{self._name(b)}": int(ab),
+                                                   f"{self._name(b)}->{self._name(a)}": int(ba), "total": int(ab + ba)}
+            pairs.append(entry)
+        cm = lambda m: None if m is None else np.asarray(m).astype(int).tolist()  # noqa: E731
+        return {
+            "mode": self.mode, "schedule": list(self.schedule), "mask_fill": self.mask_fill, "seed": self.seed, "lr": self.lr,
+            "class_names": list(self.class_names), "pairs": pairs,
+            "num_train_samples": self.num_train_samples, "num_curated_samples": self.num_curated_samples,
+            "num_val_samples": self.num_val_samples,
+            "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+            "targeted_confusions_before": self.targeted_confusions("before"),
+            "targeted_confusions_after": self.targeted_confusions("after"),
+            "confusion_matrix_before": cm(self.confusion_matrix_before), "confusion_matrix_after": cm(self.confusion_matrix_after),
+            "skipped_reason": self.skipped_reason, "out_dir": self.out_dir,
+            "seconds": {k: round(float(v), 3) for k, v in self.seconds.items()},
+        }
+
+    def to_markdown(self) -> str:
+        if self.skipped:
+            return f"Targeted fine-tuning skipped: {self.skipped_reason}\n"
+        lines = [
+            f"Targeted fine-tuning, mode `{self.mode}`, schedule {' -> '.join(self.schedule)}: "
+            f"accuracy {100 * self.accuracy_before:.2f} % -> {100 * self.accuracy_after:.2f} % "
+            f"on {self.num_val_samples} validation samples.",
+            "",
+            "| pair | uncertain prototypes | training samples removed/masked | confusions before | confusions after |",
+            "|---|---|---|---|---|",
+        ]
+        for p in self.pairs:
+            a, b = (self._name(c) for c in p)
+            (ab0, ba0), (ab1, ba1) = self.confusions_before[p], self.confusions_after[p]
+            protos = ", ".join(f"P-{k}" for k in self.prototypes.get(p, [])) or "none"
+            lines.append(f"| {a} <-> {b} | {protos} | {self.removed_or_masked.get(p, 0)} | "
+                         f"{ab0 + ba0} ({a}->{b} {ab0}, {b}->{a} {ba0}) | {ab1 + ba1} ({a}->{b} {ab1}, {b}->{a} {ba1}) |")
+        return "\n".join(lines) + "\n"
+
+
+def _confusion_matrix(labels: np.ndarray, preds: np.ndarray, m: int) -> np.ndarray:
+    ok = (labels >= 0) & (labels < m) & (preds >= 0) & (preds < m)
+    return np.bincount(labels[ok] * m + preds[ok], minlength=m * m).reshape(m, m).astype(np.int64)
+
+
+def _pair_confusions(cm: np.ndarray, pairs: Sequence[Pair]) -> dict[Pair, tuple[int, int]]:
+    return {(a, b): (int(cm[a, b]), int(cm[b, a])) for a, b in pairs}
+
+
+# -- the Lightning glue ------------------------------------------------------------------------------
+class _PhaseData(pl.LightningDataModule):
+    """The training loader of each epoch, by the schedule (reloaded every epoch)."""
+
+    def __init__(self, loaders: list[DataLoader]):
+        super().__init__()
+        self.loaders = loaders
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loaders[min(self.trainer.current_epoch, len(self.loaders) - 1)]
+
+
+@contextlib.contextmanager
+def _quiet_lightning(verbose: bool):
+    """Lightning's start-up lines ("GPU available", ...) for the inner Trainer only when verbose."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
+    levels = [lg.level for lg in loggers]
+    if not verbose:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class _SetLearningRate(pl.Callback):
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = self.lr
+
+
+def check_finetune_kwargs(kwargs: dict | None) -> dict:
+    """Validate ``I2XCallback(finetune_kwargs=...)`` before training: the names
+    ``PerturbationFinetuner`` accepts (all but ``run``) and the values it can check without a run."""
+    import inspect
+
+    kwargs = dict(kwargs or {})
+    allowed = set(inspect.signature(PerturbationFinetuner.__init__).parameters) - {"self", "run"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"finetune_kwargs has unknown names {unknown}; PerturbationFinetuner accepts {sorted(allowed)}")
+    _check_options(**{k: kwargs[k] for k in kwargs if k in _OPTION_DEFAULTS})
+    return kwargs
+
+
+_OPTION_DEFAULTS = dict(mode="remove", schedule=("curated", "full"), lr=None, max_samples=None, seed=0, mask_fill="blur",
+                        mask_region="salient", top_pairs=1, prototypes_per_pair=None, saliency_threshold=0.5, batch_size=None,
+                        trainer_kwargs=None)
+
+
+def _check_options(**kw) -> None:
+    o = {**_OPTION_DEFAULTS, **kw}
+    if o["mode"] not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {o['mode']!r}")
+    sched = o["schedule"]
+    if isinstance(sched, str) or not isinstance(sched, Sequence) or len(sched) == 0 or any(s not in PHASES for s in sched):
+        raise ValueError(f"schedule must be a non-empty sequence of {PHASES} (one epoch each), got {sched!r}")
+    if o["mask_fill"] not in MASK_FILLS:
+        raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {o['mask_fill']!r}")
+    if o["mask_region"] not in MASK_REGIONS:
+        raise ValueError(f"mask_region must be one of {MASK_REGIONS}, got {o['mask_region']!r}")
+    if o["lr"] is not None and not (isinstance(o["lr"], (int, float)) and math.isfinite(o["lr"]) and o["lr"] > 0):
+        raise ValueError(f"lr must be None (the model's own) or a positive number, got {o['lr']!r}")
+    for name in ("max_samples", "batch_size", "prototypes_per_pair"):
+        v = o[name]
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{name} must be None or a positive integer, got {v!r}")
+    if not isinstance(o["top_pairs"], int) or isinstance(o["top_pairs"], bool) or o["top_pairs"] < 1:
+        raise ValueError(f"top_pairs must be a positive integer, got {o['top_pairs']!r}")
+    if not isinstance(o["seed"], int) or isinstance(o["seed"], bool):
+        raise ValueError(f"seed must be an integer, got {o['seed']!r}")
+    if not 0 < float(o["saliency_threshold"]) <= 1:
+        raise ValueError(f"saliency_threshold must lie in (0, 1], got {o['saliency_threshold']!r}")
+    tk = o["trainer_kwargs"]
+    if tk is not None:
+        if not isinstance(tk, dict):
+            raise ValueError(f"trainer_kwargs must be a dict, got {type(tk).__name__}")
+        bad = sorted(set(tk) & set(_RESERVED_TRAINER_KWARGS))
+        if bad:
+            raise ValueError(f"trainer_kwargs may not set {bad}: the schedule sets the epochs")
+
+
+class PerturbationFinetuner:
+    """Fine-tune a model on a training set curated by a run's uncertain prototypes (Step 7).
+
+    Args:
+        run: the ``I2XRun`` (or its directory) whose prototypes and explanation pick the samples.
+        pairs: class pairs to target, by index or name; None = the ``top_pairs`` best uncertain
+            pairs of ``run.explain()``. Each pair's uncertain prototypes are the ones targeted.
+        mode: ``"remove"`` (the paper: the curated set leaves out the samples that contain the
+            uncertain prototypes) or ``"mask"`` (keeps them, perturbs the pixels of those regions).
+        schedule: the epochs in order, each ``"curated"`` or ``"full"``; ``("full", "full")`` is
+            the baseline. The optimizer (and its state) carries over from epoch to epoch.
+        lr: learning rate for the fine-tuning (set on every optimizer param group at the start);
+            None keeps the module's ``configure_optimizers``.
+        max_samples: use a seeded random subset of this many training samples (for the search and
+            every epoch); None = all of them.
+        seed: seeds the subset, the shuffling, dropout and the mask noise (the global RNG states are
+            restored afterwards).
+        mask_fill: ``"blur"`` (Gaussian, sigma = half a feature location's pixel block), ``"noise"``
+            (Gaussian with the image's per-channel mean and sd) or ``"baseline"`` (``mask_baseline``,
+            default the image's per-channel mean).
+        mask_region: ``"salient"``: the salient locations assigned to the uncertain prototypes (the
+            evidence that flagged the sample); ``"all"``: every location assigned to them.
+        top_pairs: how many uncertain pairs ``pairs=None`` targets (the paper: 1).
+        prototypes_per_pair: target only the n highest-ranked uncertain prototypes of each pair
+            (the paper names two for MNIST 2 <-> 7); None = all of them.
+        explain_kwargs: override the run's ``explain_kwargs`` (min_flips, tau, ...).
+        saliency_threshold: "salient" = min-max normalised map >= this (as ``I2XRun.presence``).
+        batch_size: images per search batch; None = the training loader's batch size.
+        forward_fn, reshape_transform: as for ``I2XCallback``.
+        trainer_kwargs: extra ``pl.Trainer`` arguments for the fine-tuning (precision, accelerator,
+            ...); by default no logger, no checkpoints, no validation loop, one device.
+        out_dir: where the predictions and the result go; default ``<run>/finetune``.
+        device: where the search and the evaluation run (and the Trainer's accelerator); default
+            the model's device.
+        progress: tqdm progress bars.
+
+    ``fit`` fine-tunes the module **in place** (as ``Trainer.fit`` does); copy it first to keep the
+    original weights.
+    """
+
+    def __init__(
+        self,
+        run: I2XRun | str | Path,
+        pairs: Sequence[Sequence[int | str]] | None = None,
+        mode: str = "remove",
+        schedule: Sequence[str] = ("curated", "full"),
+        lr: float | None = None,
+        max_samples: int | None = None,
+        seed: int = 0,
+        *,
+        mask_fill: str = "blur",
+        mask_region: str = "salient",
+        mask_baseline: float | None = None,
+        top_pairs: int = 1,
+        prototypes_per_pair: int | None = None,
+        explain_kwargs: dict | None = None,
+        saliency_threshold: float = 0.5,
+        batch_size: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        reshape_transform: Callable | None = None,
+        trainer_kwargs: dict | None = None,
+        out_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ):
+        _check_options(mode=mode, schedule=schedule, lr=lr, max_samples=max_samples, seed=seed, mask_fill=mask_fill,
+                       mask_region=mask_region, top_pairs=top_pairs, prototypes_per_pair=prototypes_per_pair,
+                       saliency_threshold=saliency_threshold,
+                       batch_size=batch_size, trainer_kwargs=trainer_kwargs)
+        self.run = run if isinstance(run, I2XRun) else I2XRun.load(run)
+        if self.run.prototypes is None:
+            raise I2XRunError(f"{self.run.path} has no prototypes yet (no checkpoint recorded): nothing to target")
+        self.class_names = self.run.class_names
+        self.pairs = None if pairs is None else resolve_pairs(pairs, self.class_names)
+        if self.pairs is not None and not self.pairs:
+            raise ValueError("pairs is empty; pass None to target the run's top uncertain pairs")
+        self.mode, self.schedule = mode, tuple(schedule)
+        self.lr, self.max_samples, self.seed = lr, max_samples, int(seed)
+        self.mask_fill, self.mask_region, self.mask_baseline = mask_fill, mask_region, mask_baseline
+        self.top_pairs, self.prototypes_per_pair = top_pairs, prototypes_per_pair
+        cfg = self.run.config
+        self.explain_kwargs = {**dict(cfg.get("explain_kwargs") or {}), **dict(explain_kwargs or {})}
+        self.saliency_threshold = float(saliency_threshold)
+        self.batch_size = batch_size
+        self.forward_fn = forward_fn
+        self.reshape_transform = reshape_transform
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.out_dir = Path(out_dir) if out_dir is not None else self.run.path / "finetune"
+        self.device = None if device is None else torch.device(device)
+        self.progress = progress
+        self.target_layer = cfg.get("target_layer")
+        if not self.target_layer:
+            raise I2XRunError(f"{self.run.path} does not record its target layer (config['target_layer'])")
+        self.cam = cfg.get("cam", "gradcam") if cfg.get("cam", "gradcam") in CAM_METHODS else "gradcam"
+        self.cam_target = cfg.get("cam_target", "label")
+
+    # -- what to target ---------------------------------------------------------------------------
+    def targets(self) -> dict[Pair, list[int]]:
+        """{pair: its uncertain prototypes} for the pairs targeted (an empty dict when there are none)."""
+        expl = self.run.explain(**self.explain_kwargs)
+        pairs = self.pairs if self.pairs is not None else expl.uncertain_pairs()[: self.top_pairs]
+        targets = pair_prototypes(expl.uncertain, pairs)
+        if self.prototypes_per_pair is not None:
+            targets = {p: ks[: self.prototypes_per_pair] for p, ks in targets.items()}
+        return targets
+
+    # -- data ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _one_loader(loaders: Any, what: str) -> DataLoader:
+        if isinstance(loaders, (list, tuple)) and len(loaders) == 1:
+            loaders = loaders[0]
+        if not isinstance(loaders, DataLoader):
+            raise TypeError(f"{what} must be one torch DataLoader, got {type(loaders).__name__}")
+        return loaders
+
+    def _train_dataset(self, loader: DataLoader) -> tuple[Dataset, np.ndarray]:
+        ds = loader.dataset
+        if isinstance(ds, IterableDataset) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+            raise TypeError(
+                f"the training set ({type(ds).__name__}) cannot be indexed: the curated set is a Subset of it, so it "
+                "must be a map-style Dataset with __len__ and __getitem__ (not an IterableDataset)"
+            )
+        n = len(ds)
+        if n == 0:
+            raise ValueError("the training set is empty")
+        try:
+            first = ds[0]
+        except Exception as e:
+            raise TypeError(f"the training set ({type(ds).__name__}) cannot be indexed: ds[0] raised {type(e).__name__}: {e}") from None
+        _split_item(first, "the training Dataset")
+        if self.max_samples is not None and self.max_samples < n:
+            g = torch.Generator().manual_seed(self.seed)
+            idx = torch.randperm(n, generator=g)[: self.max_samples].sort().values.numpy()
+        else:
+            idx = np.arange(n)
+        return ds, idx.astype(np.int64)
+
+    def _loader_like(self, loader: DataLoader, dataset: Dataset, epoch: int) -> DataLoader:
+        shuffle = isinstance(loader.sampler, RandomSampler) or (loader.batch_sampler is not None
+                                                               and isinstance(getattr(loader.batch_sampler, "sampler", None), RandomSampler))
+        bs = loader.batch_size or getattr(loader.batch_sampler, "batch_size", None) or 64
+        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        return DataLoader(dataset, batch_size=bs, shuffle=shuffle, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                          pin_memory=loader.pin_memory, drop_last=loader.drop_last, generator=g,
+                          persistent_workers=False, worker_init_fn=loader.worker_init_fn)
+
+    def _check_layer(self, model: torch.nn.Module, sample: torch.Tensor) -> torch.nn.Module:
+        forward = self.forward_fn or default_forward
+        try:
+            layer = resolve_target_layer(model, self.target_layer, sample, forward_fn=forward, reshape_transform=self.reshape_transform)
+        except ValueError as e:
+            raise ValueError(f"the model does not match the run's target layer {self.target_layer!r}: {e}") from None
+        want = (self.run.prototypes.feature_dim, *self.run.feature_shape)
+        if tuple(layer.feature_shape) != want:
+            raise ValueError(
+                f"the model's target layer {self.target_layer!r} gives feature maps {tuple(layer.feature_shape)} (d, h, w) "
+                f"but the run's prototypes were fitted on {want}: fine-tune the model the run was recorded from"
+            )
+        if layer.num_classes != self.run.num_classes:
+            raise ValueError(f"the model has {layer.num_classes} classes, the run {self.run.num_classes}")
+        return layer.module
+
+    def _device(self, model: torch.nn.Module) -> torch.device:
+        if self.device is not None:
+            return self.device
+        p = next(model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # -- the two public steps --------------------------------------------------------------------------
+    def select(self, model: torch.nn.Module, train_dataloaders: Any, targets: dict[Pair, list[int]] | None = None) -> Selection:
+        """Find the training samples that contain the targeted uncertain prototypes (no training)."""
+        loader = self._one_loader(train_dataloaders, "train_dataloaders")
+        ds, idx = self._train_dataset(loader)
+        targets = self.targets() if targets is None else targets
+        x0 = _split_item(ds[int(idx[0])], "the training Dataset")[0]
+        model.to(self._device(model))
+        layer = self._check_layer(model, x0.unsqueeze(0).expand(2, *x0.shape).clone())
+        with preserved_rng():
+            return find_uncertain_samples(
+                model, layer, ds, idx, self.run.prototypes, targets,
+                batch_size=self.batch_size or loader.batch_size or 256, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                cam=self.cam, cam_target=self.cam_target, threshold=self.saliency_threshold, region=self.mask_region,
+                forward_fn=self.forward_fn, reshape_transform=self.reshape_transform, progress=self.progress,
+            )
+
+    def curated_dataset(self, dataset: Dataset, selection: Selection) -> Dataset:
+        """The curated training set: ``Subset(dataset, kept)`` without the flagged samples (mode
+        "remove"), or every searched sample with the flagged regions perturbed (mode "mask")."""
+        if self.mode == "remove":
+            kept = selection.kept_indices()
+            if kept.size == 0:
+                raise ValueError("every training sample contains an uncertain prototype: the curated set would be empty")
+            return Subset(dataset, kept.tolist())
+        regions = {int(i): r for i, r, f in zip(selection.indices, selection.regions, selection.flagged) if f}
+        masked = MaskedDataset(dataset, regions, self.mask_fill, seed=self.seed, baseline=self.mask_baseline)
+        return Subset(masked, selection.indices.tolist())
+
+    def evaluate(self, model: torch.nn.Module, val_dataloaders: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, predictions) of the model on the validation loader, eval mode, no grad."""
+        loader = self._one_loader(val_dataloaders, "val_dataloaders")
+        device = self._device(model)
+        model.to(device)
+        forward = self.forward_fn or default_forward
+        labels, preds = [], []
+        with preserved_rng(), evaluation_mode(model), torch.no_grad():
+            for batch in loader:
+                x, y = _split_batch(batch, "the validation DataLoader")
+                out = forward(model, x.to(device))
+                preds.append(out.argmax(dim=1).cpu().numpy())
+                labels.append(y.numpy())
+        if not labels:
+            raise ValueError("the validation DataLoader is empty")
+        return np.concatenate(labels).astype(np.int64), np.concatenate(preds).astype(np.int64)
+
+    def fit(self, model: pl.LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None, *,
+            selection: Selection | None = None) -> FinetuneResult:
+        """Measure, select, fine-tune (in place) by the schedule, measure again; save the predictions
+        and the result under ``out_dir``. ``selection``: reuse an earlier ``select`` of the same model."""
+        t_start = time.perf_counter()
+        if not isinstance(model, pl.LightningModule):
+            raise TypeError(f"fit needs a LightningModule, got {type(model).__name__}")
+        if train_dataloaders is None or val_dataloaders is None:
+            raise ValueError("fit needs train_dataloaders and val_dataloaders (accuracy and confusions are measured on the latter)")
+        train_loader = self._one_loader(train_dataloaders, "train_dataloaders")
+        val_loader = self._one_loader(val_dataloaders, "val_dataloaders")
+        ds, idx = self._train_dataset(train_loader)
+        x0 = _split_item(ds[int(idx[0])], "the training Dataset")[0]
+        model.to(self._device(model))
+        self._check_layer(model, x0.unsqueeze(0).expand(2, *x0.shape).clone())
+
+        targets = self.targets() if selection is None else dict(selection.prototypes)
+        base = dict(pairs=list(targets), class_names=self.class_names, mode=self.mode, schedule=self.schedule,
+                    prototypes=targets, seed=self.seed, lr=self.lr, mask_fill=self.mask_fill if self.mode == "mask" else None)
+        if not targets or not any(targets.values()):
+            if self.pairs is None:
+                reason = (f"the run has no uncertain prototype (explain_kwargs={self.explain_kwargs}); "
+                          "pass pairs=... or record more checkpoints")
+            else:
+                reason = f"none of the pairs {[tuple(self.class_names[c] for c in p) for p in self.pairs]} has an uncertain prototype in the run"
+            warnings.warn(f"PerturbationFinetuner: {reason}; nothing was fine-tuned", RuntimeWarning, stacklevel=2)
+            return FinetuneResult(**base, skipped_reason=reason)
+        for p, protos in targets.items():
+            if not protos:
+                warnings.warn(f"PerturbationFinetuner: pair {self.class_names[p[0]]} <-> {self.class_names[p[1]]} has no "
+                              "uncertain prototype in the run; no sample is removed or masked for it", RuntimeWarning, stacklevel=2)
+
+        m = self.run.num_classes
+        pairs = list(targets)
+        t0 = time.perf_counter()
+        labels, pred_before = self.evaluate(model, val_loader)
+        seconds = {"evaluate_before": time.perf_counter() - t0}
+
+        needs_curated = "curated" in self.schedule
+        if needs_curated and selection is None:
+            selection = self.select(model, train_loader, targets)
+            seconds["search"] = selection.seconds
+        if selection is not None and not np.array_equal(selection.indices, idx):
+            raise ValueError("selection was computed on other training samples (max_samples / seed / dataset differ)")
+
+        full = Subset(ds, idx.tolist())
+        curated = self.curated_dataset(ds, selection) if needs_curated else None
+        n_curated = None if curated is None else len(curated)
+        loaders = [self._loader_like(train_loader, curated if phase == "curated" else full, e) for e, phase in enumerate(self.schedule)]
+
+        t0 = time.perf_counter()
+        self._train(model, loaders)
+        seconds["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        labels_after, pred_after = self.evaluate(model, val_loader)
+        seconds["evaluate_after"] = time.perf_counter() - t0
+        if not np.array_equal(labels, labels_after):
+            raise ValueError("the validation DataLoader yields its samples in a different order each time: pass one that does not shuffle")
+
+        cm0, cm1 = _confusion_matrix(labels, pred_before, m), _confusion_matrix(labels, pred_after, m)
+        counts = selection.counts() if selection is not None else {p: 0 for p in pairs}
+        seconds["total"] = time.perf_counter() - t_start
+        result = FinetuneResult(
+            **base,
+            removed_or_masked=counts if needs_curated else {p: 0 for p in pairs},
+            num_train_samples=int(idx.size), num_curated_samples=n_curated, num_val_samples=int(labels.size),
+            accuracy_before=float((pred_before == labels).mean()), accuracy_after=float((pred_after == labels).mean()),
+            confusions_before=_pair_confusions(cm0, pairs), confusions_after=_pair_confusions(cm1, pairs),
+            confusion_matrix_before=cm0, confusion_matrix_after=cm1,
+            out_dir=str(self.out_dir), seconds=seconds,
+        )
+        self._save(result, labels, pred_before, pred_after, selection)
+        return result
+
+    def _train(self, model: pl.LightningModule, loaders: list[DataLoader]) -> None:
+        device = self._device(model)
+        kw: dict[str, Any] = dict(
+            logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=self.progress,
+            num_sanity_val_steps=0, limit_val_batches=0,
+        )
+        if device.type == "cuda":
+            kw.update(accelerator="gpu", devices=[device.index or 0])
+        elif device.type == "mps":
+            kw.update(accelerator="mps", devices=1)
+        else:
+            kw.update(accelerator="cpu", devices=1)
+        kw.update(self.trainer_kwargs)
+        callbacks = [_SetLearningRate(float(self.lr))] if self.lr is not None else []
+        previous = getattr(model, "_trainer", None)
+        with preserved_rng(), _quiet_lightning(self.progress):
+            trainer = pl.Trainer(max_epochs=len(loaders), reload_dataloaders_every_n_epochs=1, callbacks=callbacks, **kw)
+            torch.manual_seed(self.seed)
+            np.random.seed(self.seed % 2**32)
+            random.seed(self.seed)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", ".*validation_step.*no `val_dataloader`.*")
+                    trainer.fit(model, datamodule=_PhaseData(loaders))
+            finally:
+                model._trainer = previous  # an outer Trainer (auto_finetune) keeps its module
+        model.to(device)
+
+    def _save(self, result: FinetuneResult, labels, pred_before, pred_after, selection: Selection | None) -> None:
+        out = self.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_npz(out / "predictions.npz", labels=labels.astype(np.int64), pred_before=pred_before.astype(np.int64),
+                         pred_after=pred_after.astype(np.int64))
+        if selection is not None:
+            atomic.write_npz(out / "selection.npz", indices=selection.indices.astype(np.int64),
+                             pairs=np.asarray(selection.pairs, dtype=np.int64).reshape(-1, 2),
+                             flags=selection.flags.astype(np.uint8), labels=selection.labels.astype(np.int64))
+        atomic.write_json(out / "result.json", result.to_dict())
+
+
+# -- reporting -------------------------------------------------------------------------------------
+def _tag(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str):
+    """A matplotlib figure of a confusion matrix (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    m = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * m, 0.8 + 0.5 * m), dpi=80)
+    shown = np.log1p(np.asarray(cm, dtype=float))
+    ax.imshow(shown, cmap="Blues")
+    for i in range(m):
+        for j in range(m):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if shown[i, j] > 0.6 * shown.max() else "black")
+    ax.set_xticks(range(m), [str(c) for c in class_names], rotation=90, fontsize=7)
+    ax.set_yticks(range(m), [str(c) for c in class_names], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def log_finetune(writer, result: FinetuneResult, step: int, prefix: str = "i2x/finetune") -> None:
+    """TensorBoard: ``{prefix}/accuracy_before|after``, ``{prefix}/confusions_before|after/<a>_as_<b>``
+    (and ``<a>_<b>`` for both directions), the confusion matrices as images
+    ``{prefix}/confusion_matrix_before|after``, and the text ``{prefix}/summary``."""
+    writer.add_text(f"{prefix}/summary", result.to_markdown(), step)
+    if result.skipped:
+        return
+    writer.add_scalar(f"{prefix}/accuracy_before", result.accuracy_before, step)
+    writer.add_scalar(f"{prefix}/accuracy_after", result.accuracy_after, step)
+    names = result.class_names
+    for when, conf in (("before", result.confusions_before), ("after", result.confusions_after)):
+        for (a, b), (ab, ba) in conf.items():
+            na, nb = _tag(names[a]), _tag(names[b])
+            writer.add_scalar(f"{prefix}/confusions_{when}/{na}_as_{nb}", ab, step)
+            writer.add_scalar(f"{prefix}/confusions_{when}/{nb}_as_{na}", ba, step)
+            writer.add_scalar(f"{prefix}/confusions_{when}/{na}_{nb}", ab + ba, step)
+    for (a, b), n in result.removed_or_masked.items():
+        writer.add_scalar(f"{prefix}/removed_or_masked/{_tag(names[a])}_{_tag(names[b])}", n, step)
+    for when, cm in (("before", result.confusion_matrix_before), ("after", result.confusion_matrix_after)):
+        writer.add_figure(f"{prefix}/confusion_matrix_{when}", confusion_matrix_figure(cm, names, f"confusions {when} fine-tuning"), step, close=True)
