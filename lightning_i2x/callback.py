@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -14,11 +15,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .cam import CAM_METHODS, ForwardFn, probe_batches
 from .explanation import Explanation
+from .finetune import FinetuneResult, PerturbationFinetuner, check_finetune_kwargs, log_finetune, resolve_pairs
 from .guards import preserved_rng
 from .layers import TargetLayer, resolve_target_layer
 from .probe import materialise_probe, probe_fingerprint
 from .prototypes import Prototypes, fit_prototypes
 from .run import I2XRun
+from .views import ViewOptions, log_figures, log_summary
 
 __all__ = ["I2XCallback"]
 
@@ -51,6 +54,27 @@ class I2XCallback(pl.Callback):
         explain_kwargs: parameters for ``I2XRun.explain`` (ridge_lambda, tau, min_flips, ...).
         store_probe_images: keep the probe images (float16) in the run for galleries and reports
             when they take at most 64 MiB.
+        log_views: with a TensorBoardLogger, also write the images (prototype gallery, Fig. 3-5
+            views, ridge heat map, GradCAM overlays) at each checkpoint; False writes scalars and
+            text only. Tags and sizes: ``lightning_i2x.views``.
+        view_classes: the classes drawn (indices or names); None picks up to ``max_view_classes``:
+            those of the confused pairs drawn, then the least confident classes.
+        max_view_classes, max_view_pairs: bounds on the classes and confused pairs drawn per
+            checkpoint (3 and 2 keep a 10-class run readable and its event file small).
+        overlay_samples: probe images per drawn class in the GradCAM overlay (0: none).
+        gallery_patches: input patches per prototype in the gallery (0: no gallery).
+        view_dpi: resolution of the images (60: a 6-inch figure is 360 pixels wide).
+        view_time_budget: the images of a checkpoint are drawn only when the last drawing took at
+            most this fraction of the time since it ended, so drawing stays a bounded share of
+            training on short epochs; scalars and text are written at every checkpoint, and the
+            end of fit draws the latest explanation if its images were skipped. None: always draw.
+        auto_finetune: at the end of fit (rank 0), run Step 7: ``PerturbationFinetuner`` on the
+            run, fine-tuning the trained module **in place** with the trainer's train and val
+            dataloaders; logs ``i2x/finetune/...`` (accuracy before/after, per-pair confusions,
+            confusion matrices as images) to TensorBoard and writes ``<run>/finetune/``. The
+            result is kept in ``finetune_result``. Single-process fits only.
+        finetune_kwargs: arguments for ``PerturbationFinetuner`` (pairs, mode, schedule, lr,
+            max_samples, seed, mask_fill, ...), checked at construction.
     """
 
     def __init__(
@@ -74,6 +98,16 @@ class I2XCallback(pl.Callback):
         forward_fn: ForwardFn | None = None,
         explain_kwargs: dict | None = None,
         store_probe_images: bool = True,
+        log_views: bool = True,
+        view_classes: list[int | str] | None = None,
+        max_view_classes: int = 3,
+        max_view_pairs: int = 2,
+        overlay_samples: int = 2,
+        gallery_patches: int = 8,
+        view_dpi: int = 60,
+        view_time_budget: float | None = 0.05,
+        auto_finetune: bool = False,
+        finetune_kwargs: dict | None = None,
     ):
         super().__init__()
         if cam not in CAM_METHODS:
@@ -91,6 +125,26 @@ class I2XCallback(pl.Callback):
             raise ValueError("normalise_maps=False needs cam='gradcam' (pytorch-grad-cam always normalises)")
         if forward_fn is not None and cam != "gradcam":
             raise ValueError("forward_fn needs cam='gradcam' (pytorch-grad-cam calls model(images))")
+        for name, value in (("max_view_classes", max_view_classes), ("max_view_pairs", max_view_pairs),
+                            ("overlay_samples", overlay_samples), ("gallery_patches", gallery_patches)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(view_dpi, int) or isinstance(view_dpi, bool) or not 20 <= view_dpi <= 300:
+            raise ValueError(f"view_dpi must be an integer in [20, 300], got {view_dpi!r}")
+        if view_classes is not None and (isinstance(view_classes, (str, int)) or not view_classes or not all(
+                isinstance(c, (str, int)) and not isinstance(c, bool) for c in view_classes)):
+            raise ValueError(f"view_classes must be a non-empty list of class indices or names, got {view_classes!r}")
+        if view_time_budget is not None and not (isinstance(view_time_budget, (int, float)) and 0 < view_time_budget <= 1):
+            raise ValueError(f"view_time_budget must be a fraction in (0, 1] or None, got {view_time_budget!r}")
+        if not isinstance(auto_finetune, bool):
+            raise ValueError(f"auto_finetune must be True or False, got {auto_finetune!r}")
+        if finetune_kwargs is not None and not isinstance(finetune_kwargs, dict):
+            raise ValueError(f"finetune_kwargs must be a dict, got {type(finetune_kwargs).__name__}")
+        if finetune_kwargs and not auto_finetune:
+            raise ValueError("finetune_kwargs given without auto_finetune=True")
+        self.auto_finetune = auto_finetune
+        self.finetune_kwargs = check_finetune_kwargs(finetune_kwargs)
+        self.finetune_result: FinetuneResult | None = None
         self.probe = probe
         self.target_layer = target_layer
         self.num_prototypes = num_prototypes
@@ -109,6 +163,14 @@ class I2XCallback(pl.Callback):
         self.forward_fn = forward_fn
         self.explain_kwargs = dict(explain_kwargs or {})
         self.store_probe_images = store_probe_images
+        self.view_options = ViewOptions(
+            figures=bool(log_views), classes=None if view_classes is None else tuple(view_classes), max_classes=max_view_classes,
+            max_pairs=max_view_pairs, overlay_samples=overlay_samples, gallery_patches=gallery_patches, dpi=view_dpi,
+        )
+        self.view_time_budget = view_time_budget
+        self._views_cost = 0.0  # seconds the last drawing took
+        self._views_end: float | None = None  # when it ended (perf_counter)
+        self._views_pending = False  # the latest explanation's images were skipped
         self._run: I2XRun | None = None
         self._layer: TargetLayer | None = None
         self._images: torch.Tensor | None = None
@@ -171,6 +233,20 @@ class I2XCallback(pl.Callback):
         if len(names) != m:
             raise ValueError(f"{len(names)} class names for a model with {m} classes")
         self._class_names = [str(c) for c in names]
+        if trainer.world_size > 1 and self.cam != "gradcam":
+            raise ValueError(
+                f"cam={self.cam!r} cannot run in {trainer.world_size} processes: pytorch-grad-cam backpropagates "
+                "into every parameter, which DDP would reduce across ranks; use cam='gradcam' (the native path "
+                "stops at the target layer)"
+            )
+        if self.auto_finetune:
+            if trainer.world_size > 1:
+                raise ValueError(
+                    f"auto_finetune runs at the end of fit in one process; this fit runs in {trainer.world_size}: "
+                    "fine-tune afterwards with lightning_i2x.PerturbationFinetuner on one device"
+                )
+            if self.finetune_kwargs.get("pairs") is not None:
+                resolve_pairs(self.finetune_kwargs["pairs"], self._class_names)
         if trainer.is_global_zero and self._run is None:
             self._run_path = self.run_dir if self.run_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "i2x"
             _check_writable(self._run_path)
@@ -245,63 +321,140 @@ class I2XCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not self._due(trainer):
             return
-        self._guarded("record", trainer, self._record, trainer, pl_module)
+        with preserved_rng():
+            if trainer.is_global_zero:
+                self._guarded("open run", trainer, self._ensure_run, trainer)
+            evidence = self._probe_pass(trainer, pl_module)
+            if trainer.is_global_zero and evidence is not None:
+                self._guarded("record", trainer, self._record, trainer, *evidence)
 
     def _due(self, trainer: pl.Trainer) -> bool:
         if trainer.state.fn != "fit":
             return True
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
-    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _probe_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.Tensor, ...] | None:
+        """(activations, cams, confidences) of the whole probe set in probe order, on rank 0;
+        None elsewhere or when the pass failed on any rank. With several processes each rank
+        runs its contiguous share and every rank joins the gather, failed or not, so none is
+        left waiting in a collective."""
+        world = trainer.world_size
+        n = self._images.shape[0]
+        share = -(-n // world)
+        lo, hi = min(trainer.global_rank * share, n), min((trainer.global_rank + 1) * share, n)
+        local = self._guarded("probe pass", trainer, self._probe_shard, pl_module, lo, hi)
+        if world == 1:
+            return local
+        d, h, w = self._layer.feature_shape
+        shapes = ((share, d, h, w), (share, h, w), (share, self._layer.num_classes))
+        ok = torch.tensor([local is not None], dtype=torch.float32, device=pl_module.device)
+        padded = [torch.zeros(shape, dtype=torch.float32, device=pl_module.device) for shape in shapes]
+        if local is not None:
+            for buffer, part in zip(padded, local):
+                buffer[: hi - lo] = part
+        gathered = [trainer.strategy.all_gather(t) for t in (ok, *padded)]
         if not trainer.is_global_zero:
-            return
+            return None
+        failed = (gathered[0].reshape(-1) == 0).nonzero().reshape(-1).tolist()
+        if failed:
+            if local is not None:  # rank 0's own failure is already recorded
+                self._guarded("probe pass", trainer, _raise, RuntimeError(f"the probe pass failed on rank(s) {failed}"))
+            return None
+        return tuple(t.reshape(world * share, *t.shape[2:])[:n] for t in gathered[1:])
+
+    def _probe_shard(self, pl_module: pl.LightningModule, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        """Activations (n, d, h, w), maps (n, h, w) and confidences (n, M) of probe[lo:hi], float32."""
+        d, h, w = self._layer.feature_shape
+        parts: tuple[list, list, list] = ([], [], [])
+        for batch in probe_batches(
+            pl_module, self._layer.module, self._images[lo:hi], self._labels[lo:hi],
+            cam=self.cam, cam_target=self.cam_target, batch_size=self.probe_batch_size,
+            reshape_transform=self.reshape_transform, forward_fn=self.forward_fn, normalise=self.normalise_maps,
+        ):
+            for out, t in zip(parts, (batch.activations, batch.cams, batch.confidences)):
+                out.append(t.float())
+        if hi == lo:
+            device = pl_module.device
+            return (torch.zeros((0, d, h, w), device=device), torch.zeros((0, h, w), device=device),
+                    torch.zeros((0, self._layer.num_classes), device=device))
+        return tuple(torch.cat(p) for p in parts)
+
+    def _record(self, trainer: pl.Trainer, activations: torch.Tensor, cams: torch.Tensor, confidences: torch.Tensor) -> None:
+        """Rank 0: write the checkpoint, refit the prototypes, then explain and log."""
         self._ensure_run(trainer)
         run = self._run
-        with preserved_rng():
-            feats, cams, confs = [], [], []
-            for batch in probe_batches(
-                pl_module, self._layer.module, self._images, self._labels,
-                cam=self.cam, cam_target=self.cam_target, batch_size=self.probe_batch_size,
-                reshape_transform=self.reshape_transform, forward_fn=self.forward_fn, normalise=self.normalise_maps,
-            ):
-                feats.append(batch.activations.permute(0, 2, 3, 1).reshape(-1, batch.activations.shape[1]))
-                cams.append(batch.cams)
-                confs.append(batch.confidences)
-            cams_np = torch.cat(cams).cpu().numpy()
-            conf_np = torch.cat(confs).cpu().numpy()
-            index = run.append_checkpoint(cams_np, conf_np, epoch=trainer.current_epoch, global_step=trainer.global_step)
-            feats_np = torch.cat(feats).float().cpu().numpy()
-            previous = None if run.prototypes is None else run.assignment().reshape(-1)
-            protos, assignment = fit_prototypes(
-                feats_np, self.num_prototypes, n_components=self.pca_components, niter=self.kmeans_iters,
-                seed=self.seed, previous_assignment=previous,
-            )
-            run.set_prototypes(protos, assignment, reference=index)
+        conf_np = confidences.cpu().numpy()
+        index = run.append_checkpoint(cams.cpu().numpy(), conf_np, epoch=trainer.current_epoch, global_step=trainer.global_step)
+        feats = activations.permute(0, 2, 3, 1).reshape(-1, activations.shape[1]).cpu().numpy()
+        previous = None if run.prototypes is None else run.assignment().reshape(-1)
+        protos, assignment, distances = fit_prototypes(
+            feats, self.num_prototypes, n_components=self.pca_components, niter=self.kmeans_iters,
+            seed=self.seed, previous_assignment=previous, return_distances=True,
+        )
+        run.set_prototypes(protos, assignment, reference=index, distances=distances)
         self._guarded("explain", trainer, self._explain_and_log, trainer, conf_np)
 
-    def _explain_and_log(self, trainer: pl.Trainer, confidences: np.ndarray) -> None:
+    def _explain_and_log(self, trainer: pl.Trainer, _confidences: np.ndarray) -> None:
+        """Refresh the explanation, then write the TensorBoard views (``lightning_i2x.views``);
+        a view failure is guarded on its own so it never costs the explanation."""
         self.explanation = self._run.explain(**self.explain_kwargs)
         writer = _tensorboard_writer(trainer)
         if writer is None:
             return
-        step = trainer.global_step
-        labels = self._labels.numpy()
-        writer.add_scalar("i2x/true_class_confidence", float(confidences[np.arange(len(labels)), labels].mean()), step)
-        writer.add_scalar("i2x/uncertain_prototypes", len(self.explanation.uncertain), step)
-        writer.add_text("i2x/summary", self.explanation.to_markdown(), step)
+        self._guarded("views", trainer, log_summary, writer, self._run, self.explanation, trainer.global_step, self.view_options)
+        if not self.view_options.figures:
+            return
+        budget, end = self.view_time_budget, self._views_end
+        if budget is None or end is None or self._views_cost <= budget * (time.perf_counter() - end):
+            self._draw_figures(trainer, writer)
+        else:
+            self._views_pending = True
 
-    def _guarded(self, where: str, trainer: pl.Trainer, fn: Callable, *args) -> None:
-        """Run explainer work; with on_error='warn' a failure is warned once and recorded."""
+    def _draw_figures(self, trainer: pl.Trainer, writer: Any) -> None:
+        start = time.perf_counter()
+        self._guarded("views", trainer, log_figures, writer, self._run, self.explanation, trainer.global_step, self.view_options)
+        self._views_end = time.perf_counter()
+        self._views_cost, self._views_pending = self._views_end - start, False
+
+    # -- Step 7 at the end of fit ----------------------------------------------------------------
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = _tensorboard_writer(trainer)
+        if self._views_pending and writer is not None and trainer.is_global_zero:
+            with preserved_rng():
+                self._draw_figures(trainer, writer)
+        if self.auto_finetune and trainer.is_global_zero and self._run is not None:
+            self._guarded("finetune", trainer, self._finetune, trainer, pl_module)
+
+    def _finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fine-tune the trained module in place on the curated set, log and store the result."""
+        kwargs = dict(self.finetune_kwargs)
+        kwargs.setdefault("forward_fn", self.forward_fn)
+        kwargs.setdefault("reshape_transform", self.reshape_transform)
+        kwargs.setdefault("device", trainer.strategy.root_device)
+        kwargs.setdefault("progress", trainer.progress_bar_callback is not None)
+        kwargs.setdefault("trainer_kwargs", {"precision": trainer.precision})
+        finetuner = PerturbationFinetuner(self._run, **kwargs)
+        result = finetuner.fit(pl_module, train_dataloaders=trainer.train_dataloader, val_dataloaders=trainer.val_dataloaders)
+        self.finetune_result = result
+        writer = _tensorboard_writer(trainer)
+        if writer is not None:
+            log_finetune(writer, result, trainer.global_step)
+            writer.flush()
+
+    def _guarded(self, where: str, trainer: pl.Trainer, fn: Callable, *args) -> Any:
+        """Run explainer work and return its result; with on_error='warn' a failure is warned
+        once, recorded, and gives None."""
         try:
-            fn(*args)
+            return fn(*args)
         except Exception as e:
             if self.on_error == "raise":
                 raise
             key = (where, type(e).__name__)
             if key not in self._warned:
                 self._warned.add(key)
+                rank = f" on rank {trainer.global_rank}" if trainer.world_size > 1 else ""
                 warnings.warn(
-                    f"I2XCallback: {where} failed at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+                    f"I2XCallback: {where} failed{rank} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
                     f"{type(e).__name__}: {e}. Training goes on and the run records the failure; "
                     "pass on_error='raise' to stop instead.",
                     RuntimeWarning,
@@ -312,6 +465,10 @@ class I2XCallback(pl.Callback):
                     self._run.record_error(where, e, epoch=trainer.current_epoch, global_step=trainer.global_step)
                 except Exception:
                     pass  # the run directory itself may be what failed
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 def _check_writable(path: Path) -> None:

@@ -166,9 +166,10 @@ def probe_batches(
     normalise: bool = True,
 ) -> Iterator[ProbeBatch]:
     """Stream the probe set through the model in batches (memory bounded by the batch size), in
-    eval mode whatever mode the model was in, restored afterwards."""
+    eval mode whatever mode the model was in, restored afterwards. A ``torch.compile``d model runs
+    eagerly here: a compiled graph hides the target layer's output from hooks and autograd."""
     forward_fn = forward_fn or default_forward
-    with evaluation_mode(model):
+    with evaluation_mode(model), torch.compiler.set_stance("force_eager"):
         yield from _probe_batches(model, layer, images, labels, cam, cam_target, batch_size, reshape_transform, forward_fn, normalise)
 
 

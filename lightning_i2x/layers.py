@@ -36,7 +36,7 @@ def resolve_target_layer(
     handles = [m.register_forward_hook(lambda mod, _i, out: outputs.append((names[mod], out))) for m in names]
     device = next(model.parameters()).device
     try:
-        with preserved_rng(), preserved_training_state(model), torch.no_grad():
+        with preserved_rng(), preserved_training_state(model), torch.no_grad(), torch.compiler.set_stance("force_eager"):
             model.eval()  # a dry forward in train mode would move BatchNorm statistics
             logits = forward_fn(model, sample.to(device))
     finally:
