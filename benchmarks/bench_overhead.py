@@ -5,7 +5,7 @@
 Part 1, epoch overhead: MNIST training epochs of SmallCNN (batch 128, Adam) on a 12k-image
 subset of the training set, validation on 2000 test images once per epoch, in one fit with
 I2XCallback(every_n_epochs=2) (probe: 1000 test images, 100 per class; target layer ``features``;
-K=32; full analysis: prototypes, ``I2XRun.explain``, the TensorBoard summary), so epochs with a
+K=32; full analysis: prototypes, ``I2XRun.explain``, the TensorBoard views with the callback defaults), so epochs with a
 record and epochs without one alternate (B A B A ...; epoch 0 is the warm-up). Every epoch's
 wall time counts, validation included. epoch_overhead = median epoch with a record / median epoch
 without - 1: what recording at every validation adds to each epoch.
@@ -258,13 +258,16 @@ def main(argv=None) -> None:
         f"with `I2XCallback(every_n_epochs=2)`: epochs with a record and epochs without one alternate, {repeats} of each "
         "after a warm-up epoch (epoch 0, not counted). A record is the full per-checkpoint work: probe pass over "
         f"{part1['n_probe']} test images at `features` (64x7x7), prototypes (K={K}, matched to the previous ids), "
-        "`I2XRun.explain` and the TensorBoard summary; on the other epochs the attached callback does nothing. "
+        "`I2XRun.explain` and the TensorBoard views with the callback's defaults (scalars and text at every record, images "
+        "when `view_time_budget` allows); on the other epochs the attached callback does nothing. "
         "Every epoch's wall time counts, validation included.",
         "",
         _common.table(["training", "epochs", "median epoch", "min-max", "I2X record + analysis per checkpoint"], epoch_rows),
         "",
         f"- epoch_overhead = median epoch with / median epoch without - 1 = {overhead:.3f} "
-        f"(record time / median epoch without = {_common.median(rec) / _common.median(ewo):.3f}).",
+        f"(record time / median epoch without = {_common.median(rec) / _common.median(ewo):.3f}); with means "
+        f"instead of medians, which count the images drawn within `view_time_budget` at some records: "
+        f"{sum(ew) / len(ew) / (sum(ewo) / len(ewo)) - 1:.3f}.",
         f"- peak resident memory of the process after training: {_common.fmt_bytes(part1['peak_rss'])}.",
         "",
         "One record's phases on the last trained model (median of interleaved rounds):",

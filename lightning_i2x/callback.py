@@ -105,7 +105,7 @@ class I2XCallback(pl.Callback):
         overlay_samples: int = 2,
         gallery_patches: int = 8,
         view_dpi: int = 60,
-        view_time_budget: float | None = 0.05,
+        view_time_budget: float | None = 0.02,
         auto_finetune: bool = False,
         finetune_kwargs: dict | None = None,
     ):
