@@ -233,6 +233,10 @@ class I2XCallback(pl.Callback):
         if len(names) != m:
             raise ValueError(f"{len(names)} class names for a model with {m} classes")
         self._class_names = [str(c) for c in names]
+        unknown = [c for c in self.view_options.classes or ()
+                   if (c not in self._class_names if isinstance(c, str) else not 0 <= c < m)]
+        if unknown:
+            raise ValueError(f"view_classes {unknown} are not classes of this model; its classes are {self._class_names} (or indices 0..{m - 1})")
         if trainer.world_size > 1 and self.cam != "gradcam":
             raise ValueError(
                 f"cam={self.cam!r} cannot run in {trainer.world_size} processes: pytorch-grad-cam backpropagates "

@@ -132,6 +132,7 @@ def test_setup_errors_come_before_training(tmp_path, digits):
     (tmp_path / "a_file").write_text("")
     _setup_error(tmp_path, digits, "cannot be written", run_dir=tmp_path / "a_file" / "run")
     _setup_error(tmp_path, digits, "3 class names for a model with 10 classes", class_names=["a", "b", "c"])
+    _setup_error(tmp_path, digits, r"view_classes \['seven', 10\] are not classes of this model", view_classes=["d7", "seven", 10])
 
 
 def test_constructor_errors():
