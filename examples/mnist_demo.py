@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Subset
 

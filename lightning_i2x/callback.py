@@ -15,12 +15,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .cam import CAM_METHODS, ForwardFn, probe_batches
 from .explanation import Explanation
-from .finetune import FinetuneResult, PerturbationFinetuner, check_finetune_kwargs, log_finetune, resolve_pairs
+from .finetune import (
+    FinetuneResult,
+    PerturbationFinetuner,
+    check_finetune_kwargs,
+    log_finetune,
+)
 from .guards import preserved_rng
 from .layers import TargetLayer, resolve_target_layer
 from .probe import materialise_probe, probe_fingerprint
 from .prototypes import Prototypes, fit_prototypes
 from .run import I2XRun
+from .selection import resolve_pairs
 from .views import ViewOptions, log_figures, log_summary
 
 __all__ = ["I2XCallback"]

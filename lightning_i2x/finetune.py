@@ -16,9 +16,9 @@ is one), and then fine-tunes:
 ``("full", "full")`` its baseline. Accuracy and the targeted pairs' confusions (both directions) are
 measured on the validation set before and after.
 
-The selection logic (``resolve_pairs``, ``salient_locations``, ``flag_samples``, ``pixel_mask``,
-``perturb``) is plain functions on arrays; ``find_uncertain_samples`` streams a dataset through them;
-the Trainer use is thin glue in ``PerturbationFinetuner.fit``.
+The selection logic lives in ``lightning_i2x.selection`` (plain functions on arrays, and
+``find_uncertain_samples``, which streams a dataset through them); the Trainer use is thin glue in
+``PerturbationFinetuner.fit``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -39,328 +39,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
 
 from . import atomic
-from .cam import CAM_METHODS, ForwardFn, default_forward, probe_batches
+from .cam import CAM_METHODS, ForwardFn, default_forward
 from .guards import evaluation_mode, preserved_rng
 from .layers import resolve_target_layer
-from .prototypes import Prototypes
 from .run import I2XRun, I2XRunError
+from .selection import (
+    MASK_FILLS,
+    MASK_REGIONS,
+    MaskedDataset,
+    Pair,
+    Selection,
+    find_uncertain_samples,
+    pair_prototypes,
+    resolve_pairs,
+    split_batch,
+    split_item,
+)
 
-__all__ = [
-    "PerturbationFinetuner",
-    "FinetuneResult",
-    "Selection",
-    "MaskedDataset",
-    "resolve_pairs",
-    "pair_prototypes",
-    "salient_locations",
-    "flag_samples",
-    "pixel_mask",
-    "perturb",
-    "find_uncertain_samples",
-    "check_finetune_kwargs",
-    "log_finetune",
-]
+__all__ = ["PerturbationFinetuner", "FinetuneResult", "check_finetune_kwargs", "log_finetune"]
 
 MODES = ("remove", "mask")
 PHASES = ("curated", "full")
-MASK_FILLS = ("blur", "noise", "baseline")
-MASK_REGIONS = ("salient", "all")
 _RESERVED_TRAINER_KWARGS = ("max_epochs", "min_epochs", "max_steps", "reload_dataloaders_every_n_epochs", "callbacks")
-
-Pair = tuple[int, int]
-
-
-# -- pure functions: which samples, which pixels ---------------------------------------------------
-def resolve_pairs(pairs: Iterable[Sequence[int | str]], class_names: Sequence[str]) -> list[Pair]:
-    """Class pairs given by index or name, as sorted index pairs (duplicates dropped, order kept).
-
-    Raises ValueError naming every unknown class and listing the run's classes."""
-    names = [str(c) for c in class_names]
-    m = len(names)
-    out: list[Pair] = []
-    unknown: list[str] = []
-    for pair in pairs:
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ValueError(f"each pair must be two classes (a, b), got {pair!r}")
-        idx = []
-        for c in pair:
-            if isinstance(c, str):
-                if c in names:
-                    idx.append(names.index(c))
-                elif c.lstrip("-").isdigit() and 0 <= int(c) < m and c not in names:
-                    idx.append(int(c))
-                else:
-                    unknown.append(repr(c))
-            elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < m:
-                idx.append(int(c))
-            else:
-                unknown.append(repr(c))
-        if len(idx) == 2:
-            if idx[0] == idx[1]:
-                raise ValueError(f"pair {pair!r} names the same class twice; a pair needs two different classes")
-            p = (min(idx), max(idx))
-            if p not in out:
-                out.append(p)
-    if unknown:
-        raise ValueError(
-            f"pairs name unknown classes {', '.join(dict.fromkeys(unknown))}; the run's classes are "
-            f"{names} (by name, or by index 0..{m - 1})"
-        )
-    return out
-
-
-def pair_prototypes(uncertain: Iterable[Any], pairs: Sequence[Pair]) -> dict[Pair, list[int]]:
-    """The uncertain prototypes of each pair, best first (``uncertain``: ``Explanation.uncertain``)."""
-    out: dict[Pair, list[int]] = {p: [] for p in pairs}
-    for u in uncertain:
-        key = (min(u.classes), max(u.classes))
-        if key in out and int(u.prototype) not in out[key]:
-            out[key].append(int(u.prototype))
-    return out
-
-
-def salient_locations(cams: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """(B, L) bool: location j of sample i lies in its salient region, i.e. its min-max normalised
-    saliency is >= threshold; the normalisation of ``analysis.salient_presence`` (which
-    ``I2XRun.presence`` and ``explain`` use), so the training set is judged as the probe was."""
-    s = np.asarray(cams, dtype=np.float64)
-    s = np.nan_to_num(s.reshape(s.shape[0], -1), nan=0.0, posinf=0.0, neginf=0.0)
-    lo = s.min(axis=1, keepdims=True)
-    s = (s - lo) / (1e-7 + (s - lo).max(axis=1, keepdims=True))
-    return s >= threshold
-
-
-def flag_samples(
-    assignment: np.ndarray,
-    salient: np.ndarray,
-    labels: np.ndarray,
-    pair_protos: dict[Pair, Sequence[int]],
-    region: str = "salient",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Which samples contain which pair's uncertain prototypes.
-
-    assignment (B, L) prototype id of every location; salient (B, L) bool; labels (B,).
-    Sample i is flagged for pair (a, b) when its label is a or b and one of its salient locations is
-    assigned to an uncertain prototype of (a, b).
-
-    Returns flags (P, B) bool (pairs in the order of ``pair_protos``) and regions (B, L) bool: the
-    locations of flagged samples to perturb in mask mode, the union over the pairs the sample is
-    flagged for of the locations assigned to that pair's prototypes, salient ones only
-    (``region="salient"``) or all of them (``"all"``).
-    """
-    a = np.asarray(assignment)
-    s = np.asarray(salient, dtype=bool)
-    y = np.asarray(labels).reshape(-1)
-    if a.ndim != 2 or s.shape != a.shape or y.shape != a.shape[:1]:
-        raise ValueError(f"assignment (B, L), salient (B, L) and labels (B,) must agree, got {a.shape}, {s.shape}, {y.shape}")
-    if region not in MASK_REGIONS:
-        raise ValueError(f"region must be one of {MASK_REGIONS}, got {region!r}")
-    flags = np.zeros((len(pair_protos), a.shape[0]), dtype=bool)
-    regions = np.zeros(a.shape, dtype=bool)
-    for p, ((ca, cb), protos) in enumerate(pair_protos.items()):
-        if len(protos) == 0:
-            continue
-        holds = np.isin(a, np.asarray(list(protos), dtype=a.dtype))
-        in_pair = (y == ca) | (y == cb)
-        hit = holds & s
-        flags[p] = in_pair & hit.any(axis=1)
-        regions[flags[p]] |= (hit if region == "salient" else holds)[flags[p]]
-    return flags, regions
-
-
-def pixel_mask(regions: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Feature-map locations (..., h, w) to the input pixels (..., H, W) they cover: pixel (y, x)
-    belongs to location (floor(y h / H), floor(x w / W)), nearest-neighbour upsampling."""
-    r = np.asarray(regions, dtype=bool)
-    h, w = r.shape[-2:]
-    big_h, big_w = int(image_size[0]), int(image_size[1])
-    rows = (np.arange(big_h) * h) // big_h
-    cols = (np.arange(big_w) * w) // big_w
-    return r[..., rows[:, None], cols[None, :]]
-
-
-def perturb(
-    image: torch.Tensor,
-    mask: np.ndarray | torch.Tensor,
-    fill: str = "blur",
-    *,
-    seed: int = 0,
-    sigma: float = 2.0,
-    baseline: float | None = None,
-) -> torch.Tensor:
-    """A copy of the (C, H, W) ``image`` whose pixels under the (H, W) ``mask`` are replaced, the
-    others left bitwise as they were:
-
-    - ``"blur"``: by a Gaussian blur (standard deviation ``sigma`` pixels, reflected borders) of
-      the whole image;
-    - ``"noise"``: by Gaussian noise with the image's per-channel mean and standard deviation,
-      drawn from a generator seeded with ``seed`` (the same seed gives the same noise);
-    - ``"baseline"``: by ``baseline``, or by the image's per-channel mean when None.
-
-    Computed in NumPy/SciPy on the CPU: one image is too small for torch's parallel kernels, whose
-    thread start-up dominates (and stalls on a busy machine) inside a DataLoader.
-    """
-    if fill not in MASK_FILLS:
-        raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {fill!r}")
-    if not isinstance(image, torch.Tensor) or image.ndim != 3:
-        raise TypeError(f"mask mode needs (C, H, W) image tensors, got {type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
-    m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
-    if m.shape != tuple(image.shape[1:]):
-        raise ValueError(f"mask of shape {m.shape} for an image of shape {tuple(image.shape)}")
-    if not m.any():
-        return image.clone()
-    x = image.detach().cpu().numpy()
-    work = x.astype(np.float64)
-    if fill == "blur":
-        from scipy.ndimage import gaussian_filter
-
-        values = gaussian_filter(work, sigma=(0.0, float(sigma), float(sigma)), mode="reflect", truncate=3.0)
-    elif fill == "noise":
-        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        mean = work.mean(axis=(1, 2), keepdims=True)
-        std = work.std(axis=(1, 2), keepdims=True)
-        values = mean + std * rng.standard_normal(work.shape)
-    else:
-        values = work.mean(axis=(1, 2), keepdims=True) * np.ones_like(work) if baseline is None else np.full_like(work, float(baseline))
-    out = x.copy()
-    out[:, m] = values[:, m].astype(x.dtype)
-    return torch.from_numpy(out).to(image.device)
-
-
-class MaskedDataset(Dataset):
-    """The dataset with the pixels of the flagged regions perturbed (``perturb``); other samples and
-    other pixels are returned unchanged. ``regions`` maps a dataset index to its (h, w) location
-    mask; the noise of sample i is seeded with (seed, i), so every epoch sees the same images."""
-
-    def __init__(self, dataset: Dataset, regions: dict[int, np.ndarray], fill: str = "blur", *, seed: int = 0,
-                 sigma: float | None = None, baseline: float | None = None):
-        if fill not in MASK_FILLS:
-            raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {fill!r}")
-        self.dataset = dataset
-        self.regions = {int(k): np.asarray(v, dtype=bool) for k, v in regions.items()}
-        self.fill, self.seed, self.sigma, self.baseline = fill, int(seed), sigma, baseline
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        region = self.regions.get(int(index))
-        if region is None:
-            return item
-        x, rest = _split_item(item, "the training Dataset")
-        big = pixel_mask(region, tuple(x.shape[-2:]))
-        sigma = self.sigma
-        if sigma is None:  # half a location's block of pixels: enough to wipe out what it showed
-            sigma = max(1.0, 0.5 * max(x.shape[-2] / region.shape[0], x.shape[-1] / region.shape[1]))
-        x = perturb(x, big, self.fill, seed=self.seed * 1_000_003 + int(index), sigma=sigma, baseline=self.baseline)
-        return (x, *rest) if isinstance(item, tuple) else [x, *rest]
-
-
-def _split_item(item: Any, where: str) -> tuple[torch.Tensor, list]:
-    if isinstance(item, dict):
-        raise TypeError(f"{where} yields a dict; fine-tuning needs (image, label) samples: wrap it to return a tuple")
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise TypeError(f"{where} must yield (image, label) samples, got {type(item).__name__}")
-    if not isinstance(item[0], torch.Tensor):
-        raise TypeError(f"{where} yields images of type {type(item[0]).__name__}; fine-tuning needs tensors (add ToTensor)")
-    return item[0], list(item[1:])
-
-
-def _split_batch(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x, rest = _split_item(batch, where)
-    y = torch.as_tensor(rest[0])
-    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"{where} must yield (images (B, ...), labels (B,) integer) batches, got labels {tuple(y.shape)} {y.dtype}")
-    return x, y.long()
-
-
-# -- streaming the training set ------------------------------------------------------------------
-@dataclass
-class Selection:
-    """Which training samples contain the pairs' uncertain prototypes.
-
-    indices (n,): the dataset indices searched, in order; labels (n,); flags (P, n) bool: sample
-    flagged for pair p; regions (n, h, w) bool: the locations to perturb in mask mode (False for
-    unflagged samples)."""
-
-    pairs: list[Pair]
-    prototypes: dict[Pair, list[int]]
-    indices: np.ndarray
-    labels: np.ndarray
-    flags: np.ndarray
-    regions: np.ndarray
-    seconds: float = 0.0
-
-    @property
-    def flagged(self) -> np.ndarray:
-        """(n,) flagged for any pair."""
-        return self.flags.any(axis=0) if self.flags.size else np.zeros(len(self.indices), bool)
-
-    def counts(self) -> dict[Pair, int]:
-        return {p: int(self.flags[i].sum()) for i, p in enumerate(self.pairs)}
-
-    def removed_indices(self) -> np.ndarray:
-        return self.indices[self.flagged]
-
-    def kept_indices(self) -> np.ndarray:
-        return self.indices[~self.flagged]
-
-
-def find_uncertain_samples(
-    model: torch.nn.Module,
-    layer: torch.nn.Module,
-    dataset: Dataset,
-    indices: Sequence[int],
-    prototypes: Prototypes,
-    pair_protos: dict[Pair, list[int]],
-    *,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    collate_fn: Callable | None = None,
-    cam: str = "gradcam",
-    cam_target: str = "label",
-    threshold: float = 0.5,
-    region: str = "salient",
-    forward_fn: ForwardFn | None = None,
-    reshape_transform: Callable | None = None,
-    progress: bool = True,
-) -> Selection:
-    """Stream ``dataset[indices]`` through the model in batches: per batch the GradCAM maps and
-    target-layer features (``probe_batches``), every location assigned to its nearest prototype
-    (``Prototypes.assign``: projection + FAISS search), then ``flag_samples``. Only the flags and
-    the (n, h, w) location masks are kept, never the features."""
-    from tqdm.auto import tqdm
-
-    indices = np.asarray(indices, dtype=np.int64)
-    loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn)
-    flags, regions, labels = [], [], []
-    t0 = time.perf_counter()
-    bar = tqdm(loader, total=len(loader), desc="I2X: searching the training set", unit="batch", disable=not progress, leave=False)
-    for batch in bar:
-        x, y = _split_batch(batch, "the training DataLoader")
-        (pb,) = list(probe_batches(model, layer, x, y, cam=cam, cam_target=cam_target, batch_size=x.shape[0],
-                                   reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=True))
-        b, d, h, w = pb.activations.shape
-        feats = pb.activations.permute(0, 2, 3, 1).reshape(-1, d).float().cpu().numpy()
-        assignment = prototypes.assign(feats).reshape(b, h * w)
-        salient = salient_locations(pb.cams.cpu().numpy(), threshold)
-        f, r = flag_samples(assignment, salient, y.numpy(), pair_protos, region)
-        flags.append(f)
-        regions.append(r.reshape(b, h, w))
-        labels.append(y.numpy())
-        del feats, assignment, pb
-    n_pairs = len(pair_protos)
-    return Selection(
-        pairs=list(pair_protos),
-        prototypes={p: list(v) for p, v in pair_protos.items()},
-        indices=indices,
-        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        flags=np.concatenate(flags, axis=1) if flags else np.zeros((n_pairs, 0), bool),
-        regions=np.concatenate(regions) if regions else np.zeros((0, 1, 1), bool),
-        seconds=time.perf_counter() - t0,
-    )
 
 
 # -- the result ------------------------------------------------------------------------------------
@@ -678,7 +378,7 @@ class PerturbationFinetuner:
             first = ds[0]
         except Exception as e:
             raise TypeError(f"the training set ({type(ds).__name__}) cannot be indexed: ds[0] raised {type(e).__name__}: {e}") from None
-        _split_item(first, "the training Dataset")
+        split_item(first, "the training Dataset")
         if self.max_samples is not None and self.max_samples < n:
             g = torch.Generator().manual_seed(self.seed)
             idx = torch.randperm(n, generator=g)[: self.max_samples].sort().values.numpy()
@@ -723,7 +423,7 @@ class PerturbationFinetuner:
         loader = self._one_loader(train_dataloaders, "train_dataloaders")
         ds, idx = self._train_dataset(loader)
         targets = self.targets() if targets is None else targets
-        x0 = _split_item(ds[int(idx[0])], "the training Dataset")[0]
+        x0 = split_item(ds[int(idx[0])], "the training Dataset")[0]
         model.to(self._device(model))
         layer = self._check_layer(model, x0.unsqueeze(0).expand(2, *x0.shape).clone())
         with preserved_rng():
@@ -755,7 +455,7 @@ class PerturbationFinetuner:
         labels, preds = [], []
         with preserved_rng(), evaluation_mode(model), torch.no_grad():
             for batch in loader:
-                x, y = _split_batch(batch, "the validation DataLoader")
+                x, y = split_batch(batch, "the validation DataLoader")
                 out = forward(model, x.to(device))
                 preds.append(out.argmax(dim=1).cpu().numpy())
                 labels.append(y.numpy())
@@ -775,7 +475,7 @@ class PerturbationFinetuner:
         train_loader = self._one_loader(train_dataloaders, "train_dataloaders")
         val_loader = self._one_loader(val_dataloaders, "val_dataloaders")
         ds, idx = self._train_dataset(train_loader)
-        x0 = _split_item(ds[int(idx[0])], "the training Dataset")[0]
+        x0 = split_item(ds[int(idx[0])], "the training Dataset")[0]
         model.to(self._device(model))
         self._check_layer(model, x0.unsqueeze(0).expand(2, *x0.shape).clone())
 

@@ -16,10 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lightning_i2x import I2XCallback, I2XRun, PerturbationFinetuner
-from lightning_i2x.finetune import (
-    FinetuneResult,
+from lightning_i2x.finetune import FinetuneResult, check_finetune_kwargs
+from lightning_i2x.selection import (
     MaskedDataset,
-    check_finetune_kwargs,
     flag_samples,
     perturb,
     pixel_mask,

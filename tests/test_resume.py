@@ -7,7 +7,6 @@ import shutil
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
