@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
 
-from . import atomic
+from . import atomic, plots
 from .cam import CAM_METHODS, ForwardFn, default_forward
 from .guards import evaluation_mode, preserved_rng
 from .layers import resolve_target_layer
@@ -582,30 +582,6 @@ def _tag(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
-def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str):
-    """A matplotlib figure of a confusion matrix (rows: true class, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    m = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * m, 0.8 + 0.5 * m), dpi=80)
-    shown = np.log1p(np.asarray(cm, dtype=float))
-    ax.imshow(shown, cmap="Blues")
-    for i in range(m):
-        for j in range(m):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if shown[i, j] > 0.6 * shown.max() else "black")
-    ax.set_xticks(range(m), [str(c) for c in class_names], rotation=90, fontsize=7)
-    ax.set_yticks(range(m), [str(c) for c in class_names], fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def log_finetune(writer, result: FinetuneResult, step: int, prefix: str = "i2x/finetune") -> None:
     """TensorBoard: ``{prefix}/accuracy_before|after``, ``{prefix}/confusions_before|after/<a>_as_<b>``
     (and ``<a>_<b>`` for both directions), the confusion matrices as images
@@ -625,4 +601,5 @@ def log_finetune(writer, result: FinetuneResult, step: int, prefix: str = "i2x/f
     for (a, b), n in result.removed_or_masked.items():
         writer.add_scalar(f"{prefix}/removed_or_masked/{_tag(names[a])}_{_tag(names[b])}", n, step)
     for when, cm in (("before", result.confusion_matrix_before), ("after", result.confusion_matrix_after)):
-        writer.add_figure(f"{prefix}/confusion_matrix_{when}", confusion_matrix_figure(cm, names, f"confusions {when} fine-tuning"), step, close=True)
+        fig = plots.confusion_matrix(cm, names, f"confusions {when} fine-tuning")
+        writer.add_image(f"{prefix}/confusion_matrix_{when}", plots.to_rgb(fig), step, dataformats="HWC")

@@ -36,6 +36,7 @@ __all__ = [
     "ridge_heatmap",
     "confidence_curves",
     "saliency_overlays",
+    "confusion_matrix",
     "to_rgb",
     "to_png",
 ]
@@ -417,4 +418,25 @@ def saliency_overlays(run, c: int | str, *, samples: int = 2, top: int = 3, samp
         ax.set_yticks([])
         ax.set_title(f"#{i}: p({_short(names[ci])})={conf[i, ci]:.2f}, pred {_short(names[int(conf[i].argmax())])}", fontsize=8)
     fig.suptitle(f"class {names[ci]}: GradCAM (T{ref}) and the prototypes in the salient region", fontsize=9, y=0.99, va="top")
+    return fig
+
+
+def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], title: str = "confusions", dpi: int = DEFAULT_DPI) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted), counts written in the cells,
+    colour on a log scale so the few off-diagonal confusions stay visible."""
+    m = len(class_names)
+    side = 0.4 * m
+    fig = _figure(side + 1.3, side + 1.2, dpi)
+    ax = _axes(fig, 1.0, 0.9, side, side)
+    shown = np.log1p(np.asarray(cm, dtype=float))
+    ax.imshow(shown, cmap="Blues", aspect="auto")
+    for i in range(m):
+        for j in range(m):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if shown[i, j] > 0.6 * shown.max() else "black")
+    ax.set_xticks(range(m), [str(c) for c in class_names], rotation=90, fontsize=7)
+    ax.set_yticks(range(m), [str(c) for c in class_names], fontsize=7)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    ax.set_title(title, fontsize=9)
     return fig

@@ -208,3 +208,18 @@ def test_overlays_outline_the_salient_prototypes(tmp_path):
     assert plots.to_rgb(fig).std() > 10
     run.images = None
     assert "no probe images" in run.plot_overlays(0).axes[0].texts[0].get_text()
+
+
+def test_confusion_matrix_writes_every_count_in_its_cell_outside_pyplot():
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, open_before = matplotlib.get_backend(), plt.get_fignums()
+    cm = np.array([[50, 2, 0], [7, 40, 1], [0, 0, 33]])
+    fig = plots.confusion_matrix(cm, ["a", "b", "c"], "before")
+    ax = fig.axes[0]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text()) for t in ax.texts}
+    assert cells == {(i, j): int(cm[i, j]) for i in range(3) for j in range(3)}
+    assert plots.to_rgb(fig).std() > 10
+    # the user's pyplot state is untouched: no figure registered, the backend as it was
+    assert plt.get_fignums() == open_before and matplotlib.get_backend() == backend
