@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python benchmarks/NAME.py` from a checkout
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "examples"):  # run as `python benchmarks/NAME.py` from a checkout; demo models and data
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def parser(description: str) -> argparse.ArgumentParser:

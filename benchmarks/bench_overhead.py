@@ -41,8 +41,8 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
 from lightning_i2x.cam import probe_batches
-from lightning_i2x.datasets import balanced_indices, load_mnist
-from lightning_i2x.demo_models import SmallCNN
+from demo_data import balanced_indices, load_mnist
+from demo_models import SmallCNN
 from lightning_i2x.prototypes import Prototypes, fit_prototypes
 
 K, M, H, W = 32, 10, 7, 7

@@ -31,7 +31,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from lightning_i2x.cam import probe_batches
-from lightning_i2x.demo_models import SmallCNN
+from demo_models import SmallCNN
 from lightning_i2x.guards import preserved_rng
 
 

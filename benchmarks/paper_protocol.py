@@ -37,8 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, PerturbationFinetuner
-from lightning_i2x.datasets import balanced_indices, load_cifar10_subset, load_mnist
-from lightning_i2x.demo_models import SmallCNN
+from demo_data import balanced_indices, load_cifar10_subset, load_mnist
+from demo_models import SmallCNN
 
 VARIANTS = {  # name: (mode, schedule)
     "full -> full": ("remove", ("full", "full")),

@@ -18,8 +18,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from lightning_i2x.datasets import balanced_indices, load_mnist
-from lightning_i2x.demo_models import SmallCNN
+from demo_data import balanced_indices, load_mnist
+from demo_models import SmallCNN
 
 
 class MNISTProbe(TensorDataset):

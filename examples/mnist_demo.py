@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
-from lightning_i2x.datasets import balanced_indices, load_mnist
-from lightning_i2x.demo_models import SmallCNN
+from demo_data import balanced_indices, load_mnist
+from demo_models import SmallCNN
 from lightning_i2x.report import write_report
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .cam import ForwardFn, probe_batches
+from .perturb import FILLS, default_sigma, perturb, pixel_mask
 from .prototypes import Prototypes
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "find_uncertain_samples",
 ]
 
-MASK_FILLS = ("blur", "noise", "baseline")
+MASK_FILLS = FILLS
 MASK_REGIONS = ("salient", "all")
 
 Pair = tuple[int, int]
@@ -136,65 +137,6 @@ def flag_samples(
     return flags, regions
 
 
-def pixel_mask(regions: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Feature-map locations (..., h, w) to the input pixels (..., H, W) they cover: pixel (y, x)
-    belongs to location (floor(y h / H), floor(x w / W)), nearest-neighbour upsampling."""
-    r = np.asarray(regions, dtype=bool)
-    h, w = r.shape[-2:]
-    big_h, big_w = int(image_size[0]), int(image_size[1])
-    rows = (np.arange(big_h) * h) // big_h
-    cols = (np.arange(big_w) * w) // big_w
-    return r[..., rows[:, None], cols[None, :]]
-
-
-def perturb(
-    image: torch.Tensor,
-    mask: np.ndarray | torch.Tensor,
-    fill: str = "blur",
-    *,
-    seed: int = 0,
-    sigma: float = 2.0,
-    baseline: float | None = None,
-) -> torch.Tensor:
-    """A copy of the (C, H, W) ``image`` whose pixels under the (H, W) ``mask`` are replaced, the
-    others left bitwise as they were:
-
-    - ``"blur"``: by a Gaussian blur (standard deviation ``sigma`` pixels, reflected borders) of
-      the whole image;
-    - ``"noise"``: by Gaussian noise with the image's per-channel mean and standard deviation,
-      drawn from a generator seeded with ``seed`` (the same seed gives the same noise);
-    - ``"baseline"``: by ``baseline``, or by the image's per-channel mean when None.
-
-    Computed in NumPy/SciPy on the CPU: one image is too small for torch's parallel kernels, whose
-    thread start-up dominates (and stalls on a busy machine) inside a DataLoader.
-    """
-    if fill not in MASK_FILLS:
-        raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {fill!r}")
-    if not isinstance(image, torch.Tensor) or image.ndim != 3:
-        raise TypeError(f"mask mode needs (C, H, W) image tensors, got {type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
-    m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
-    if m.shape != tuple(image.shape[1:]):
-        raise ValueError(f"mask of shape {m.shape} for an image of shape {tuple(image.shape)}")
-    if not m.any():
-        return image.clone()
-    x = image.detach().cpu().numpy()
-    work = x.astype(np.float64)
-    if fill == "blur":
-        from scipy.ndimage import gaussian_filter
-
-        values = gaussian_filter(work, sigma=(0.0, float(sigma), float(sigma)), mode="reflect", truncate=3.0)
-    elif fill == "noise":
-        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        mean = work.mean(axis=(1, 2), keepdims=True)
-        std = work.std(axis=(1, 2), keepdims=True)
-        values = mean + std * rng.standard_normal(work.shape)
-    else:
-        values = work.mean(axis=(1, 2), keepdims=True) * np.ones_like(work) if baseline is None else np.full_like(work, float(baseline))
-    out = x.copy()
-    out[:, m] = values[:, m].astype(x.dtype)
-    return torch.from_numpy(out).to(image.device)
-
-
 class MaskedDataset(Dataset):
     """The dataset with the pixels of the flagged regions perturbed (``perturb``); other samples and
     other pixels are returned unchanged. ``regions`` maps a dataset index to its (h, w) location
@@ -218,9 +160,7 @@ class MaskedDataset(Dataset):
             return item
         x, rest = split_item(item, "the training Dataset")
         big = pixel_mask(region, tuple(x.shape[-2:]))
-        sigma = self.sigma
-        if sigma is None:  # half a location's block of pixels: enough to wipe out what it showed
-            sigma = max(1.0, 0.5 * max(x.shape[-2] / region.shape[0], x.shape[-1] / region.shape[1]))
+        sigma = default_sigma(tuple(x.shape[-2:]), region.shape) if self.sigma is None else self.sigma
         x = perturb(x, big, self.fill, seed=self.seed * 1_000_003 + int(index), sigma=sigma, baseline=self.baseline)
         return (x, *rest) if isinstance(item, tuple) else [x, *rest]
 

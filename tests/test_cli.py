@@ -13,7 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_i2x import I2XCallback, I2XRun
-from lightning_i2x.datasets import resolve_data_dir
+from demo_data import resolve_data_dir
 from lightning_i2x.views import ViewOptions
 
 ROOT = Path(__file__).resolve().parents[1]

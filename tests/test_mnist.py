@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
 from lightning_i2x.__main__ import main as cli
-from lightning_i2x.datasets import balanced_indices, load_mnist, resolve_data_dir
-from lightning_i2x.demo_models import SmallCNN
+from demo_data import balanced_indices, load_mnist, resolve_data_dir
+from demo_models import SmallCNN
 
 from .conftest import trainer_kwargs
 

@@ -1,7 +1,7 @@
-"""Image data sets for the demo, the tests and the benchmarks, found offline when possible.
+"""Image data sets for the demo, the tests and the benchmarks (not part of the library).
 
-Where the data lives: ``data_dir`` if given, else ``$I2X_DATA_DIR``, else ``../shared/data``
-beside the working directory when it exists; with none of those, torchvision downloads into
+Where the data lives: ``data_dir`` if given, else ``$I2X_DATA_DIR``, else ``shared/data`` beside
+this repository's folder when it exists; with none of those, torchvision downloads into
 ``~/.cache/lightning_i2x``.
 """
 
@@ -23,7 +23,8 @@ _RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The folder holding ``mnist/``, ``fashion-mnist/``, ``cifar10/``, or None (download)."""
-    for candidate in (data_dir, os.environ.get("I2X_DATA_DIR"), Path.cwd().parent / "shared" / "data"):
+    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data"
+    for candidate in (data_dir, os.environ.get("I2X_DATA_DIR"), beside_repo):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     if data_dir is not None:
