@@ -31,8 +31,6 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
-import _common
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -40,10 +38,11 @@ from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
-from lightning_i2x.cam import probe_batches
+from lightning_i2x.prototypes import Prototypes, fit_prototypes
+
+import _common
 from demo_data import balanced_indices, load_mnist
 from demo_models import SmallCNN
-from lightning_i2x.prototypes import Prototypes, fit_prototypes
 
 K, M, H, W = 32, 10, 7, 7
 
@@ -121,32 +120,132 @@ def epoch_overhead(args, root: Path, rounds: int):
     }
 
 
-def record_breakdown(part1, repeats: int) -> list[list[str]]:
-    """The phases of one record, on the last trained model and its run (interleaved)."""
+BASELINE_REF = "154769c"  # lightning-i2x 0.1.0, the last commit before the record pipeline moved out of the callback
+
+
+def import_baseline(ref: str, root: Path):
+    """The package as it was at git ``ref``, imported side by side under another name (its imports
+    are relative), so the same phases of a record are timed in one process, old and new."""
+    import importlib
+    import subprocess
+
+    dest = root / "baseline"
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(_common.REPO), "archive", ref, "lightning_i2x"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / "lightning_i2x").rename(dest / "lightning_i2x_baseline")
+    sys.path.insert(0, str(dest))
+    return importlib.import_module("lightning_i2x_baseline")
+
+
+class NullWriter:
+    """Takes the views and drops them: the cost measured is computing them, not disk I/O."""
+
+    def add_scalar(self, *a, **k):
+        pass
+
+    def add_text(self, *a, **k):
+        pass
+
+    def add_custom_scalars(self, *a, **k):
+        pass
+
+
+def record_breakdown(part1, root: Path, repeats: int, ref: str) -> list[list[str]]:
+    """The phases of one record, 0.1 against now, on the last trained model's real evidence: a run
+    holding T-1 checkpoints gets the T-th (append, prototype refit, explain, scalars and text)."""
+    from lightning_i2x import Recorder, probe_pass
+    from lightning_i2x.record import open_run
+    from lightning_i2x.views import log_summary
+
+    old = import_baseline(ref, root)
+    from lightning_i2x_baseline import views as old_views  # noqa: E402
+
     i2x, model = part1["last"]
     model.eval()
-    layer = model.features
-    images, labels = i2x._images, i2x._labels
-    state: dict[str, np.ndarray] = {}
+    layer = i2x.run.config.target_layer
+    from lightning_i2x.layers import resolve_target_layer
+    from lightning_i2x.probe import materialise_probe
 
-    def probe_pass():
-        feats = []
-        for batch in probe_batches(model, layer, images, labels, batch_size=256):
-            feats.append(batch.activations.permute(0, 2, 3, 1).reshape(-1, batch.activations.shape[1]))
-            batch.cams.cpu().numpy(), batch.confidences.cpu().numpy()
-        state["feats"] = torch.cat(feats).float().cpu().numpy()
+    images, labels, _ = materialise_probe(i2x.probe)
+    target = resolve_target_layer(model, layer, images[:2], forward_fn=lambda m, x: m(x))
+    t_count = i2x.run.num_checkpoints
+    evidence = probe_pass(model, target.module, images, labels)
+    rng = np.random.default_rng(0)
+    # T distinct checkpoints: the real maps and confidences, jittered
+    cams = [np.clip(evidence.cams.numpy() + rng.normal(0, 0.05, evidence.cams.shape), 0, 1).astype(np.float32) for _ in range(t_count)]
+    confs = []
+    for _ in range(t_count):
+        c = evidence.confidences.numpy() + rng.uniform(0, 0.1, evidence.confidences.shape)
+        confs.append((c / c.sum(1, keepdims=True)).astype(np.float32))
+    feats = evidence.activations.permute(0, 2, 3, 1).reshape(-1, evidence.activations.shape[1]).numpy()
+    names = [str(c) for c in range(M)]
+    state = {"n": 0}
 
-    probe_pass()
-    previous = i2x.run.assignment().reshape(-1)
-    run_path = i2x.run.path
-    variants = {
-        "probe pass (maps, confidences, activations)": probe_pass,
-        "fit_prototypes, first checkpoint": lambda: fit_prototypes(state["feats"], K, seed=0),
-        "fit_prototypes, matched to the previous ids": lambda: fit_prototypes(state["feats"], K, seed=0, previous_assignment=previous),
-        f"I2XRun.explain, fresh (T={i2x.run.num_checkpoints})": lambda: I2XRun.load(run_path).explain(),
-    }
-    times = _common.interleaved(variants, repeats)
-    return [[name, _common.fmt_s(_common.median(t)), _common.spread(t)] for name, t in times.items()]
+    def fresh_new():
+        state["n"] += 1
+        run = open_run(root / f"new-{state['n']}", images, labels, names, target, num_prototypes=K)
+        rec = Recorder(K)
+        for t in range(t_count - 1):
+            run.append_checkpoint(cams[t], confs[t], epoch=t, global_step=t)
+        protos, assignment = fit_prototypes(feats, K, seed=0)
+        run.set_prototypes(protos, assignment, reference=t_count - 2)
+        return run, rec
+
+    def fresh_old():
+        state["n"] += 1
+        run = old.I2XRun.create(root / f"old-{state['n']}", labels=labels.numpy(), class_names=names, feature_shape=target.feature_shape[1:],
+                                num_prototypes=K)
+        for t in range(t_count - 1):
+            run.append_checkpoint(cams[t], confs[t], epoch=t, global_step=t)
+        protos, assignment = old.fit_prototypes(feats, K, seed=0)
+        run.set_prototypes(protos, assignment, reference=t_count - 2)
+        return run
+
+    phases = {f"{v}: {p}": [] for v in ("0.1", "now") for p in ("append + refit", "explain", "scalars + text", "record total")}
+
+    def time_old():
+        run = fresh_old()
+        t0 = time.perf_counter()
+        index = run.append_checkpoint(cams[-1], confs[-1], epoch=t_count, global_step=t_count)
+        protos, assignment, dist = old.fit_prototypes(feats, K, seed=0, previous_assignment=run.assignment().reshape(-1), return_distances=True)
+        run.set_prototypes(protos, assignment, reference=index, distances=dist)
+        t1 = time.perf_counter()
+        expl = run.explain()
+        t2 = time.perf_counter()
+        old_views.log_summary(NullWriter(), run, expl, t_count, old_views.ViewOptions())
+        t3 = time.perf_counter()
+        for p, v in zip(("append + refit", "explain", "scalars + text", "record total"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+            phases[f"0.1: {p}"].append(v)
+
+    def time_new():
+        run, rec = fresh_new()
+        t0 = time.perf_counter()
+        rec.append(run, evidence_t, epoch=t_count, global_step=t_count)
+        t1 = time.perf_counter()
+        expl = rec.explain_run(run)
+        t2 = time.perf_counter()
+        log_summary(NullWriter(), run, expl, t_count, i2x.views)
+        t3 = time.perf_counter()
+        for p, v in zip(("append + refit", "explain", "scalars + text", "record total"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+            phases[f"now: {p}"].append(v)
+
+    from lightning_i2x.record import ProbeEvidence
+
+    evidence_t = ProbeEvidence(evidence.activations, torch.from_numpy(cams[-1]), torch.from_numpy(confs[-1]))
+    for r in range(repeats + 1):  # the first round warms up both
+        for fn in ((time_old, time_new) if r % 2 == 0 else (time_new, time_old)):
+            fn()
+        if r == 0:
+            for v in phases.values():
+                v.clear()
+    rows = []
+    for p in ("append + refit", "explain", "scalars + text", "record total"):
+        a, b = phases[f"0.1: {p}"], phases[f"now: {p}"]
+        rows.append([p, _common.fmt_s(_common.median(a)), _common.fmt_s(_common.median(b)), f"{_common.median(a) / _common.median(b):.2f}"])
+    probe_t = _common.interleaved({"probe pass": lambda: probe_pass(model, target.module, images, labels)}, repeats)["probe pass"]
+    rows.append(["probe pass (maps, confidences, activations; unchanged)", "-", _common.fmt_s(_common.median(probe_t)), "-"])
+    return rows, _common.median(phases["0.1: record total"]) / _common.median(phases["now: record total"])
 
 
 # -- part 2: analysis growth --------------------------------------------------------------------
@@ -201,6 +300,7 @@ def peak_memory(path: Path) -> int:
 def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $I2X_DATA_DIR or ../shared/data)")
+    ap.add_argument("--baseline-ref", default=BASELINE_REF, help="git ref of the version the record phases are compared with")
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -224,7 +324,7 @@ def main(argv=None) -> None:
         ew, ewo = part1["epochs_of"]["with"], part1["epochs_of"]["without"]
         overhead = _common.median(ew) / _common.median(ewo) - 1.0
         rec = part1["records"]
-        breakdown = record_breakdown(part1, 1 if args.quick else 3)
+        breakdown, record_speedup = record_breakdown(part1, root, 2 if args.quick else 7, args.baseline_ref)
 
         print("part 2: analysis growth in T", file=sys.stderr, flush=True)
         t_cfg = [(t, t_fixed_n) for t in t_sizes]
@@ -270,9 +370,12 @@ def main(argv=None) -> None:
         f"{sum(ew) / len(ew) / (sum(ewo) / len(ewo)) - 1:.3f}.",
         f"- peak resident memory of the process after training: {_common.fmt_bytes(part1['peak_rss'])}.",
         "",
-        "One record's phases on the last trained model (median of interleaved rounds):",
+        f"One record's phases, lightning-i2x 0.1 (git `{args.baseline_ref}`, imported side by side) against this "
+        f"version, on the last trained model's probe evidence: a run holding T-1 = {part1['last'][0].run.num_checkpoints - 1} "
+        "checkpoints gets one more (append, prototype refit, `explain`, then the scalars and text of the views into a "
+        "writer that drops them). Medians of interleaved rounds after a warm-up:",
         "",
-        _common.table(["phase", "median", "min-max"], breakdown),
+        _common.table(["phase", "0.1", "now", "0.1 / now"], breakdown),
         "",
         "## Analysis growth",
         "",
@@ -291,7 +394,8 @@ def main(argv=None) -> None:
     _common.report(
         "I2XCallback overhead and analysis growth",
         body,
-        {"epoch_overhead": overhead, "analysis_growth_exponent_T": exp_t, "analysis_growth_exponent_N": exp_n},
+        {"epoch_overhead": overhead, "record_speedup_vs_0_1": record_speedup, "analysis_growth_exponent_T": exp_t,
+         "analysis_growth_exponent_N": exp_n},
         args.out, info, args.quick,
     )
 

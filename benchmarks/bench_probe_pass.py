@@ -6,7 +6,7 @@ For each model (random-init weights, eval mode, random inputs: the cost does not
 
   forward      plain eval forward over the probe set under torch.no_grad (the floor)
   record       what I2XCallback records per checkpoint, prototype fitting excluded: iterate
-               lightning_i2x.cam.probe_batches(..., cam="gradcam") and move the activations, maps
+               lightning_i2x.probe_pass(...) (the record pipeline's) and move the activations, maps
                and confidences to NumPy as the callback does
   gradcam_lib  what a user would otherwise write: pytorch_grad_cam.GradCAM(model, [layer]) with
                ClassifierOutputTarget targets per batch, plus a separate no_grad forward with a
@@ -19,10 +19,8 @@ Last line: record_vs_forward (worst model: max of record/forward) and gradcam_li
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
-
-import _common
 
 import numpy as np
 import torch
@@ -30,9 +28,11 @@ import torchvision
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from lightning_i2x.cam import probe_batches
-from demo_models import SmallCNN
+from lightning_i2x import ProbePassOptions, probe_pass
 from lightning_i2x.guards import preserved_rng
+
+import _common
+from demo_models import SmallCNN
 
 
 @dataclass
@@ -68,17 +68,12 @@ def forward_pass(model, images, batch_size):
 
 
 def record_pass(model, layer, images, labels, batch_size):
-    """I2XCallback._record up to (not including) fit_prototypes."""
+    """The record pipeline's probe pass (``lightning_i2x.probe_pass``), its evidence copied to the
+    host as ``Recorder.append`` does before fitting prototypes (prototype fitting excluded)."""
     with preserved_rng():
-        feats, cams, confs = [], [], []
-        for batch in probe_batches(model, layer, images, labels, cam="gradcam", cam_target="label", batch_size=batch_size):
-            feats.append(batch.activations.permute(0, 2, 3, 1).reshape(-1, batch.activations.shape[1]))
-            cams.append(batch.cams)
-            confs.append(batch.confidences)
-        cams_np = torch.cat(cams).cpu().numpy()
-        conf_np = torch.cat(confs).cpu().numpy()
-        feats_np = torch.cat(feats).float().cpu().numpy()
-    return cams_np, conf_np, feats_np
+        ev = probe_pass(model, layer, images, labels, options=ProbePassOptions(batch_size=batch_size))
+        feats = ev.activations.permute(0, 2, 3, 1).reshape(-1, ev.activations.shape[1])
+        return ev.cams.cpu().numpy(), ev.confidences.cpu().numpy(), feats.cpu().numpy()
 
 
 def library_pass(model, layer, images, labels, batch_size):
@@ -154,8 +149,8 @@ def main(argv=None) -> None:
         _common.table(header, rows),
         "",
         "- forward: `model(x)` under `torch.no_grad()` over the probe set, batch by batch.",
-        "- record: `lightning_i2x.cam.probe_batches(..., cam=\"gradcam\")`, activations/maps/confidences to NumPy, "
-        "as `I2XCallback._record` does before fitting prototypes (prototype fitting excluded).",
+        "- record: `lightning_i2x.probe_pass(...)` (the record pipeline), activations/maps/confidences to NumPy, "
+        "as `Recorder.append` does before fitting prototypes (prototype fitting excluded).",
         "- pytorch-grad-cam: `GradCAM(model, [layer])` with `ClassifierOutputTarget` targets (maps upsampled to the "
         "input size, the library's default) plus a separate `no_grad` forward for activations and confidences.",
     ])

@@ -23,14 +23,14 @@ from __future__ import annotations
 import sys
 import time
 
-import _common
-
 import faiss
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from lightning_i2x.prototypes import fit_prototypes
+
+import _common
 
 DIM, LATENT, TRUE_CLUSTERS, COMPONENTS, NITER = 512, 48, 256, 64, 20
 

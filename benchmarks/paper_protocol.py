@@ -27,8 +27,6 @@ import time
 import warnings
 from pathlib import Path
 
-import _common  # puts the repository on sys.path
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -36,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from lightning_i2x import I2XCallback, PerturbationFinetuner
+from lightning_i2x import ExplainOptions, I2XCallback, PerturbationFinetuner, PrototypeOptions
+
+import _common  # puts the repository on sys.path
 from demo_data import balanced_indices, load_cifar10_subset, load_mnist
 from demo_models import SmallCNN
 
@@ -137,8 +137,8 @@ def train_base(args, seed: int, train, device: str, root: Path):
     model, layer = make_model(args, x0.shape[0], x0.shape[-1])
     probe = Subset(train, balanced_indices(labels_of(train), args.probe_per_class, seed=seed).tolist())
     cb = I2XCallback(probe, target_layer=layer, num_prototypes=args.num_prototypes, run_dir=root / f"run-seed{seed}",
-                     class_names=list(train.classes), explain_kwargs={"min_flips": args.min_flips}, log_views=False,
-                     on_error="raise", seed=seed)
+                     class_names=list(train.classes), explain=ExplainOptions(min_flips=args.min_flips), views=False,
+                     on_error="raise", prototypes=PrototypeOptions(seed=seed))
     trainer = pl.Trainer(
         max_epochs=args.train_epochs, val_check_interval=1.0 / args.checks_per_epoch, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -229,7 +229,7 @@ def main(argv=None) -> None:
         pair = pairs[0]
         model.load_state_dict(state)
         common = dict(pairs=[pair], max_samples=n_ft if n_ft < len(train) else None, seed=seed, lr=args.finetune_lr,
-                      mask_fill=args.mask_fill, prototypes_per_pair=args.prototypes_per_pair, explain_kwargs={"min_flips": args.min_flips}, progress=False, device=device,
+                      mask_fill=args.mask_fill, prototypes_per_pair=args.prototypes_per_pair, explain=ExplainOptions(min_flips=args.min_flips), progress=False, device=device,
                       trainer_kwargs={"precision": args.precision})
         t0 = time.perf_counter()
         selection = PerturbationFinetuner(run, **common).select(model, train_loader)

@@ -4,7 +4,10 @@ options are all given by ``class_path`` / ``init_args``.
     python examples/cli.py fit --config examples/cli_config.yaml
 
 Data: ``data.data_dir`` and the probe's ``data_dir`` (null: $I2X_DATA_DIR, else ../shared/data,
-else a torchvision download, as in ``lightning_i2x.datasets``).
+else a torchvision download, as in ``examples/demo_data.py``).
+
+The option groups (``views``, ``explain``, ``prototypes``, ...) are nested ``init_args``; each is
+checked when the callback is built, before training.
 
 A probe set is data, not a YAML value: ``MNISTProbe`` below is a Dataset whose constructor takes
 plain arguments, so ``probe: {class_path: cli.MNISTProbe, init_args: {per_class: 20}}`` builds it

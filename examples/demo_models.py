@@ -15,7 +15,7 @@ class SmallCNN(pl.LightningModule):
     """Three convolutions with BatchNorm and two poolings (``features``: a 7x7 map at 28x28 input,
     the I2X target layer), global pooling, dropout, linear."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, lr: float = 3e-3):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, lr: float = 1e-3):
         super().__init__()
         self.save_hyperparameters()
         self.features = nn.Sequential(

@@ -19,9 +19,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x.report import write_report
+
 from demo_data import balanced_indices, load_mnist
 from demo_models import SmallCNN
-from lightning_i2x.report import write_report
 
 
 def main(argv=None) -> None:

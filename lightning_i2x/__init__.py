@@ -1,18 +1,39 @@
-"""lightning_i2x: I2X structured explanations of image classifiers, recorded while they train."""
+"""lightning_i2x: I2X structured explanations of image classifiers, recorded while they train.
+
+The data flow, one module a step: ``probe`` (the fixed probe set) -> ``cam`` (the probe pass:
+activations, maps, confidences) -> ``record`` (the pipeline: evidence appended to the run,
+prototypes refitted, explanation rebuilt) -> ``run`` (the store) -> ``analysis`` /
+``explanation`` (Steps 3-6, pure NumPy) -> ``views`` + ``sinks`` (what every logger gets),
+``plots``, ``report`` and ``finetune`` / ``selection`` (Step 7). ``options`` holds the typed option
+groups, ``callback`` the Lightning glue.
+"""
 
 from .analysis import prototype_intensity, ridge
 from .callback import I2XCallback
 from .explanation import Explanation, LearningStep, UncertainPrototype, explain
 from .finetune import FinetuneResult, PerturbationFinetuner
+from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
 from .prototypes import Prototypes, fit_prototypes
+from .record import ProbeEvidence, Recorder, probe_pass
 from .run import I2XRun, I2XRunError
+from .sinks import LogSink
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "I2XCallback",
+    "ProbePassOptions",
+    "PrototypeOptions",
+    "ExplainOptions",
+    "ViewOptions",
+    "FinetuneOptions",
+    "RunConfig",
     "I2XRun",
     "I2XRunError",
+    "ProbeEvidence",
+    "probe_pass",
+    "Recorder",
+    "LogSink",
     "PerturbationFinetuner",
     "FinetuneResult",
     "Explanation",

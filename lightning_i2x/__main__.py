@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"# I2X run {run.path}\n")
         print(f"{run.num_checkpoints} checkpoints, {run.num_prototypes} prototypes, {run.num_probe} probe images, "
-              f"target layer {run.config.get('target_layer')!r}\n")
+              f"target layer {run.config.target_layer if run.config else None!r}\n")
         print(expl.to_markdown())
         if run.errors:
             print(f"{len(run.errors)} explainer errors recorded; first: {run.errors[0]['type']}: {run.errors[0]['message']}")

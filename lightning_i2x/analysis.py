@@ -17,6 +17,7 @@ __all__ = [
     "ridge",
     "learning_groups",
     "default_min_cluster_size",
+    "salient_mask",
     "salient_presence",
     "interval_thresholds",
     "pair_flips",
@@ -151,16 +152,29 @@ def learning_groups(
     return labels
 
 
-def salient_presence(cam: np.ndarray, assignment: np.ndarray, num_prototypes: int, threshold: float = 0.5) -> np.ndarray:
-    """(N, K) bool: prototype k holds at least one location of sample i whose min-max normalised
-    saliency is >= threshold (the method's "present in the salient region")."""
-    a = _as_assignment(assignment, num_prototypes)
-    s = np.nan_to_num(np.asarray(cam, dtype=np.float64).reshape(a.shape), nan=0.0, posinf=0.0, neginf=0.0)
+SALIENCY_THRESHOLD = 0.5
+"""The method's default: a location is salient when its min-max normalised saliency is >= 0.5."""
+
+
+def salient_mask(cams: np.ndarray, threshold: float = SALIENCY_THRESHOLD) -> np.ndarray:
+    """(N, L) bool: location j of sample i lies in its salient region, i.e. its min-max normalised
+    saliency is >= threshold. The one definition of "salient" used everywhere (presence, overlays,
+    targeted fine-tuning), so the training set is judged as the probe was. ``cams`` is (N, ...)."""
+    s = np.asarray(cams, dtype=np.float64)
+    s = np.nan_to_num(s.reshape(s.shape[0], -1), nan=0.0, posinf=0.0, neginf=0.0)
     lo = s.min(axis=1, keepdims=True)
     s = (s - lo) / (1e-7 + (s - lo).max(axis=1, keepdims=True))
+    return s >= threshold
+
+
+def salient_presence(cam: np.ndarray, assignment: np.ndarray, num_prototypes: int, threshold: float = SALIENCY_THRESHOLD) -> np.ndarray:
+    """(N, K) bool: prototype k holds at least one salient location of sample i (``salient_mask``),
+    the method's "present in the salient region"."""
+    a = _as_assignment(assignment, num_prototypes)
+    hot = salient_mask(np.asarray(cam).reshape(a.shape), threshold)
     n = a.shape[0]
     flat = (np.arange(n)[:, None] * num_prototypes + a).ravel()
-    hits = np.bincount(flat, weights=(s >= threshold).ravel().astype(np.float64), minlength=n * num_prototypes)
+    hits = np.bincount(flat, weights=hot.ravel().astype(np.float64), minlength=n * num_prototypes)
     return hits.reshape(n, num_prototypes) > 0
 
 

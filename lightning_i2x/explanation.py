@@ -8,8 +8,9 @@ confidence between which classes, which prototypes are uncertain, in what order 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,16 +38,18 @@ class LearningStep(NamedTuple):
 
 @dataclass(frozen=True)
 class Explanation:
-    """Everything Steps 4-6 derive from one run; cheap queries on precomputed arrays."""
+    """Everything Steps 4-6 derive from one run; cheap queries on precomputed arrays. It carries
+    what it was built from (``intensities``, ``presence``, ``thresholds``, ``params`` with the
+    saliency threshold), so views and fine-tuning read them here instead of recomputing them."""
 
     beta: np.ndarray  # (T-1, K, M) global ridge coefficients per interval
     thresholds: np.ndarray  # (T-1,) tau per interval
     groups: np.ndarray  # (T-1, N) HDBSCAN label of each sample per interval, -1 = noise
-    group_beta: list  # per interval: {group label: (K, M) coefficients}
     presence: np.ndarray  # (N, K) bool, prototype in the salient region at the reference checkpoint
     labels: np.ndarray  # (N,) true class of each probe sample
     class_names: list
     params: dict = field(default_factory=dict)
+    intensities: np.ndarray | None = field(default=None, repr=False)  # (T, N, K), NaN where absent
     _uncertain: list = field(default_factory=list, repr=False)
     _order: list = field(default_factory=list, repr=False)
 
@@ -259,13 +262,24 @@ def explain(
     min_cluster_size: int | None = None,
     max_cluster_samples: int | None = analysis.MAX_CLUSTER_SAMPLES,
     groups: np.ndarray | None = None,
+    saliency_threshold: float = analysis.SALIENCY_THRESHOLD,
 ) -> Explanation:
     """Steps 4-6 on recorded arrays.
 
     intensities (T, N, K) with NaN where absent; confidences (T, N, M); labels (N,);
     presence (N, K) salient presence at the reference checkpoint. ``groups`` (T-1, N) may be
     passed to reuse HDBSCAN labels computed earlier (they depend on confidences only);
-    ``max_cluster_samples`` bounds HDBSCAN's quadratic cost (see ``analysis.learning_groups``).
+    ``max_cluster_samples`` bounds HDBSCAN's quadratic cost (see ``analysis.learning_groups``);
+    ``saliency_threshold`` is the one ``presence`` was computed with, kept in ``params`` for views.
+
+    Raises ValueError when the shapes disagree or a parameter is out of range.
+
+    Example::
+
+        >>> rng = np.random.default_rng(0)
+        >>> e = explain(rng.random((3, 40, 4)), rng.random((3, 40, 2)), np.arange(40) % 2, np.ones((40, 4), bool))
+        >>> e.beta.shape, e.shared_prototypes(0)
+        ((2, 4, 2), [0, 1, 2, 3])
     """
     p = np.asarray(intensities, dtype=np.float64)
     y = np.asarray(confidences, dtype=np.float64)
@@ -299,10 +313,6 @@ def explain(
         raise ValueError(f"groups must be ({t_ - 1}, {n}) integer labels (one row per interval), got {groups.dtype} {groups.shape}")
     groups = groups.astype(np.int64)
     beta = np.stack([analysis.ridge(dp[t], dy[t], ridge_lambda) for t in range(t_ - 1)]) if t_ > 1 else np.zeros((0, k, m))
-    group_beta = [
-        {int(g): analysis.ridge(dp[t][groups[t] == g], dy[t][groups[t] == g], ridge_lambda) for g in np.unique(groups[t]) if g >= 0}
-        for t in range(t_ - 1)
-    ]
     thresholds = analysis.interval_thresholds(beta, tau, tau_scale)
 
     uncertain: list[UncertainPrototype] = []
@@ -330,5 +340,6 @@ def explain(
         "min_cluster_size": analysis.default_min_cluster_size(n) if min_cluster_size is None else int(min_cluster_size),
         "max_cluster_samples": None if max_cluster_samples is None else int(max_cluster_samples),
         "min_group_members": 3,
+        "saliency_threshold": float(saliency_threshold),
     }
-    return Explanation(beta, thresholds, groups, group_beta, presence, labels, names, params, uncertain, order)
+    return Explanation(beta, thresholds, groups, presence, labels, names, params, np.asarray(intensities), uncertain, order)

@@ -25,27 +25,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
 from . import atomic, plots
 from .cam import CAM_METHODS, ForwardFn, default_forward
+from .explanation import Explanation
 from .guards import evaluation_mode, preserved_rng
 from .layers import resolve_target_layer
+from .options import ExplainOptions, FinetuneOptions
 from .run import I2XRun, I2XRunError
 from .selection import (
-    MASK_FILLS,
-    MASK_REGIONS,
     MaskedDataset,
     Pair,
     Selection,
@@ -56,11 +57,7 @@ from .selection import (
     split_item,
 )
 
-__all__ = ["PerturbationFinetuner", "FinetuneResult", "check_finetune_kwargs", "log_finetune"]
-
-MODES = ("remove", "mask")
-PHASES = ("curated", "full")
-_RESERVED_TRAINER_KWARGS = ("max_epochs", "min_epochs", "max_steps", "reload_dataloaders_every_n_epochs", "callbacks")
+__all__ = ["PerturbationFinetuner", "FinetuneResult", "finetune_after_fit", "log_finetune"]
 
 
 # -- the result ------------------------------------------------------------------------------------
@@ -153,8 +150,14 @@ class FinetuneResult:
 
 
 def _confusion_matrix(labels: np.ndarray, preds: np.ndarray, m: int) -> np.ndarray:
-    ok = (labels >= 0) & (labels < m) & (preds >= 0) & (preds < m)
-    return np.bincount(labels[ok] * m + preds[ok], minlength=m * m).reshape(m, m).astype(np.int64)
+    """(M, M) counts, rows the true class (torchmetrics; labels outside [0, M) are ignored)."""
+    y, p = torch.as_tensor(labels), torch.as_tensor(preds)
+    ok = (y >= 0) & (y < m) & (p >= 0) & (p < m)
+    return multiclass_confusion_matrix(p[ok], y[ok], num_classes=m).numpy().astype(np.int64)
+
+
+def _accuracy(labels: np.ndarray, preds: np.ndarray, m: int) -> float:
+    return float(multiclass_accuracy(torch.as_tensor(preds), torch.as_tensor(labels), num_classes=m, average="micro"))
 
 
 def _pair_confusions(cm: np.ndarray, pairs: Sequence[Pair]) -> dict[Pair, tuple[int, int]]:
@@ -198,92 +201,48 @@ class _SetLearningRate(pl.Callback):
                 group["lr"] = self.lr
 
 
-def check_finetune_kwargs(kwargs: dict | None) -> dict:
-    """Validate ``I2XCallback(finetune_kwargs=...)`` before training: the names
-    ``PerturbationFinetuner`` accepts (all but ``run``) and the values it can check without a run."""
-    import inspect
-
-    kwargs = dict(kwargs or {})
-    allowed = set(inspect.signature(PerturbationFinetuner.__init__).parameters) - {"self", "run"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"finetune_kwargs has unknown names {unknown}; PerturbationFinetuner accepts {sorted(allowed)}")
-    _check_options(**{k: kwargs[k] for k in kwargs if k in _OPTION_DEFAULTS})
-    return kwargs
-
-
-_OPTION_DEFAULTS = dict(mode="remove", schedule=("curated", "full"), lr=None, max_samples=None, seed=0, mask_fill="blur",
-                        mask_region="salient", top_pairs=1, prototypes_per_pair=None, saliency_threshold=0.5, batch_size=None,
-                        trainer_kwargs=None)
-
-
-def _check_options(**kw) -> None:
-    o = {**_OPTION_DEFAULTS, **kw}
-    if o["mode"] not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {o['mode']!r}")
-    sched = o["schedule"]
-    if isinstance(sched, str) or not isinstance(sched, Sequence) or len(sched) == 0 or any(s not in PHASES for s in sched):
-        raise ValueError(f"schedule must be a non-empty sequence of {PHASES} (one epoch each), got {sched!r}")
-    if o["mask_fill"] not in MASK_FILLS:
-        raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {o['mask_fill']!r}")
-    if o["mask_region"] not in MASK_REGIONS:
-        raise ValueError(f"mask_region must be one of {MASK_REGIONS}, got {o['mask_region']!r}")
-    if o["lr"] is not None and not (isinstance(o["lr"], (int, float)) and math.isfinite(o["lr"]) and o["lr"] > 0):
-        raise ValueError(f"lr must be None (the model's own) or a positive number, got {o['lr']!r}")
-    for name in ("max_samples", "batch_size", "prototypes_per_pair"):
-        v = o[name]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"{name} must be None or a positive integer, got {v!r}")
-    if not isinstance(o["top_pairs"], int) or isinstance(o["top_pairs"], bool) or o["top_pairs"] < 1:
-        raise ValueError(f"top_pairs must be a positive integer, got {o['top_pairs']!r}")
-    if not isinstance(o["seed"], int) or isinstance(o["seed"], bool):
-        raise ValueError(f"seed must be an integer, got {o['seed']!r}")
-    if not 0 < float(o["saliency_threshold"]) <= 1:
-        raise ValueError(f"saliency_threshold must lie in (0, 1], got {o['saliency_threshold']!r}")
-    tk = o["trainer_kwargs"]
-    if tk is not None:
-        if not isinstance(tk, dict):
-            raise ValueError(f"trainer_kwargs must be a dict, got {type(tk).__name__}")
-        bad = sorted(set(tk) & set(_RESERVED_TRAINER_KWARGS))
-        if bad:
-            raise ValueError(f"trainer_kwargs may not set {bad}: the schedule sets the epochs")
-
-
 class PerturbationFinetuner:
     """Fine-tune a model on a training set curated by a run's uncertain prototypes (Step 7).
 
     Args:
         run: the ``I2XRun`` (or its directory) whose prototypes and explanation pick the samples.
-        pairs: class pairs to target, by index or name; None = the ``top_pairs`` best uncertain
-            pairs of ``run.explain()``. Each pair's uncertain prototypes are the ones targeted.
-        mode: ``"remove"`` (the paper: the curated set leaves out the samples that contain the
-            uncertain prototypes) or ``"mask"`` (keeps them, perturbs the pixels of those regions).
-        schedule: the epochs in order, each ``"curated"`` or ``"full"``; ``("full", "full")`` is
-            the baseline. The optimizer (and its state) carries over from epoch to epoch.
-        lr: learning rate for the fine-tuning (set on every optimizer param group at the start);
-            None keeps the module's ``configure_optimizers``.
-        max_samples: use a seeded random subset of this many training samples (for the search and
-            every epoch); None = all of them.
-        seed: seeds the subset, the shuffling, dropout and the mask noise (the global RNG states are
-            restored afterwards).
-        mask_fill: ``"blur"`` (Gaussian, sigma = half a feature location's pixel block), ``"noise"``
-            (Gaussian with the image's per-channel mean and sd) or ``"baseline"`` (``mask_baseline``,
-            default the image's per-channel mean).
-        mask_region: ``"salient"``: the salient locations assigned to the uncertain prototypes (the
-            evidence that flagged the sample); ``"all"``: every location assigned to them.
-        top_pairs: how many uncertain pairs ``pairs=None`` targets (the paper: 1).
-        prototypes_per_pair: target only the n highest-ranked uncertain prototypes of each pair
-            (the paper names two for MNIST 2 <-> 7); None = all of them.
-        explain_kwargs: override the run's ``explain_kwargs`` (min_flips, tau, ...).
-        saliency_threshold: "salient" = min-max normalised map >= this (as ``I2XRun.presence``).
-        batch_size: images per search batch; None = the training loader's batch size.
+        pairs, mode, schedule, lr, max_samples, seed, mask_fill, mask_region, mask_baseline,
+            top_pairs, prototypes_per_pair, batch_size, trainer_kwargs: the ``FinetuneOptions``
+            fields, checked there:
+
+            - pairs: class pairs to target, by index or name; None = the ``top_pairs`` best
+              uncertain pairs of the explanation. Each pair's uncertain prototypes are targeted.
+            - mode: ``"remove"`` (the paper: the curated set leaves out the samples that contain
+              the uncertain prototypes) or ``"mask"`` (keeps them, perturbs those regions' pixels).
+            - schedule: the epochs in order, each ``"curated"`` or ``"full"``; ``("full", "full")``
+              is the baseline. The optimizer (and its state) carries over from epoch to epoch.
+            - lr: learning rate for the fine-tuning (set on every optimizer param group at the
+              start); None keeps the module's ``configure_optimizers``.
+            - max_samples: a seeded random subset of this many training samples (for the search and
+              every epoch); None = all of them.
+            - seed: seeds the subset, the shuffling, dropout and the mask noise (the global RNG
+              states are restored afterwards).
+            - mask_fill: ``"blur"``, ``"noise"``, ``"baseline"`` (``mask_baseline``, default the
+              image's per-channel mean) or ``"random"`` (``lightning_i2x.perturb``).
+            - mask_region: ``"salient"``: the salient locations assigned to the uncertain
+              prototypes; ``"all"``: every location assigned to them.
+            - prototypes_per_pair: only the n highest-ranked uncertain prototypes of each pair.
+            - batch_size: images per search batch; None = the training loader's batch size.
+            - trainer_kwargs: extra ``pl.Trainer`` arguments (precision, accelerator, ...); by
+              default no logger, no checkpoints, no validation loop, one device.
+        explanation: the run's current explanation, when the caller holds it (the callback does);
+            otherwise it is computed once from the run with ``explain``.
+        explain: ``ExplainOptions`` for that (default the run's recorded ones); its
+            ``saliency_threshold`` also decides which training locations are salient.
         forward_fn, reshape_transform: as for ``I2XCallback``.
-        trainer_kwargs: extra ``pl.Trainer`` arguments for the fine-tuning (precision, accelerator,
-            ...); by default no logger, no checkpoints, no validation loop, one device.
         out_dir: where the predictions and the result go; default ``<run>/finetune``.
         device: where the search and the evaluation run (and the Trainer's accelerator); default
             the model's device.
         progress: tqdm progress bars.
+
+    Raises:
+        ValueError: a bad option (from ``FinetuneOptions``), unknown classes in ``pairs``.
+        I2XRunError: a run with no prototypes or no recorded target layer.
 
     ``fit`` fine-tunes the module **in place** (as ``Trainer.fit`` does); copy it first to keep the
     original weights.
@@ -304,51 +263,76 @@ class PerturbationFinetuner:
         mask_baseline: float | None = None,
         top_pairs: int = 1,
         prototypes_per_pair: int | None = None,
-        explain_kwargs: dict | None = None,
-        saliency_threshold: float = 0.5,
         batch_size: int | None = None,
+        trainer_kwargs: dict | None = None,
+        explanation: Explanation | None = None,
+        explain: ExplainOptions | None = None,
         forward_fn: ForwardFn | None = None,
         reshape_transform: Callable | None = None,
-        trainer_kwargs: dict | None = None,
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
+        explain_kwargs: dict | None = None,
+        saliency_threshold: float | None = None,
     ):
-        _check_options(mode=mode, schedule=schedule, lr=lr, max_samples=max_samples, seed=seed, mask_fill=mask_fill,
-                       mask_region=mask_region, top_pairs=top_pairs, prototypes_per_pair=prototypes_per_pair,
-                       saliency_threshold=saliency_threshold,
-                       batch_size=batch_size, trainer_kwargs=trainer_kwargs)
+        self.options = FinetuneOptions(
+            pairs=None if pairs is None else tuple(tuple(p) for p in pairs), mode=mode, schedule=tuple(schedule), lr=lr,
+            max_samples=max_samples, seed=seed, mask_fill=mask_fill, mask_region=mask_region, mask_baseline=mask_baseline,
+            top_pairs=top_pairs, prototypes_per_pair=prototypes_per_pair, batch_size=batch_size,
+            trainer_kwargs=dict(trainer_kwargs or {}),
+        )
         self.run = run if isinstance(run, I2XRun) else I2XRun.load(run)
         if self.run.prototypes is None:
             raise I2XRunError(f"{self.run.path} has no prototypes yet (no checkpoint recorded): nothing to target")
+        config = self.run.config
+        if config is None:
+            raise I2XRunError(f"{self.run.path} does not record its configuration (target layer, CAM method): "
+                              "record it with I2XCallback")
+        if explain is not None and not isinstance(explain, ExplainOptions):
+            raise TypeError(f"PerturbationFinetuner.explain must be an ExplainOptions or None, got {type(explain).__name__}")
+        explain = explain if explain is not None else config.explain
+        legacy = dict(explain_kwargs or {})
+        if saliency_threshold is not None:
+            legacy["saliency_threshold"] = saliency_threshold
+        if legacy:
+            warnings.warn("PerturbationFinetuner(explain_kwargs=..., saliency_threshold=...) is deprecated and will be removed "
+                          "in 0.3; pass explain=ExplainOptions(...)", FutureWarning, stacklevel=2)
+            explain = ExplainOptions(**{**explain.to_dict(), **legacy})
+            explanation = None
+        self.explain = explain
+        self._explanation = explanation
         self.class_names = self.run.class_names
         self.pairs = None if pairs is None else resolve_pairs(pairs, self.class_names)
         if self.pairs is not None and not self.pairs:
             raise ValueError("pairs is empty; pass None to target the run's top uncertain pairs")
-        self.mode, self.schedule = mode, tuple(schedule)
-        self.lr, self.max_samples, self.seed = lr, max_samples, int(seed)
-        self.mask_fill, self.mask_region, self.mask_baseline = mask_fill, mask_region, mask_baseline
-        self.top_pairs, self.prototypes_per_pair = top_pairs, prototypes_per_pair
-        cfg = self.run.config
-        self.explain_kwargs = {**dict(cfg.get("explain_kwargs") or {}), **dict(explain_kwargs or {})}
-        self.saliency_threshold = float(saliency_threshold)
-        self.batch_size = batch_size
+        o = self.options
+        self.mode, self.schedule = o.mode, o.schedule
+        self.lr, self.max_samples, self.seed = o.lr, o.max_samples, o.seed
+        self.mask_fill, self.mask_region, self.mask_baseline = o.mask_fill, o.mask_region, o.mask_baseline
+        self.top_pairs, self.prototypes_per_pair = o.top_pairs, o.prototypes_per_pair
+        self.saliency_threshold = explain.saliency_threshold
+        self.batch_size = o.batch_size
         self.forward_fn = forward_fn
         self.reshape_transform = reshape_transform
-        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.trainer_kwargs = dict(o.trainer_kwargs)
         self.out_dir = Path(out_dir) if out_dir is not None else self.run.path / "finetune"
         self.device = None if device is None else torch.device(device)
         self.progress = progress
-        self.target_layer = cfg.get("target_layer")
-        if not self.target_layer:
-            raise I2XRunError(f"{self.run.path} does not record its target layer (config['target_layer'])")
-        self.cam = cfg.get("cam", "gradcam") if cfg.get("cam", "gradcam") in CAM_METHODS else "gradcam"
-        self.cam_target = cfg.get("cam_target", "label")
+        self.target_layer = config.target_layer
+        self.cam = config.cam if config.cam in CAM_METHODS else "gradcam"
+        self.cam_target = config.probe_pass.cam_target
+
+    @property
+    def explanation(self) -> Explanation:
+        """The explanation the targets come from (computed once when none was passed)."""
+        if self._explanation is None:
+            self._explanation = self.run.explain(self.explain)
+        return self._explanation
 
     # -- what to target ---------------------------------------------------------------------------
     def targets(self) -> dict[Pair, list[int]]:
         """{pair: its uncertain prototypes} for the pairs targeted (an empty dict when there are none)."""
-        expl = self.run.explain(**self.explain_kwargs)
+        expl = self.explanation
         pairs = self.pairs if self.pairs is not None else expl.uncertain_pairs()[: self.top_pairs]
         targets = pair_prototypes(expl.uncertain, pairs)
         if self.prototypes_per_pair is not None:
@@ -484,7 +468,7 @@ class PerturbationFinetuner:
                     prototypes=targets, seed=self.seed, lr=self.lr, mask_fill=self.mask_fill if self.mode == "mask" else None)
         if not targets or not any(targets.values()):
             if self.pairs is None:
-                reason = (f"the run has no uncertain prototype (explain_kwargs={self.explain_kwargs}); "
+                reason = (f"the run has no uncertain prototype (min_flips={self.explain.min_flips}, tau={self.explain.tau!r}); "
                           "pass pairs=... or record more checkpoints")
             else:
                 reason = f"none of the pairs {[tuple(self.class_names[c] for c in p) for p in self.pairs]} has an uncertain prototype in the run"
@@ -529,7 +513,7 @@ class PerturbationFinetuner:
             **base,
             removed_or_masked=counts if needs_curated else {p: 0 for p in pairs},
             num_train_samples=int(idx.size), num_curated_samples=n_curated, num_val_samples=int(labels.size),
-            accuracy_before=float((pred_before == labels).mean()), accuracy_after=float((pred_after == labels).mean()),
+            accuracy_before=_accuracy(labels, pred_before, m), accuracy_after=_accuracy(labels, pred_after, m),
             confusions_before=_pair_confusions(cm0, pairs), confusions_after=_pair_confusions(cm1, pairs),
             confusion_matrix_before=cm0, confusion_matrix_after=cm1,
             out_dir=str(self.out_dir), seconds=seconds,
@@ -577,29 +561,51 @@ class PerturbationFinetuner:
         atomic.write_json(out / "result.json", result.to_dict())
 
 
-# -- reporting -------------------------------------------------------------------------------------
+# -- the end of a fit, and reporting -------------------------------------------------------------------
+def finetune_after_fit(trainer: pl.Trainer, module: pl.LightningModule, run: I2XRun, explanation: Explanation | None,
+                       options: FinetuneOptions, sink=None, forward_fn: ForwardFn | None = None,
+                       reshape_transform: Callable | None = None) -> FinetuneResult:
+    """``I2XCallback(auto_finetune=True)``: Step 7 on the trainer's own dataloaders, the module
+    fine-tuned in place on the trainer's device and precision, the result logged to ``sink``."""
+    kw = options.to_dict()
+    kw["trainer_kwargs"] = {"precision": trainer.precision, **kw["trainer_kwargs"]}
+    finetuner = PerturbationFinetuner(
+        run, **kw, explanation=explanation, forward_fn=forward_fn, reshape_transform=reshape_transform,
+        device=trainer.strategy.root_device, progress=trainer.progress_bar_callback is not None,
+    )
+    result = finetuner.fit(module, train_dataloaders=trainer.train_dataloader, val_dataloaders=trainer.val_dataloaders)
+    if sink is not None:
+        log_finetune(sink, result, trainer.global_step)
+        sink.flush()
+    return result
+
+
 def _tag(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
-def log_finetune(writer, result: FinetuneResult, step: int, prefix: str = "i2x/finetune") -> None:
-    """TensorBoard: ``{prefix}/accuracy_before|after``, ``{prefix}/confusions_before|after/<a>_as_<b>``
-    (and ``<a>_<b>`` for both directions), the confusion matrices as images
-    ``{prefix}/confusion_matrix_before|after``, and the text ``{prefix}/summary``."""
-    writer.add_text(f"{prefix}/summary", result.to_markdown(), step)
+def log_finetune(sink, result: FinetuneResult, step: int, prefix: str = "i2x/finetune") -> None:
+    """To every logger of ``sink`` (``lightning_i2x.sinks``): ``{prefix}/accuracy_before|after``,
+    ``{prefix}/confusions_before|after/<a>_as_<b>`` (and ``<a>_<b>`` for both directions), the
+    confusion matrices as images ``{prefix}/confusion_matrix_before|after``, the text ``{prefix}/summary``."""
+    from .sinks import LogSink
+
+    sink = LogSink.of(sink)
+    sink.text(f"{prefix}/summary", result.to_markdown(), step)
     if result.skipped:
         return
-    writer.add_scalar(f"{prefix}/accuracy_before", result.accuracy_before, step)
-    writer.add_scalar(f"{prefix}/accuracy_after", result.accuracy_after, step)
+    scalars = {f"{prefix}/accuracy_before": result.accuracy_before, f"{prefix}/accuracy_after": result.accuracy_after}
     names = result.class_names
     for when, conf in (("before", result.confusions_before), ("after", result.confusions_after)):
         for (a, b), (ab, ba) in conf.items():
             na, nb = _tag(names[a]), _tag(names[b])
-            writer.add_scalar(f"{prefix}/confusions_{when}/{na}_as_{nb}", ab, step)
-            writer.add_scalar(f"{prefix}/confusions_{when}/{nb}_as_{na}", ba, step)
-            writer.add_scalar(f"{prefix}/confusions_{when}/{na}_{nb}", ab + ba, step)
+            scalars[f"{prefix}/confusions_{when}/{na}_as_{nb}"] = ab
+            scalars[f"{prefix}/confusions_{when}/{nb}_as_{na}"] = ba
+            scalars[f"{prefix}/confusions_{when}/{na}_{nb}"] = ab + ba
     for (a, b), n in result.removed_or_masked.items():
-        writer.add_scalar(f"{prefix}/removed_or_masked/{_tag(names[a])}_{_tag(names[b])}", n, step)
-    for when, cm in (("before", result.confusion_matrix_before), ("after", result.confusion_matrix_after)):
-        fig = plots.confusion_matrix(cm, names, f"confusions {when} fine-tuning")
-        writer.add_image(f"{prefix}/confusion_matrix_{when}", plots.to_rgb(fig), step, dataformats="HWC")
+        scalars[f"{prefix}/removed_or_masked/{_tag(names[a])}_{_tag(names[b])}"] = n
+    sink.scalars(scalars, step)
+    if sink.takes_images:
+        for when, cm in (("before", result.confusion_matrix_before), ("after", result.confusion_matrix_after)):
+            fig = plots.confusion_matrix(cm, names, f"confusions {when} fine-tuning")
+            sink.image(f"{prefix}/confusion_matrix_{when}", plots.to_rgb(fig), step)

@@ -8,7 +8,7 @@ convolution's receptive field reaches past its own cell. The images come from th
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -18,14 +18,15 @@ class), red = negative (it lowered it).
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Circle, Rectangle
 
+from .analysis import SALIENCY_THRESHOLD, salient_mask
 from .patches import display_images, prototype_patches
 
 __all__ = [
@@ -221,65 +222,58 @@ def evolution_grid(expl, c: int | str, run=None, *, max_rows: int = 12, context:
     return fig
 
 
-def checkpoint_graph(expl, c: int | str, *, max_labels: int = 3, max_sources: int = 6, max_intervals: int = 12,
+GRAPH_WIDTH_IN = 5.0
+"""Width of the checkpoint graph: TensorBoard shows an image at the width of its card (about 350
+pixels by default), so a 5-inch figure with 9-point text keeps the text about 9 pixels high."""
+
+
+def checkpoint_graph(expl, c: int | str, *, max_labels: int = 2, max_sources: int = 4, max_intervals: int = 8,
                      dpi: int = DEFAULT_DPI) -> Figure:
-    """Fig. 4: the annotated checkpoint graph of class c. Each interval t is a node T_t; an edge
-    ``b -> T_t`` says prototypes raised c and lowered b during t, labelled with those prototypes
-    (the ``max_sources`` classes with the most prototypes per interval, the last ``max_intervals``)."""
+    """Fig. 4: the annotated checkpoint graph of class c, one row per interval (time flows down).
+    Row t: the node T_t, and the classes b whose confidence prototypes moved to c during t, each
+    with those prototypes (the ``max_sources`` classes with the most prototypes, the last
+    ``max_intervals`` intervals). Drawn narrow, with large text, to read at TensorBoard's card width."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
     ci, names, t_ = expl.class_index(c), expl.class_names, expl.num_intervals
     shown = list(range(max(0, t_ - max_intervals), t_))
     by_t: dict[int, list[tuple[int, list[int]]]] = {t: [] for t in shown}
     for t, b, _, ks in expl.edges(ci):
         if t in by_t:
             by_t[t].append((b, ks))
-    depth = min(max([len(v) for v in by_t.values()] + [1]), max_sources)
-    fig = _figure(min(13.0, 1.5 + 1.7 * max(len(shown), 2)), min(9.0, 1.6 + 0.55 * depth), dpi)
+    row, top = 0.78, 0.5
+    fw, fh = GRAPH_WIDTH_IN, top + 0.2 + row * max(len(shown), 1)
+    fig = _figure(fw, fh, dpi)
     if not shown:
         return _note(fig, f"class {names[ci]}: no interval yet (needs two checkpoints)")
-    fw, fh = fig.get_size_inches()
-    ax = _axes(fig, 0.05, 0.05, fw - 0.1, fh - 0.45)
+    ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
-    ax.set_xlim(-1.0, len(shown) - 0.4)
-    ax.set_ylim(-0.7, depth + 0.5)
+    ax.set_xlim(0, fw)
+    ax.set_ylim(fh, 0)  # inches, y down
     colours = [f"C{i % 10}" for i in range(expl.num_classes)]
-    # inches per data unit, to stop arrows at the rim of the round nodes
-    scale = np.array([(fw - 0.1) / (len(shown) + 0.6), (fh - 0.45) / (depth + 1.2)])
-
-    def arrow(p0, p1, r0, r1):
-        d = (np.subtract(p1, p0)) * scale
-        u = d / np.linalg.norm(d)
-        return (*(np.asarray(p0) + r0 * u / scale), *((np.linalg.norm(d) - r0 - r1) * u / scale))
-
-    # all arrows in one quiver and all nodes in two scatters: one artist each, cheap to draw
-    arrows, arrow_colours, sources = [], [], []
-    for x, t in enumerate(shown):
-        if x:
-            arrows.append(arrow((x - 1, 0), (x, 0), 0.2, 0.2))
-            arrow_colours.append("0.6")
-        ax.text(x, 0, f"T{t}", ha="center", va="center", fontsize=8, color="white", fontweight="bold", zorder=4)
+    node_x, chip_x0, chip_w = 0.42, 1.2, 0.92
+    for r, t in enumerate(shown):
+        y = top + 0.25 + r * row
+        ax.add_patch(Circle((node_x, y), 0.24, color=colours[ci], ec="black", zorder=3))
+        ax.text(node_x, y, f"T{t}", ha="center", va="center", fontsize=9, color="white", fontweight="bold", zorder=4)
+        if r:
+            ax.add_patch(FancyArrowPatch((node_x, y - row + 0.25), (node_x, y - 0.25), arrowstyle="-|>", mutation_scale=10, color="0.55"))
         ranked = sorted(by_t[t], key=lambda e: -len(e[1]))
-        for depth_i, (b, ks) in enumerate(ranked[:max_sources]):
-            y, sx = depth_i + 1, x - 0.3
-            arrows.append(arrow((sx, y), (x, 0), 0.14, 0.2))
-            arrow_colours.append(colours[b])
-            sources.append((sx, y, colours[b]))
-            ax.text(sx, y, _short(names[b], 4), ha="center", va="center", fontsize=7, color="white", fontweight="bold", zorder=4)
+        if not ranked:
+            ax.text(chip_x0, y, "no class lost confidence to it", ha="left", va="center", fontsize=9, color="0.45")
+            continue
+        ax.add_patch(FancyArrowPatch((chip_x0 - 0.05, y), (node_x + 0.27, y), arrowstyle="-|>", mutation_scale=12, color="0.3", lw=1.2))
+        for j, (b, ks) in enumerate(ranked[:max_sources]):
+            x = chip_x0 + j * chip_w
+            ax.add_patch(FancyBboxPatch((x + 0.04, y - 0.3), chip_w - 0.12, 0.26, boxstyle="round,pad=0.02", color=colours[b], zorder=3))
+            ax.text(x + chip_w / 2 - 0.02, y - 0.17, _short(names[b], 9), ha="center", va="center", fontsize=9, color="white",
+                    fontweight="bold", zorder=4)
             label = ", ".join(f"P-{k}" for k in ks[:max_labels]) + (f" +{len(ks) - max_labels}" if len(ks) > max_labels else "")
-            ax.text(sx - 0.14 / scale[0], y, label, ha="right", va="center", fontsize=7, zorder=4)
+            ax.text(x + chip_w / 2 - 0.02, y + 0.12, label, ha="center", va="center", fontsize=9, zorder=4)
         if len(ranked) > max_sources:
-            ax.text(x - 0.3, depth + 0.45, f"+{len(ranked) - max_sources} classes", ha="center", fontsize=7)
-    ax.scatter(range(len(shown)), [0] * len(shown), s=650, color=colours[ci], zorder=3, edgecolors="black")
-    if sources:
-        sx, sy, sc = zip(*sources)
-        ax.scatter(sx, sy, s=330, color=list(sc), zorder=3, edgecolors="black")
-    if arrows:
-        x0, y0, dx, dy = (np.asarray(v) for v in zip(*arrows))
-        ax.quiver(x0, y0, dx, dy, color=arrow_colours, angles="xy", scale_units="xy", scale=1, units="inches", width=0.018,
-                  headwidth=4, headlength=5, headaxislength=4.5, zorder=2)
-    if not any(by_t.values()):
-        ax.text((len(shown) - 1) / 2, 0.9, "no edge: no prototype raised this class and lowered another above tau", ha="center", fontsize=8)
-    fig.suptitle(f"class {names[ci]}: b -> T_t when prototypes raised {names[ci]} and lowered b in interval t",
-                 fontsize=10, y=1 - 0.08 / fh, va="top")
+            ax.text(fw - 0.05, y + 0.3, f"+{len(ranked) - max_sources} classes", ha="right", va="center", fontsize=8.5, color="0.35")
+    ax.text(0.1, 0.28, f"class {_short(names[ci], 12)}: who lost confidence to it, by which prototypes", ha="left", va="center",
+            fontsize=10)
     return fig
 
 
@@ -373,16 +367,16 @@ def _outline(mask: np.ndarray, cell_h: float, cell_w: float) -> np.ndarray:
     return np.asarray(segs, dtype=np.float64).reshape(-1, 2, 2)
 
 
-def _salient_prototypes(cam: np.ndarray, assignment: np.ndarray, top: int, threshold: float = 0.5) -> list[int]:
-    """The prototypes present in a sample's salient region (a location with saliency >= threshold),
-    by their mean saliency in that sample, highest first; at most ``top``."""
-    ks = np.unique(assignment[cam >= threshold])
+def _salient_prototypes(cam: np.ndarray, assignment: np.ndarray, top: int, threshold: float) -> list[int]:
+    """The prototypes present in a sample's salient region (``analysis.salient_mask``), by their
+    mean saliency in that sample, highest first; at most ``top``."""
+    ks = np.unique(assignment[salient_mask(cam[None], threshold)[0].reshape(cam.shape)])
     means = [float(cam[assignment == k].mean()) for k in ks]
     return [int(ks[i]) for i in np.argsort(means)[::-1][:top]]
 
 
 def saliency_overlays(run, c: int | str, *, samples: int = 2, top: int = 3, sample_ids: Sequence[int] | None = None,
-                      dpi: int = DEFAULT_DPI) -> Figure:
+                      threshold: float = SALIENCY_THRESHOLD, dpi: int = DEFAULT_DPI) -> Figure:
     """Probe images of class c with their GradCAM map (reference checkpoint) and the cells of the
     ``top`` prototypes of their salient region outlined and named: where the model looks, and which
     prototype is there. Shows the first ``samples`` probe images of the class unless ``sample_ids``."""
@@ -400,12 +394,13 @@ def saliency_overlays(run, c: int | str, *, samples: int = 2, top: int = 3, samp
     h, w = run.feature_shape
     axes = fig.subplots(1, len(ids), squeeze=False)[0]
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.65 / fig.get_figheight(), wspace=0.06)
-    vmax = 1.0 if run.config.get("normalise_maps", True) else max(float(cams[ids].max()), 1e-12)
+    normalised = run.config is None or run.config.probe_pass.normalise_maps
+    vmax = 1.0 if normalised else max(float(cams[ids].max()), 1e-12)
     for ax, i, img in zip(axes, ids, display):
         ax.imshow(img, interpolation="nearest")
         ax.imshow(cams[i], cmap="jet", alpha=0.4, vmin=0, vmax=vmax, interpolation="bilinear",
                   extent=(-0.5, big_w - 0.5, big_h - 0.5, -0.5))
-        for n, k in enumerate(_salient_prototypes(cams[i] / vmax, assignment[i], top)):
+        for n, k in enumerate(_salient_prototypes(cams[i], assignment[i], top, threshold)):
             colour = OUTLINE_COLOURS[n % len(OUTLINE_COLOURS)]
             mask = assignment[i] == k
             ax.add_collection(LineCollection(_outline(mask, big_h / h, big_w / w), colors=colour, linewidths=1.6))

@@ -12,8 +12,8 @@ import datetime
 import html
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import markdown
 from tqdm.auto import tqdm
@@ -119,7 +119,7 @@ def build_report(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{html.escape(str(run.path))}: {run.num_checkpoints} checkpoints, {run.num_prototypes} prototypes, '
         f"{run.num_probe} probe images, {run.num_classes} classes, target layer "
-        f"<code>{html.escape(str(run.config.get('target_layer')))}</code>; generated "
+        f"<code>{html.escape(str(run.config.target_layer if run.config else None))}</code>; generated "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         '<nav><a href="#summary">findings</a><a href="#overview">prototypes</a><a href="#pairs">confused pairs</a>'
         '<a href="#classes">classes</a></nav>',

@@ -1,9 +1,11 @@
 """The run directory: what the callback records at every checkpoint, and ``I2XRun`` to read it.
 
-Format (version 1; everything NumPy ``.npz`` without pickles, or JSON):
+Format (version 2; everything NumPy ``.npz`` without pickles, or JSON):
 
-    <run_dir>/manifest.json            format name and version, classes, shapes, config,
-                                       fingerprint, the list of checkpoints, the current
+    <run_dir>/manifest.json            format name and version, classes, shapes, the typed
+                                       configuration (``RunConfig``: probe pass, prototype
+                                       and explanation options), fingerprint, the list of
+                                       checkpoints, the current
                                        prototypes file, recorded errors
     <run_dir>/probe.npz                labels (N,) int64; images (N, C, H, W) float16 if stored
     <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
@@ -13,25 +15,30 @@ Format (version 1; everything NumPy ``.npz`` without pickles, or JSON):
                                        squared distance to its centroid (for galleries)
 
 Every file is written atomically and the manifest last, so a reader always finds a consistent
-prefix of the checkpoints: a file the manifest does not list is ignored.
+prefix of the checkpoints: a file the manifest does not list is ignored. Version 1 (0.1.x) differs
+only in its free-form ``config``; it loads, its config read as ``RunConfig.from_version_1``, and
+explains as it did.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import analysis, atomic
 from .explanation import Explanation, explain
+from .options import ExplainOptions, OptionsError, RunConfig
 from .prototypes import Prototypes
 
 __all__ = ["I2XRun", "I2XRunError", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "lightning-i2x-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -89,9 +96,22 @@ def _check_manifest(manifest: Any, where: Path) -> None:
     if pr is not None and not (isinstance(pr, dict) and rel_file(pr.get("file")) and count(pr.get("reference"), 0)
                                and pr["reference"] < len(m["checkpoints"])):
         raise bad(f"prototypes entry is malformed: {pr!r}")
-    for key, kind in (("config", dict), ("fingerprint", dict), ("errors", list)):
+    for key, kind in (("fingerprint", dict), ("errors", list)):
         if not isinstance(m.get(key), kind):
             raise bad(f"{key} is not a {kind.__name__}")
+    if m["version"] == 1 and not isinstance(m.get("config"), dict):
+        raise bad("config is not a dict")
+
+
+def _read_config(manifest: dict, where: Path) -> RunConfig | None:
+    """The typed configuration; an unknown or missing value fails loudly."""
+    raw = manifest.get("config")
+    try:
+        if manifest["version"] == 1:
+            return RunConfig.from_version_1(raw) if raw else None
+        return None if raw is None else RunConfig.from_dict(raw)
+    except OptionsError as e:
+        raise I2XRunError(f"{where} is damaged: its config does not read: {e}") from None
 
 
 class I2XRun:
@@ -110,7 +130,9 @@ class I2XRun:
         self._prototypes: Prototypes | None = None
         self._assignment: np.ndarray | None = None
         self._distances: np.ndarray | None = None
+        self._config: RunConfig | None = None
         self._groups: dict[tuple[int, int | None], np.ndarray] = {}
+        self._stacked: dict[str, np.ndarray] = {}  # cams, confidences, intensities: dropped on every change
 
     # -- creation and loading -------------------------------------------------------------------
     @classmethod
@@ -122,12 +144,15 @@ class I2XRun:
         class_names: Sequence[str],
         feature_shape: tuple[int, int],
         num_prototypes: int,
-        config: dict[str, Any] | None = None,
+        config: RunConfig | None = None,
         fingerprint: dict[str, Any] | None = None,
         images: np.ndarray | None = None,
-    ) -> "I2XRun":
-        """Start a new run directory (refuses one that already holds a run)."""
+    ) -> I2XRun:
+        """Start a new run directory. Raises I2XRunError when it already holds a run, TypeError
+        when ``config`` is not a ``RunConfig``."""
         path = Path(path)
+        if config is not None and not isinstance(config, RunConfig):
+            raise TypeError(f"config must be a lightning_i2x.options.RunConfig or None, got {type(config).__name__}")
         if (path / MANIFEST).exists():
             raise I2XRunError(f"{path} already holds an I2X run; choose another run_dir or load it with I2XRun.load")
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -144,17 +169,19 @@ class I2XRun:
             "num_probe": int(labels.shape[0]),
             "feature_shape": [int(s) for s in feature_shape],
             "num_prototypes": int(num_prototypes),
-            "config": config or {},
+            "config": None if config is None else config.to_dict(),
             "fingerprint": fingerprint or {},
             "checkpoints": [],
             "prototypes": None,
             "errors": [],
         }
         atomic.write_json(path / MANIFEST, manifest)
-        return cls(path, manifest, labels, arrays.get("images"))
+        run = cls(path, manifest, labels, arrays.get("images"))
+        run._config = config
+        return run
 
     @classmethod
-    def load(cls, path: str | Path) -> "I2XRun":
+    def load(cls, path: str | Path) -> I2XRun:
         """Read a run directory; raises ``I2XRunError`` with the reason when it is not readable."""
         path = Path(path)
         try:
@@ -165,11 +192,13 @@ class I2XRun:
             raise I2XRunError(f"{path / MANIFEST} is damaged: {e}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise I2XRunError(f"{path / MANIFEST} is not a {FORMAT_NAME} manifest")
-        if manifest.get("version") != FORMAT_VERSION:
+        if manifest.get("version") not in READABLE_VERSIONS:
             raise I2XRunError(
-                f"{path / MANIFEST} is format version {manifest.get('version')}; this lightning-i2x reads version {FORMAT_VERSION}"
+                f"{path / MANIFEST} is format version {manifest.get('version')}; this lightning-i2x reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade lightning-i2x to read it"
             )
         _check_manifest(manifest, path / MANIFEST)
+        config = _read_config(manifest, path / MANIFEST)
         if not (path / "probe.npz").exists():
             raise I2XRunError(f"{path} has no probe.npz")
         probe = _load_npz(path / "probe.npz", ("labels",), optional=("images",))
@@ -177,6 +206,7 @@ class I2XRun:
         if labels.shape != (manifest["num_probe"],) or labels.dtype.kind not in "iu" or (images is not None and images.shape[:1] != labels.shape):
             raise I2XRunError(f"{path / 'probe.npz'} does not match the run's {manifest['num_probe']} probe samples")
         run = cls(path, manifest, labels.astype(np.int64), images)
+        run._config = config
         n, m = run.num_probe, run.num_classes
         h, w = manifest["feature_shape"]
         for entry in manifest["checkpoints"]:
@@ -216,6 +246,7 @@ class I2XRun:
         atomic.write_npz(self.path / name, cams=cams16, confidences=conf)
         self._cams.append(cams16)
         self._confidences.append(conf)
+        self._stacked.clear()
         self._manifest["checkpoints"].append({"index": index, "epoch": int(epoch), "global_step": int(global_step), "file": name})
         self._write_manifest()
         return index
@@ -236,6 +267,7 @@ class I2XRun:
         atomic.write_npz(self.path / name, **arrays)
         self._prototypes, self._assignment = prototypes, assignment.astype(np.int64)
         self._distances = arrays.get("distances")
+        self._stacked.pop("intensities", None)
         self._manifest["prototypes"] = {"file": name, "reference": int(reference)}
         self._write_manifest()
         if old is not None and old["file"] != name:
@@ -252,6 +284,7 @@ class I2XRun:
         del self._cams[num_checkpoints:], self._confidences[num_checkpoints:]
         del self._manifest["checkpoints"][num_checkpoints:]
         self._groups.clear()
+        self._stacked.clear()
         if prototypes is not None:
             self.set_prototypes(prototypes[0], prototypes[1], reference=prototypes[2])
         elif self.reference is not None and self.reference >= num_checkpoints:
@@ -320,8 +353,14 @@ class I2XRun:
         return list(self._manifest["errors"])
 
     @property
-    def config(self) -> dict:
-        return dict(self._manifest["config"])
+    def config(self) -> RunConfig | None:
+        """What the run was recorded with (None for a run made with ``create`` and no config)."""
+        return self._config
+
+    @property
+    def format_version(self) -> int:
+        """The format the directory was written in (1: lightning-i2x 0.1; appending keeps it)."""
+        return int(self._manifest["version"])
 
     @property
     def fingerprint(self) -> dict:
@@ -349,39 +388,69 @@ class I2XRun:
         return None if self._distances is None else self._distances.copy()
 
     def cams(self) -> np.ndarray:
-        """(T, N, h, w) float32 CAM maps at feature resolution."""
-        return np.stack(self._cams).astype(np.float32) if self._cams else np.zeros((0, self.num_probe, *self.feature_shape), np.float32)
+        """(T, N, h, w) float32 CAM maps at feature resolution (stacked once per change; read-only)."""
+        return self._cached("cams", lambda: np.stack(self._cams).astype(np.float32) if self._cams
+                            else np.zeros((0, self.num_probe, *self.feature_shape), np.float32))
 
     def confidences(self) -> np.ndarray:
-        """(T, N, M) softmax probabilities."""
-        return np.stack(self._confidences) if self._confidences else np.zeros((0, self.num_probe, self.num_classes), np.float32)
+        """(T, N, M) softmax probabilities (stacked once per change; read-only)."""
+        return self._cached("confidences", lambda: np.stack(self._confidences) if self._confidences
+                            else np.zeros((0, self.num_probe, self.num_classes), np.float32))
+
+    def latest_confidences(self) -> np.ndarray:
+        """(N, M) softmax probabilities of the latest checkpoint, without stacking the history."""
+        if not self._confidences:
+            raise I2XRunError(f"{self.path} has no checkpoint yet")
+        return self._confidences[-1]
 
     def intensities(self) -> np.ndarray:
-        """(T, N, K) mean saliency of each prototype in each sample, NaN where absent."""
+        """(T, N, K) mean saliency of each prototype in each sample, NaN where absent (computed once
+        per change of the checkpoints or prototypes; read-only)."""
         self._require_prototypes()
         n = self.num_probe
-        return analysis.prototype_intensity(self.cams().reshape(self.num_checkpoints, n, -1), self._assignment.reshape(n, -1), self.num_prototypes)
+        return self._cached("intensities", lambda: analysis.prototype_intensity(
+            self.cams().reshape(self.num_checkpoints, n, -1), self._assignment.reshape(n, -1), self.num_prototypes))
 
-    def presence(self, reference: int | None = None, threshold: float = 0.5) -> np.ndarray:
-        """(N, K) prototype present in the salient region of the reference checkpoint's map."""
+    def _cached(self, key: str, compute) -> np.ndarray:
+        if key not in self._stacked:
+            value = compute()
+            value.setflags(write=False)
+            self._stacked[key] = value
+        return self._stacked[key]
+
+    def presence(self, reference: int | None = None, threshold: float = analysis.SALIENCY_THRESHOLD) -> np.ndarray:
+        """(N, K) prototype present in the salient region (``analysis.salient_mask``) of the reference
+        checkpoint's map."""
         self._require_prototypes()
         ref = self.reference if reference is None else reference
         n = self.num_probe
         return analysis.salient_presence(self._cams[ref].reshape(n, -1), self._assignment.reshape(n, -1), self.num_prototypes, threshold)
 
-    def explain(self, *, saliency_threshold: float = 0.5, reference: int | None = None, **params) -> Explanation:
-        """The structured explanation (Steps 4-6). ``params`` go to ``lightning_i2x.explain``
-        (ridge_lambda, tau, tau_scale, min_flips, shared_frac, specialised_frac, min_cluster_size,
-        max_cluster_samples)."""
+    def explain(self, options: ExplainOptions | None = None, *, reference: int | None = None, **params) -> Explanation:
+        """The structured explanation (Steps 4-6) with ``options`` (default: the run's recorded
+        ``config.explain``, else the method's defaults); keyword ``params`` override single
+        options (``run.explain(min_flips=3)``). Raises I2XRunError before the first record and
+        ValueError (naming the option) for an unknown or bad option."""
         self._require_prototypes()
+        if options is None:
+            options = self._config.explain if self._config is not None else ExplainOptions()
+        elif not isinstance(options, ExplainOptions):
+            raise TypeError(f"options must be an ExplainOptions, got {type(options).__name__}")
+        if params:
+            unknown = sorted(set(params) - set(options.to_dict()))
+            if unknown:
+                raise ValueError(f"run.explain got unknown option(s) {unknown}; ExplainOptions has {sorted(options.to_dict())}")
+            options = ExplainOptions(**{**options.to_dict(), **params})
+        kw = options.analysis_kwargs()
         return explain(
             self.intensities(),
             self.confidences(),
             self.labels,
-            self.presence(reference, saliency_threshold),
+            self.presence(reference, options.saliency_threshold),
             class_names=self.class_names,
-            groups=self._learning_groups(params.get("min_cluster_size"), params.get("max_cluster_samples", analysis.MAX_CLUSTER_SAMPLES)),
-            **params,
+            groups=self._learning_groups(kw["min_cluster_size"], kw["max_cluster_samples"]),
+            saliency_threshold=options.saliency_threshold,
+            **kw,
         )
 
     def plot_gallery(self, prototypes: Sequence[int] | None = None, **kw):

@@ -1,21 +1,23 @@
 """Which training samples hold a pair's uncertain prototypes, and how to perturb them (Step 7).
 
-Plain functions on arrays (``resolve_pairs``, ``salient_locations``, ``flag_samples``,
-``pixel_mask``, ``perturb``), ``MaskedDataset`` for mask mode, and ``find_uncertain_samples``,
-which streams a dataset through the model's fast GradCAM pass and the run's FAISS index in batches.
+Plain functions on arrays (``resolve_pairs``, ``flag_samples``; the salient region is
+``analysis.salient_mask``, the fills ``lightning_i2x.perturb``), ``MaskedDataset`` for mask mode,
+and ``find_uncertain_samples``, which streams a dataset through the model's fast GradCAM pass and the run's FAISS index in batches.
 ``lightning_i2x.finetune`` builds the fine-tuning on them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .analysis import salient_mask
 from .cam import ForwardFn, probe_batches
 from .perturb import FILLS, default_sigma, perturb, pixel_mask
 from .prototypes import Prototypes
@@ -26,7 +28,6 @@ __all__ = [
     "MaskedDataset",
     "resolve_pairs",
     "pair_prototypes",
-    "salient_locations",
     "flag_samples",
     "pixel_mask",
     "perturb",
@@ -86,17 +87,6 @@ def pair_prototypes(uncertain: Iterable[Any], pairs: Sequence[Pair]) -> dict[Pai
         if key in out and int(u.prototype) not in out[key]:
             out[key].append(int(u.prototype))
     return out
-
-
-def salient_locations(cams: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """(B, L) bool: location j of sample i lies in its salient region, i.e. its min-max normalised
-    saliency is >= threshold; the normalisation of ``analysis.salient_presence`` (which
-    ``I2XRun.presence`` and ``explain`` use), so the training set is judged as the probe was."""
-    s = np.asarray(cams, dtype=np.float64)
-    s = np.nan_to_num(s.reshape(s.shape[0], -1), nan=0.0, posinf=0.0, neginf=0.0)
-    lo = s.min(axis=1, keepdims=True)
-    s = (s - lo) / (1e-7 + (s - lo).max(axis=1, keepdims=True))
-    return s >= threshold
 
 
 def flag_samples(
@@ -253,7 +243,7 @@ def find_uncertain_samples(
         b, d, h, w = pb.activations.shape
         feats = pb.activations.permute(0, 2, 3, 1).reshape(-1, d).float().cpu().numpy()
         assignment = prototypes.assign(feats).reshape(b, h * w)
-        salient = salient_locations(pb.cams.cpu().numpy(), threshold)
+        salient = salient_mask(pb.cams.cpu().numpy(), threshold)
         f, r = flag_samples(assignment, salient, y.numpy(), pair_protos, region)
         flags.append(f)
         regions.append(r.reshape(b, h, w))

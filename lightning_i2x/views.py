@@ -1,7 +1,8 @@
-"""What the callback writes to TensorBoard at each recorded checkpoint, under one ``i2x/`` prefix.
+"""What the callback logs at each recorded checkpoint, under one ``i2x/`` prefix.
 
-``log_views(writer, run, explanation, step, options)`` writes to any writer with the
-``SummaryWriter`` methods (torch.utils.tensorboard or tensorboardX):
+``log_views(sink, run, explanation, step, options)`` writes to a ``LogSink``: every Lightning
+logger of the trainer (scalars to all of them, CSVLogger's ``metrics.csv`` included; text and
+images to those that take them, see ``lightning_i2x.sinks``), or a raw ``SummaryWriter``:
 
 | kind | tag | what |
 |---|---|---|
@@ -31,13 +32,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import plots
+from .options import ViewOptions
+from .sinks import LogSink
 
-__all__ = ["ViewOptions", "log_views", "log_summary", "log_figures", "custom_scalars_layout", "select_classes", "select_pairs", "select_prototypes", "tag_name",
+__all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "select_classes", "select_pairs", "select_prototypes", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
            "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR"]
 
@@ -55,52 +57,6 @@ TAG_OVERLAY = "i2x/class{slot}/overlay"
 TAG_PAIR = "i2x/pair{slot}"
 
 
-@dataclass(frozen=True)
-class ViewOptions:
-    """How much is drawn per checkpoint; the defaults keep a 10-class run readable and its event
-    file small (figures for 3 classes and 2 pairs, about a dozen images per checkpoint).
-
-    figures: write the images (False: scalars and text only).
-    classes: the classes drawn (indices or names); None picks up to ``max_classes``: those of the
-        pairs drawn, then the least confident.
-    max_classes, max_pairs: bounds on the classes drawn and on the confused pairs drawn (pairs
-        with uncertain prototypes first, then the pairs most confused on the probe).
-    overlay_samples: probe images per drawn class in the overlay (0: no overlays).
-    gallery_patches: patches per prototype in the gallery (0: no gallery).
-    gallery_prototypes: at most this many prototypes in the gallery (uncertain ones first).
-    max_rows: prototypes per evolution grid or pair view.
-    scalar_prototypes: prototypes whose intensity is logged (uncertain ones first).
-    dpi: resolution of every image (a 6-inch figure is 6 x dpi pixels wide).
-    """
-
-    figures: bool = True
-    classes: tuple[int | str, ...] | None = None
-    max_classes: int = 3
-    max_pairs: int = 2
-    overlay_samples: int = 2
-    gallery_patches: int = 8
-    gallery_prototypes: int = 32
-    max_rows: int = 12
-    scalar_prototypes: int = 8
-    dpi: int = 60
-
-    def __post_init__(self):
-        if not isinstance(self.figures, bool):
-            raise ValueError(f"figures must be True or False, got {self.figures!r}")
-        if self.classes is not None:
-            classes = (self.classes,) if isinstance(self.classes, (str, int)) else tuple(self.classes)
-            if not classes or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
-                raise ValueError(f"view classes must be a non-empty list of class indices or names, got {self.classes!r}")
-            object.__setattr__(self, "classes", classes)
-        for name in ("max_classes", "max_pairs", "overlay_samples", "gallery_patches", "gallery_prototypes", "max_rows",
-                     "scalar_prototypes", "dpi"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.dpi < 20 or self.max_rows < 1:
-            raise ValueError(f"dpi must be >= 20 and max_rows >= 1, got dpi={self.dpi}, max_rows={self.max_rows}")
-
-
 def tag_name(name: str) -> str:
     """A class name as a tag component: letters, digits, '.', '-' and '_' only."""
     return re.sub(r"[^\w.-]+", "_", str(name)) or "_"
@@ -108,7 +64,7 @@ def tag_name(name: str) -> str:
 
 def _true_confidence(run) -> np.ndarray:
     """(N,) probability of each probe sample's true class at the latest checkpoint."""
-    return run.confidences()[-1][np.arange(run.num_probe), run.labels]
+    return run.latest_confidences()[np.arange(run.num_probe), run.labels]
 
 
 def select_pairs(run, expl, options: ViewOptions) -> list[tuple[int, int]]:
@@ -118,7 +74,7 @@ def select_pairs(run, expl, options: ViewOptions) -> list[tuple[int, int]]:
     pairs = [tuple(p) for p in expl.uncertain_pairs()]
     if run.num_checkpoints:
         m = run.num_classes
-        pred = run.confidences()[-1].argmax(axis=1)
+        pred = run.latest_confidences().argmax(axis=1)
         counts = np.zeros((m, m), np.int64)
         np.add.at(counts, (run.labels, pred), 1)
         both = np.triu(counts + counts.T, 1)
@@ -169,47 +125,58 @@ def custom_scalars_layout() -> dict:
     }
 
 
-def log_views(writer, run, expl, step: int, options: ViewOptions | None = None) -> None:
+def log_views(sink, run, expl, step: int, options: ViewOptions | None = None) -> None:
     """Write every view of the run's current explanation at ``step``: the scalars and text, then
-    (with ``options.figures``) the images."""
+    (with ``options.figures``) the images. ``sink``: a ``LogSink``, a logger, a writer or a list."""
     options = options or ViewOptions()
-    log_summary(writer, run, expl, step, options)
+    sink = LogSink.of(sink)
+    log_summary(sink, run, expl, step, options)
     if options.figures:
-        log_figures(writer, run, expl, step, options)
+        log_figures(sink, run, expl, step, options)
 
 
-def log_summary(writer, run, expl, step: int, options: ViewOptions) -> None:
-    """The cheap part of the views: scalars, the custom-scalars layout and the markdown text."""
+def summary_scalars(run, expl, options: ViewOptions) -> dict[str, float]:
+    """The scalars of one record: true-class confidence overall and per class, the number of
+    uncertain prototypes, and the mean intensity (where present) of the top prototypes."""
     names = run.class_names
-    writer.add_custom_scalars(custom_scalars_layout())  # tiny; rewritten so any event file has it
     true = _true_confidence(run)
-    writer.add_scalar(TAG_TRUE_CONFIDENCE, float(true.mean()), step)
-    writer.add_scalar(TAG_UNCERTAIN, len(expl.uncertain), step)
+    out = {TAG_TRUE_CONFIDENCE: float(true.mean()), TAG_UNCERTAIN: float(len(expl.uncertain))}
     for c in range(run.num_classes):
         members = run.labels == c
         if members.any():
-            writer.add_scalar(TAG_CONFIDENCE.format(cls=tag_name(names[c])), float(true[members].mean()), step)
-    intensity = run.intensities()[-1]
+            out[TAG_CONFIDENCE.format(cls=tag_name(names[c]))] = float(true[members].mean())
+    intensity = expl.intensities[-1] if expl.intensities is not None else run.intensities()[-1]
     for k in select_prototypes(expl, options.scalar_prototypes):
         present = intensity[:, k][np.isfinite(intensity[:, k])]
         if present.size:
-            writer.add_scalar(TAG_INTENSITY.format(k=k), float(present.mean()), step)
-    writer.add_text(TAG_SUMMARY, expl.to_markdown(), step)
-    for c in range(run.num_classes):
-        writer.add_text(TAG_CLASS_TEXT.format(cls=tag_name(names[c])), expl.class_markdown(c), step)
+            out[TAG_INTENSITY.format(k=k)] = float(present.mean())
+    return out
 
 
-def log_figures(writer, run, expl, step: int, options: ViewOptions) -> None:
-    """The images. Views that need probe images are left out, with a warning, when the run holds
-    none."""
+def log_summary(sink, run, expl, step: int, options: ViewOptions) -> None:
+    """The cheap part of the views: scalars, the custom-scalars layout and the markdown text."""
+    sink = LogSink.of(sink)
+    sink.layout(custom_scalars_layout())  # tiny; rewritten so any event file has it
+    sink.scalars(summary_scalars(run, expl, options), step)
+    sink.text(TAG_SUMMARY, expl.to_markdown(), step)
+    for c, name in enumerate(run.class_names):
+        sink.text(TAG_CLASS_TEXT.format(cls=tag_name(name)), expl.class_markdown(c), step)
+
+
+def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
+    """The images, to the loggers that take images. Views that need probe images are left out,
+    with a warning, when the run holds none."""
+    sink = LogSink.of(sink)
+    if not sink.takes_images:
+        return
 
     def image(tag, fig):
-        writer.add_image(tag, plots.to_rgb(fig), step, dataformats="HWC")
+        sink.image(tag, plots.to_rgb(fig), step)
 
     classes = select_classes(run, expl, options)
     has_images = run.images is not None
     if not has_images and (options.gallery_patches or options.overlay_samples):
-        warnings.warn(f"I2X views: {run.path} holds no probe images (store_probe_images=False or a probe over 64 MiB): "
+        warnings.warn(f"I2X views: {run.path} holds no probe images (store_images=False or a probe over 64 MiB): "
                       "the prototype gallery and the GradCAM overlays are left out", RuntimeWarning, stacklevel=2)
     if has_images and options.gallery_patches and options.gallery_prototypes:
         image(TAG_GALLERY, plots.prototype_gallery(run, select_prototypes(expl, options.gallery_prototypes),
@@ -217,12 +184,34 @@ def log_figures(writer, run, expl, step: int, options: ViewOptions) -> None:
     if expl.num_intervals:
         image(TAG_BETA, plots.ridge_heatmap(expl, dpi=options.dpi))
     thumbs = run if has_images else None
+    threshold = expl.params.get("saliency_threshold", 0.5)
     for slot, c in enumerate(classes, 1):
         if expl.num_intervals:
             image(TAG_EVOLUTION.format(slot=slot), plots.evolution_grid(expl, c, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))
             image(TAG_GRAPH.format(slot=slot), plots.checkpoint_graph(expl, c, dpi=options.dpi))
         if has_images and options.overlay_samples:
-            image(TAG_OVERLAY.format(slot=slot), plots.saliency_overlays(run, c, samples=options.overlay_samples, dpi=options.dpi))
+            image(TAG_OVERLAY.format(slot=slot), plots.saliency_overlays(run, c, samples=options.overlay_samples, dpi=options.dpi,
+                                                                         threshold=threshold))
     if expl.num_intervals:
         for slot, (a, b) in enumerate(select_pairs(run, expl, options), 1):
             image(TAG_PAIR.format(slot=slot), plots.confused_pair(expl, a, b, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))
+
+
+class DrawBudget:
+    """Keeps drawing a bounded share of wall time: draw again only when the last drawing took at
+    most ``fraction`` of the time since it ended (None: always). Scalars and text are not counted:
+    they are cheap and written at every record."""
+
+    def __init__(self, fraction: float | None):
+        self.fraction = fraction
+        self.cost = 0.0  # seconds the last drawing took
+        self.end: float | None = None  # when it ended (perf_counter)
+        self.pending = False  # the latest explanation's images were skipped
+
+    def allows(self, now: float) -> bool:
+        ok = self.fraction is None or self.end is None or self.cost <= self.fraction * (now - self.end)
+        self.pending = not ok
+        return ok
+
+    def spent(self, start: float, end: float) -> None:
+        self.cost, self.end, self.pending = end - start, end, False

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning_i2x.callback as callback_module  # noqa: E402
-from lightning_i2x import I2XCallback  # noqa: E402
+from lightning_i2x import I2XCallback, ProbePassOptions  # noqa: E402
 from tests.conftest import TinyCNN  # noqa: E402
 
 for noise in (".*does not have many workers.*", ".*LeafSpec.*", ".*GPU available but not used.*"):
@@ -63,7 +63,7 @@ def main(out: Path, fail_rank: int | None) -> None:
         fail_on(fail_rank)
     pl.seed_everything(0, verbose=False)
     train, probe = digits()
-    cb = I2XCallback(probe, num_prototypes=8, run_dir=out / "run", probe_batch_size=64)
+    cb = I2XCallback(probe, num_prototypes=8, run_dir=out / "run", probe_pass=ProbePassOptions(batch_size=64))
     trainer = pl.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, max_epochs=3, default_root_dir=out,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False,

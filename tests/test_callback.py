@@ -11,8 +11,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_i2x.callback as callback_module
-from lightning_i2x import I2XCallback, I2XRun
+import lightning_i2x.record as record_module
+from lightning_i2x import I2XCallback, I2XRun, ProbePassOptions, ViewOptions
 
 from .conftest import TinyCNN, trainer_kwargs
 
@@ -37,7 +37,7 @@ def test_fit_records_a_run_that_loads_and_explains(tmp_path, digits):
     run = I2XRun.load(cb.run.path)
     assert run.num_checkpoints == 3 and run.num_prototypes == 8 and run.class_names == [f"d{c}" for c in range(10)]
     assert [c["epoch"] for c in run.checkpoints] == [0, 1, 2]
-    assert run.config["target_layer"] == "features"
+    assert run.config.target_layer == "features"
     p, y = run.intensities(), run.confidences()
     assert p.shape == (3, 200, 8) and y.shape == (3, 200, 10)
     np.testing.assert_allclose(y.sum(-1), 1, atol=1e-5)
@@ -63,7 +63,7 @@ def test_fit_records_a_run_that_loads_and_explains(tmp_path, digits):
 def test_callback_does_not_change_training(tmp_path, digits):
     kw = dict(deterministic=True, max_epochs=2)
     _, without = _fit(tmp_path / "a", digits, None, **kw)
-    _, with_cb = _fit(tmp_path / "b", digits, I2XCallback(digits[1], num_prototypes=8, cam_target="predicted"), **kw)
+    _, with_cb = _fit(tmp_path / "b", digits, I2XCallback(digits[1], num_prototypes=8, probe_pass=ProbePassOptions(cam_target="predicted")), **kw)
     for (k, a), b in zip(without.state_dict().items(), with_cb.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -93,7 +93,7 @@ def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, 
     def broken(*_a, **_k):
         raise RuntimeError("injected k-means failure")
 
-    monkeypatch.setattr(callback_module, "fit_prototypes", broken)
+    monkeypatch.setattr(record_module, "fit_prototypes", broken)
     cb = I2XCallback(digits[1], num_prototypes=8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -105,7 +105,7 @@ def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, 
 
 
 def test_on_error_raise_stops(tmp_path, digits, monkeypatch):
-    monkeypatch.setattr(callback_module, "fit_prototypes", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(record_module, "fit_prototypes", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         _fit(tmp_path, digits, I2XCallback(digits[1], num_prototypes=8, on_error="raise"))
 
@@ -132,16 +132,16 @@ def test_setup_errors_come_before_training(tmp_path, digits):
     (tmp_path / "a_file").write_text("")
     _setup_error(tmp_path, digits, "cannot be written", run_dir=tmp_path / "a_file" / "run")
     _setup_error(tmp_path, digits, "3 class names for a model with 10 classes", class_names=["a", "b", "c"])
-    _setup_error(tmp_path, digits, r"view_classes \['seven', 10\] are not classes of this model", view_classes=["d7", "seven", 10])
+    _setup_error(tmp_path, digits, r"ViewOptions.classes \['seven', 10\] are not classes of this model", views=ViewOptions(classes=["d7", "seven", 10]))
 
 
 def test_constructor_errors():
     probe = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
-    with pytest.raises(ValueError, match="not a known CAM method"):
+    with pytest.raises(ValueError, match="I2XCallback.cam must be one of"):
         I2XCallback(probe, cam="gradkam")
     with pytest.raises(ValueError, match="cam_target"):
-        I2XCallback(probe, cam_target="true")
-    with pytest.raises(ValueError, match="num_prototypes must be a positive integer"):
+        I2XCallback(probe, probe_pass=ProbePassOptions(cam_target="true"))
+    with pytest.raises(ValueError, match="I2XCallback.num_prototypes must be an integer >= 1, got 0"):
         I2XCallback(probe, num_prototypes=0)
     with pytest.raises(ValueError, match="on_error"):
         I2XCallback(probe, on_error="ignore")

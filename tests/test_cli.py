@@ -12,9 +12,9 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x import ExplainOptions, I2XCallback, I2XRun, ViewOptions
+
 from demo_data import resolve_data_dir
-from lightning_i2x.views import ViewOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "cli_config.yaml"
@@ -29,9 +29,8 @@ def test_the_config_registers_the_callback_with_valid_arguments():
     accepted = set(inspect.signature(I2XCallback).parameters)
     assert set(args) <= accepted, set(args) - accepted
     # the config spells out the view defaults, so it documents them: keep them in step
-    defaults = ViewOptions()
-    assert (args["max_view_classes"], args["max_view_pairs"], args["overlay_samples"], args["gallery_patches"], args["view_dpi"]) == (
-        defaults.max_classes, defaults.max_pairs, defaults.overlay_samples, defaults.gallery_patches, defaults.dpi)
+    assert ViewOptions(**args["views"]) == ViewOptions()
+    assert ExplainOptions(**args["explain"]) == ExplainOptions()
 
 
 @pytest.mark.slow
@@ -49,11 +48,13 @@ def test_lightning_cli_fits_one_epoch_with_the_callback(tmp_path, monkeypatch):
     ])
     [cb] = [c for c in result.trainer.callbacks if isinstance(c, I2XCallback)]
     assert type(cb.probe).__name__ == "MNISTProbe" and len(cb.probe) == 200
-    assert cb.target_layer == "features" and cb.num_prototypes == 16 and cb.view_options == ViewOptions()
+    assert cb.target_layer == "features" and cb.num_prototypes == 16 and cb.views == ViewOptions()
+    assert cb.explain == ExplainOptions() and isinstance(cb.explain, ExplainOptions)  # nested YAML built the typed groups
     log_dir = Path(result.trainer.log_dir)
     run = I2XRun.load(log_dir / "i2x")
     assert run.num_checkpoints == 2 and run.class_names[7] == "seven" and run.images is not None  # val_check_interval 0.5
     assert "lightning_i2x.I2XCallback" in (log_dir / "config.yaml").read_text()
+    assert run.config.explain == ExplainOptions() and run.config.target_layer == "features"
     acc = EventAccumulator(str(log_dir), size_guidance={"images": 0})
     acc.Reload()
     assert {"i2x/gallery", "i2x/beta", "i2x/class1/evolution", "i2x/class1/graph", "i2x/pair1"} <= set(acc.Tags()["images"])

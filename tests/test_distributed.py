@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x import I2XCallback, I2XRun, ProbePassOptions
 
 from .conftest import TinyCNN, trainer_kwargs
 from .ddp_fit import digits
@@ -40,7 +40,7 @@ def test_ddp_records_the_same_evidence_and_explanation_as_one_process(tmp_path):
 
     # replay the weights each record saw, in one process
     _, probe = digits()
-    cb = I2XCallback(probe, num_prototypes=8, run_dir=tmp_path / "single", probe_batch_size=64)
+    cb = I2XCallback(probe, num_prototypes=8, run_dir=tmp_path / "single", probe_pass=ProbePassOptions(batch_size=64))
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb]))
     model = TinyCNN()
     for epoch in range(3):

@@ -15,20 +15,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from lightning_i2x import I2XCallback, I2XRun, PerturbationFinetuner
-from lightning_i2x.finetune import FinetuneResult, check_finetune_kwargs
-from lightning_i2x.selection import (
-    MaskedDataset,
-    flag_samples,
-    perturb,
-    pixel_mask,
-    resolve_pairs,
-    salient_locations,
-)
+from lightning_i2x import ExplainOptions, FinetuneOptions, I2XCallback, I2XRun, PerturbationFinetuner
+from lightning_i2x.analysis import salient_mask as salient_locations
+from lightning_i2x.finetune import FinetuneResult
+from lightning_i2x.perturb import perturb, pixel_mask
+from lightning_i2x.selection import MaskedDataset, flag_samples, resolve_pairs
 
 from .conftest import TinyCNN, trainer_kwargs
 
-EXPLAIN = {"min_flips": 1}  # a 4-checkpoint run on digits: one flip makes a prototype uncertain
+EXPLAIN = ExplainOptions(min_flips=1)  # a 4-checkpoint run on digits: one flip makes a prototype uncertain
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +32,11 @@ def digits_run(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("ft")
     pl.seed_everything(0, verbose=False)
     model = TinyCNN(lr=0.05)
-    cb = I2XCallback(digits[1], num_prototypes=8, run_dir=root / "run", explain_kwargs=EXPLAIN, log_views=False)
+    cb = I2XCallback(digits[1], num_prototypes=8, run_dir=root / "run", explain=EXPLAIN, views=False)
     trainer = pl.Trainer(**trainer_kwargs(root, max_epochs=4, callbacks=[cb], logger=False, deterministic=True))
     trainer.fit(model, DataLoader(digits[0], batch_size=64, shuffle=True), DataLoader(digits[1], batch_size=100))
     run = I2XRun.load(cb.run.path)
-    expl = run.explain(**EXPLAIN)
+    expl = run.explain(EXPLAIN)
     assert expl.uncertain, "the fixture run needs an uncertain prototype"
     pair = expl.uncertain[0].classes
     protos = [u.prototype for u in expl.uncertain if u.classes == pair]
@@ -88,7 +83,7 @@ def brute_force(model: nn.Module, run: I2XRun, images: torch.Tensor, labels: tor
 @pytest.fixture(scope="module")
 def selection(digits_run, digits):
     model = _model(digits_run)
-    ft = PerturbationFinetuner(digits_run.path, explain_kwargs=EXPLAIN, progress=False)
+    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False)
     sel = ft.select(model, DataLoader(digits[0], batch_size=64, shuffle=True))
     x, y = digits[0].tensors
     bf = brute_force(model, digits_run.run, x, y, digits_run.pair, digits_run.protos)
@@ -114,17 +109,17 @@ def test_curated_set_is_the_brute_force_set(selection, digits_run, digits):
 
 
 def test_max_samples_searches_a_seeded_subset(digits_run, digits):
-    ft = PerturbationFinetuner(digits_run.path, explain_kwargs=EXPLAIN, progress=False, max_samples=300, seed=3)
+    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False, max_samples=300, seed=3)
     sel = ft.select(_model(digits_run), DataLoader(digits[0], batch_size=128))
-    again = PerturbationFinetuner(digits_run.path, explain_kwargs=EXPLAIN, progress=False, max_samples=300, seed=3)
+    again = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False, max_samples=300, seed=3)
     assert len(sel.indices) == 300 and len(set(sel.indices)) == 300
     np.testing.assert_array_equal(sel.indices, again.select(_model(digits_run), DataLoader(digits[0], batch_size=7)).indices)
 
 
 def test_prototypes_per_pair_keeps_the_best_ranked(digits_run):
-    ft = PerturbationFinetuner(digits_run.path, pairs=[digits_run.pair], explain_kwargs=EXPLAIN, prototypes_per_pair=1)
+    ft = PerturbationFinetuner(digits_run.path, pairs=[digits_run.pair], explain=EXPLAIN, prototypes_per_pair=1)
     assert ft.targets() == {digits_run.pair: digits_run.protos[:1]}
-    assert PerturbationFinetuner(digits_run.path, pairs=[digits_run.pair], explain_kwargs=EXPLAIN).targets() == {
+    assert PerturbationFinetuner(digits_run.path, pairs=[digits_run.pair], explain=EXPLAIN).targets() == {
         digits_run.pair: digits_run.protos}
 
 
@@ -155,7 +150,7 @@ def test_mask_changes_exactly_the_flagged_regions(selection, digits_run, digits,
     i = int(np.flatnonzero(sel.flagged)[0])
     assert torch.equal(masked[i][0], masked[i][0])
     # the fit path builds the same dataset: every searched sample, the flagged ones perturbed
-    mft = PerturbationFinetuner(digits_run.path, mode="mask", mask_fill=fill, seed=5, explain_kwargs=EXPLAIN, progress=False)
+    mft = PerturbationFinetuner(digits_run.path, mode="mask", mask_fill=fill, seed=5, explain=EXPLAIN, progress=False)
     cur = mft.curated_dataset(digits[0], sel)
     assert len(cur) == len(digits[0]) and torch.equal(cur[i][0], masked[i][0])
 
@@ -174,7 +169,7 @@ def test_pixel_mask_and_perturb_on_planted_input():
         assert (out[:, torch.from_numpy(big[0])] != img[:, torch.from_numpy(big[0])]).all()
         assert torch.equal(out, perturb(img, big[0], fill, seed=1, baseline=-3.0))
     assert (perturb(img, big[0], "baseline", baseline=-3.0)[:, torch.from_numpy(big[0])] == -3.0).all()
-    with pytest.raises(ValueError, match="mask_fill"):
+    with pytest.raises(ValueError, match="fill must be one of"):
         perturb(img, big[0], "zeros")
 
 
@@ -196,7 +191,7 @@ def test_flag_samples_and_salient_locations_by_hand():
 def test_result_numbers_equal_the_saved_predictions(digits_run, digits, tmp_path):
     model = _model(digits_run)
     before = copy.deepcopy(model)
-    ft = PerturbationFinetuner(digits_run.run, pairs=[digits_run.pair], explain_kwargs=EXPLAIN, progress=False,
+    ft = PerturbationFinetuner(digits_run.run, pairs=[digits_run.pair], explain=EXPLAIN, progress=False,
                                out_dir=tmp_path / "ft", lr=0.02, seed=1)
     val = DataLoader(digits[1], batch_size=50)
     result = ft.fit(model, DataLoader(digits[0], batch_size=64, shuffle=True), val)
@@ -226,7 +221,7 @@ def test_result_numbers_equal_the_saved_predictions(digits_run, digits, tmp_path
     assert d["pairs"][0]["confusions_after"]["total"] == sum(result.confusions_after[(a, b)]) == result.targeted_confusions("after")
     # the same seed gives the same fine-tuning
     again = _model(digits_run)
-    ft2 = PerturbationFinetuner(digits_run.run, pairs=[digits_run.pair], explain_kwargs=EXPLAIN, progress=False,
+    ft2 = PerturbationFinetuner(digits_run.run, pairs=[digits_run.pair], explain=EXPLAIN, progress=False,
                                 out_dir=tmp_path / "ft2", lr=0.02, seed=1)
     ft2.fit(again, DataLoader(digits[0], batch_size=64, shuffle=True), val)
     for k, v in model.state_dict().items():
@@ -236,8 +231,8 @@ def test_result_numbers_equal_the_saved_predictions(digits_run, digits, tmp_path
 @pytest.mark.slow  # about 1 s on an idle 2-core CPU, 30 s on a busy one
 def test_auto_finetune_writes_its_tensorboard_tags(tmp_path, digits):
     pl.seed_everything(0, verbose=False)
-    cb = I2XCallback(digits[1], num_prototypes=8, explain_kwargs=EXPLAIN, log_views=False,
-                     auto_finetune=True, finetune_kwargs={"schedule": ("curated", "full"), "seed": 2})
+    cb = I2XCallback(digits[1], num_prototypes=8, explain=EXPLAIN, views=False,
+                     auto_finetune=True, finetune=FinetuneOptions(schedule=("curated", "full"), seed=2))
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=3, callbacks=[cb]))
     model = TinyCNN(lr=0.05)
     trainer.fit(model, DataLoader(digits[0], batch_size=64, shuffle=True), DataLoader(digits[1], batch_size=100))
@@ -288,7 +283,7 @@ class _Renamed(TinyCNN):
 
 def test_a_model_with_another_target_layer_is_refused(digits_run, digits):
     loader, val = DataLoader(digits[0], batch_size=64), DataLoader(digits[1], batch_size=100)
-    ft = PerturbationFinetuner(digits_run.path, explain_kwargs=EXPLAIN, progress=False)
+    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False)
     with pytest.raises(ValueError, match=r"gives feature maps \(12, 4, 4\).*fitted on \(16, 4, 4\)"):
         ft.fit(_Wider(), loader, val)
     with pytest.raises(ValueError, match=r"does not match the run's target layer 'features'.*not a module"):
@@ -316,7 +311,7 @@ class _Stream(IterableDataset):
 
 
 def test_training_samples_that_cannot_be_indexed(digits_run, digits):
-    ft = PerturbationFinetuner(digits_run.path, explain_kwargs=EXPLAIN, progress=False)
+    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False)
     val = DataLoader(digits[1], batch_size=100)
     with pytest.raises(TypeError, match="yields a dict"):
         ft.fit(_model(digits_run), DataLoader(_Dicts(digits[0]), batch_size=64), val)
@@ -330,7 +325,7 @@ def test_training_samples_that_cannot_be_indexed(digits_run, digits):
 
 def test_no_uncertain_prototype_warns_and_does_nothing(digits_run, digits, tmp_path):
     model = _model(digits_run)
-    ft = PerturbationFinetuner(digits_run.path, explain_kwargs={"min_flips": 99}, progress=False, out_dir=tmp_path / "none")
+    ft = PerturbationFinetuner(digits_run.path, explain=ExplainOptions(min_flips=99), progress=False, out_dir=tmp_path / "none")
     with pytest.warns(RuntimeWarning, match="no uncertain prototype.*nothing was fine-tuned"):
         result = ft.fit(model, DataLoader(digits[0], batch_size=64), DataLoader(digits[1], batch_size=100))
     assert result.skipped and "no uncertain prototype" in result.skipped_reason
@@ -345,20 +340,22 @@ def test_option_errors(digits_run):
         PerturbationFinetuner(digits_run.path, mode="drop")
     with pytest.raises(ValueError, match="schedule must be"):
         PerturbationFinetuner(digits_run.path, schedule=("curated", "mixed"))
-    with pytest.raises(ValueError, match="finetune_kwargs has unknown names \\['epochs'\\]"):
-        check_finetune_kwargs({"epochs": 2})
-    with pytest.raises(ValueError, match="mask_fill"):
-        I2XCallback(digits_run.run.labels, auto_finetune=True, finetune_kwargs={"mask_fill": "zeros"})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
+        FinetuneOptions(epochs=2)
+    with pytest.raises(ValueError, match="FinetuneOptions.mask_fill must be one of"):
+        I2XCallback(digits_run.run.labels, auto_finetune=True, finetune=FinetuneOptions(mask_fill="zeros"))
     with pytest.raises(ValueError, match="without auto_finetune=True"):
-        I2XCallback(digits_run.run.labels, finetune_kwargs={"mode": "mask"})
+        I2XCallback(digits_run.run.labels, finetune=FinetuneOptions(mode="mask"))
+    with pytest.warns(FutureWarning, match="finetune_kwargs"), pytest.raises(ValueError, match="FinetuneOptions.mask_fill"):
+        I2XCallback(digits_run.run.labels, auto_finetune=True, finetune_kwargs={"mask_fill": "zeros"})
 
 
 def test_auto_finetune_is_refused_under_several_processes(tmp_path, digits):
-    cb = I2XCallback(digits[1], num_prototypes=8, auto_finetune=True, finetune_kwargs={"pairs": [("d2", "d7")]})
+    cb = I2XCallback(digits[1], num_prototypes=8, auto_finetune=True, finetune=FinetuneOptions(pairs=[("d2", "d7")]))
     trainer = SimpleNamespace(world_size=2, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
     with pytest.raises(ValueError, match="auto_finetune runs at the end of fit in one process; this fit runs in 2"):
         cb.setup(trainer, TinyCNN(), "fit")
-    bad = I2XCallback(digits[1], num_prototypes=8, auto_finetune=True, finetune_kwargs={"pairs": [("d2", "seven")]})
+    bad = I2XCallback(digits[1], num_prototypes=8, auto_finetune=True, finetune=FinetuneOptions(pairs=[("d2", "seven")]))
     with pytest.raises(ValueError, match="unknown classes 'seven'"):
         bad.setup(SimpleNamespace(world_size=1, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path)),
                   TinyCNN(), "fit")

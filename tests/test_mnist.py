@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
 from lightning_i2x.__main__ import main as cli
-from demo_data import balanced_indices, load_mnist, resolve_data_dir
-from demo_models import SmallCNN
 
 from .conftest import trainer_kwargs
+from demo_data import balanced_indices, load_mnist, resolve_data_dir
+from demo_models import SmallCNN
 
 pytestmark = [
     pytest.mark.slow,

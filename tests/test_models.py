@@ -46,7 +46,7 @@ def test_resnet_default_target_layer_skips_the_global_pool(tmp_path):
     torch.manual_seed(0)
     x, y = torch.randn(24, 3, 64, 64), torch.arange(24) % 10
     run = _validate(tmp_path, resnet18(num_classes=10), I2XCallback((x, y), num_prototypes=8), x, y)
-    assert run.config["target_layer"] == "net.layer4" and run.feature_shape == (2, 2)
+    assert run.config.target_layer == "net.layer4" and run.feature_shape == (2, 2)
     assert run.num_checkpoints == 1 and np.isfinite(run.cams()).all()
 
 

@@ -8,6 +8,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from lightning_i2x import I2XRun, I2XRunError, plots
+from lightning_i2x.analysis import salient_mask
 from lightning_i2x.explanation import Explanation, LearningStep, UncertainPrototype
 from lightning_i2x.patches import display_images, extract_patch, nearest_locations, patch_box, prototype_patches
 from lightning_i2x.prototypes import Prototypes, fit_prototypes
@@ -31,7 +32,7 @@ def _planted() -> Explanation:
     presence = np.zeros((12, 4), bool)
     presence[labels == 0, 3] = True  # P-3 shared by class 0
     params = {"shared_frac": 0.8, "specialised_frac": 0.5, "min_group_members": 3, "min_flips": 2}
-    return Explanation(beta, np.ones(3), np.full((3, 12), -1), [{}, {}, {}], presence, labels, NAMES, params,
+    return Explanation(beta, np.ones(3), np.full((3, 12), -1), presence, labels, NAMES, params, None,
                        [UncertainPrototype(2, (0, 1), 2, 3.1)], [LearningStep((0, 2), 0), LearningStep((0, 1), None)])
 
 
@@ -73,7 +74,10 @@ def test_checkpoint_graph_labels_edges_with_their_prototypes():
     fig = expl.plot_graph(0, dpi=50)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert {"T0", "T1", "T2", "P-0", "P-2", "P-1, P-2", "one", "two"} <= set(texts)
-    assert "b -> T_t" in fig._suptitle.get_text()
+    assert any("lost confidence to it" in t for t in texts)
+    # narrow and large enough to read at TensorBoard's card width (about 350 px): every text >= 8.5 pt
+    assert fig.get_size_inches()[0] <= plots.GRAPH_WIDTH_IN
+    assert min(t.get_fontsize() for t in fig.axes[0].texts) >= 8.5
     assert plots.to_rgb(fig).std() > 10
 
 
@@ -95,15 +99,15 @@ def test_figures_render_at_their_size_and_say_why_when_empty():
         w, h = fig.get_size_inches() * 40
         assert abs(rgb.shape[0] - h) < 1 and abs(rgb.shape[1] - w) < 1 and rgb.shape[2] == 3 and rgb.std() > 10
         assert plots.to_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
-    empty = Explanation(np.zeros((0, 4, 3)), np.zeros(0), np.zeros((0, 12), int), [], np.zeros((12, 4), bool),
+    empty = Explanation(np.zeros((0, 4, 3)), np.zeros(0), np.zeros((0, 12), int), np.zeros((12, 4), bool),
                         np.repeat(np.arange(3), 4), NAMES, _planted().params)
     for fig in (empty.plot_beta(), empty.plot_evolution(0), empty.plot_graph(0), empty.plot_pair(0, 1)):
         assert "needs two checkpoints" in fig.axes[0].texts[0].get_text()
-    flat = Explanation(np.zeros((3, 4, 3)), np.ones(3), np.full((3, 12), -1), [{}, {}, {}], np.zeros((12, 4), bool),
+    flat = Explanation(np.zeros((3, 4, 3)), np.ones(3), np.full((3, 12), -1), np.zeros((12, 4), bool),
                        np.repeat(np.arange(3), 4), NAMES, _planted().params)
     assert "no prototype separated" in flat.plot_pair(1, 2).axes[0].texts[0].get_text()
     assert "no prototype moved it" in flat.plot_evolution(1).axes[0].texts[0].get_text()
-    assert any("no edge" in t.get_text() for t in flat.plot_graph(1).axes[0].texts)
+    assert any("no class lost confidence" in t.get_text() for t in flat.plot_graph(1).axes[0].texts)
 
 
 def test_class_markdown_holds_the_class_findings():
@@ -201,7 +205,8 @@ def test_overlays_outline_the_salient_prototypes(tmp_path):
     cams, a = run.cams()[0], run.assignment()
     for ax, s in zip(axes, np.flatnonzero(run.labels == 1)[:2]):
         named = {t.get_text() for t in ax.texts}
-        present = np.unique(a[s][cams[s] >= 0.5])
+        hot = salient_mask(cams[s][None])[0].reshape(cams[s].shape)  # the one definition of "salient"
+        present = np.unique(a[s][hot])
         means = sorted(((cams[s][a[s] == k].mean(), k) for k in present), reverse=True)[:2]
         assert named == {f"P-{k}" for _, k in means}
         assert len(ax.collections) == len(named)

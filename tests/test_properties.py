@@ -353,10 +353,7 @@ def _check_explanation(expl, p, y, labels, presence, params):
     assert expl.thresholds.shape == (t - 1,) and np.isfinite(expl.thresholds).all() and (expl.thresholds >= 0).all()
     assert expl.groups.shape == (t - 1, n)
     assert expl.num_intervals == t - 1 and expl.num_prototypes == k and expl.num_classes == m
-    assert len(expl.group_beta) == t - 1
-    for per_group in expl.group_beta:
-        for g, gb in per_group.items():
-            assert g >= 0 and gb.shape == (k, m) and np.isfinite(gb).all()
+    assert expl.intensities.shape == (t, n, k)  # it carries what it was built from
 
     # a prototype absent from every sample never changes, so it explains nothing
     never = np.isnan(p).all(axis=(0, 1))

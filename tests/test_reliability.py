@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 import lightning_i2x.atomic as atomic_module
-from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x import I2XCallback, I2XRun, ViewOptions
 
 from .conftest import TinyCNN, trainer_kwargs
 
@@ -68,7 +68,7 @@ class _BrokenForI2X:
 def test_a_failing_tensorboard_writer_is_isolated(tmp_path, digits):
     logger = TensorBoardLogger(tmp_path)
     logger._experiment = _BrokenForI2X(logger.experiment)
-    cb = I2XCallback(digits[1], num_prototypes=8, view_time_budget=None)
+    cb = I2XCallback(digits[1], num_prototypes=8, views=ViewOptions(time_budget=None))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer, _ = _fit(tmp_path, digits, [cb], logger=logger)

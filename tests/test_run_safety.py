@@ -39,7 +39,7 @@ def _write_run(path: Path, seed: int = 0) -> dict:
     images = rng.random((N, 1, 8, 8))
     run = I2XRun.create(
         path, labels=labels, class_names=CLASS_NAMES, feature_shape=(H, W), num_prototypes=K,
-        config={"seed": seed}, fingerprint={"probe": "abc"}, images=images,
+        fingerprint={"probe": "abc"}, images=images,
     )
     cams, confs = [], []
     for i in range(NUM_CHECKPOINTS):
@@ -103,7 +103,7 @@ def test_round_trip_gives_identical_arrays(tmp_path):
     assert run.class_names == CLASS_NAMES and run.feature_shape == (H, W) and run.num_prototypes == K
     assert run.manifest == written["manifest"]
     assert run.checkpoints == [{"index": i, "epoch": i, "global_step": 10 * i} for i in range(NUM_CHECKPOINTS)]
-    assert run.config == {"seed": 0} and run.fingerprint == {"probe": "abc"} and run.errors == []
+    assert run.config is None and run.fingerprint == {"probe": "abc"} and run.errors == []
     np.testing.assert_array_equal(run.labels, written["labels"])
     np.testing.assert_array_equal(run.images, written["images"])
     np.testing.assert_array_equal(run.cams(), written["cams"])
@@ -188,11 +188,11 @@ def test_a_truncated_manifest_is_an_error_naming_it(run_dir, cut):
     [
         lambda m: m.update(format="some-other-run"),
         lambda m: m.pop("format"),
-        lambda m: m.update(version=2),
+        lambda m: m.update(version=3),
         lambda m: m.update(version="1"),
         lambda m: m.pop("version"),
     ],
-    ids=["other-format", "no-format", "version-2", "version-string", "no-version"],
+    ids=["other-format", "no-format", "version-3", "version-string", "no-version"],
 )
 def test_a_manifest_of_another_format_or_version_is_refused(run_dir, edit):
     _edit_manifest(run_dir, edit)

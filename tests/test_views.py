@@ -43,7 +43,7 @@ def fitted(tmp_path_factory, digits):
     callback and event accumulator."""
     tmp = tmp_path_factory.mktemp("views")
     train, probe = digits
-    cb = I2XCallback(probe, num_prototypes=8, view_time_budget=None)
+    cb = I2XCallback(probe, num_prototypes=8, views=ViewOptions(time_budget=None))
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(**trainer_kwargs(tmp, callbacks=[cb], limit_train_batches=8))
     trainer.fit(TinyCNN(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(probe, batch_size=100))
@@ -55,7 +55,7 @@ def fitted(tmp_path_factory, digits):
 
 def test_every_documented_tag_is_written_with_real_images(fitted):
     logdir, cb, acc, last_step = fitted
-    run, expl, options = cb.run, cb.explanation, cb.view_options
+    run, expl, options = cb.run, cb.explanation, cb.views
     classes, pairs = select_classes(run, expl, options), select_pairs(run, expl, options)
     assert len(classes) == 3 and len(pairs) == 2
     expected = {views.TAG_GALLERY, views.TAG_BETA, views.TAG_PAIR.format(slot=1), views.TAG_PAIR.format(slot=2)}
@@ -73,12 +73,12 @@ def test_every_documented_tag_is_written_with_real_images(fitted):
     def last(tag):
         return _png(acc.Images(tag)[-1].encoded_image_string)
 
-    np.testing.assert_array_equal(last(views.TAG_BETA), plots.to_rgb(plots.ridge_heatmap(expl, dpi=60)))
-    np.testing.assert_array_equal(last(views.TAG_GALLERY), plots.to_rgb(plots.prototype_gallery(run, select_prototypes(expl, 32), dpi=60)))
-    np.testing.assert_array_equal(last("i2x/class2/evolution"), plots.to_rgb(plots.evolution_grid(expl, classes[1], run=run, dpi=60)))
-    np.testing.assert_array_equal(last("i2x/class3/graph"), plots.to_rgb(plots.checkpoint_graph(expl, classes[2], dpi=60)))
-    np.testing.assert_array_equal(last("i2x/class1/overlay"), plots.to_rgb(plots.saliency_overlays(run, classes[0], dpi=60)))
-    np.testing.assert_array_equal(last("i2x/pair2"), plots.to_rgb(plots.confused_pair(expl, *pairs[1], run=run, dpi=60)))
+    np.testing.assert_array_equal(last(views.TAG_BETA), plots.to_rgb(plots.ridge_heatmap(expl, dpi=options.dpi)))
+    np.testing.assert_array_equal(last(views.TAG_GALLERY), plots.to_rgb(plots.prototype_gallery(run, select_prototypes(expl, 32), dpi=options.dpi)))
+    np.testing.assert_array_equal(last("i2x/class2/evolution"), plots.to_rgb(plots.evolution_grid(expl, classes[1], run=run, dpi=options.dpi)))
+    np.testing.assert_array_equal(last("i2x/class3/graph"), plots.to_rgb(plots.checkpoint_graph(expl, classes[2], dpi=options.dpi)))
+    np.testing.assert_array_equal(last("i2x/class1/overlay"), plots.to_rgb(plots.saliency_overlays(run, classes[0], dpi=options.dpi)))
+    np.testing.assert_array_equal(last("i2x/pair2"), plots.to_rgb(plots.confused_pair(expl, *pairs[1], run=run, dpi=options.dpi)))
     # overlays and the gallery are there from the first checkpoint; interval views from the second
     assert len(acc.Images(views.TAG_GALLERY)) == 3 and len(acc.Images(views.TAG_BETA)) == 2
 
@@ -164,7 +164,7 @@ def test_the_time_budget_skips_images_but_not_scalars_and_the_end_of_fit_draws_t
     """A budget no drawing can meet: the first checkpoint draws (nothing measured yet), the next
     ones write scalars and text only, and the end of fit draws the final explanation."""
     train, probe = digits
-    cb = I2XCallback(probe, num_prototypes=8, view_time_budget=1e-9)
+    cb = I2XCallback(probe, num_prototypes=8, views=ViewOptions(time_budget=1e-9))
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], limit_train_batches=8, max_epochs=4))
     trainer.fit(TinyCNN(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(probe, batch_size=100))
@@ -174,19 +174,29 @@ def test_the_time_budget_skips_images_but_not_scalars_and_the_end_of_fit_draws_t
     assert [e.step for e in acc.Scalars(views.TAG_UNCERTAIN)] == record_steps == [8, 16, 24, 32]
     assert [e.step for e in acc.Images(views.TAG_GALLERY)] == [8, 32]
     assert [e.step for e in acc.Images(views.TAG_BETA)] == [32]  # interval views need two checkpoints
-    with pytest.raises(ValueError, match="view_time_budget"):
-        I2XCallback(probe, view_time_budget=0)
+    with pytest.raises(ValueError, match=r"ViewOptions.time_budget must be a fraction in \(0, 1\] or None, got 0"):
+        ViewOptions(time_budget=0)
 
 
 def test_view_arguments_are_validated():
     probe = (np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.int64))
-    for kw, match in ((dict(max_view_classes=-1), "max_view_classes"), (dict(view_dpi=5), "view_dpi"),
-                      (dict(view_classes="seven"), "view_classes"), (dict(view_classes=[]), "view_classes"),
-                      (dict(gallery_patches=1.5), "gallery_patches")):
+    for kw, match in ((dict(max_classes=-1), "ViewOptions.max_classes must be an integer >= 0"),
+                      (dict(dpi=5), r"ViewOptions.dpi must be an integer in \[20, 300\], got 5"),
+                      (dict(dpi=500), r"ViewOptions.dpi must be an integer in \[20, 300\], got 500"),
+                      (dict(classes=[]), "ViewOptions.classes must be a non-empty list"),
+                      (dict(gallery_patches=1.5), "ViewOptions.gallery_patches must be an integer >= 0, got 1.5")):
         with pytest.raises(ValueError, match=match):
-            I2XCallback(probe, **kw)
-    cb = I2XCallback(probe, view_classes=[2, "seven"], log_views=False, view_dpi=72)
-    assert cb.view_options == ViewOptions(figures=False, classes=(2, "seven"), dpi=72)
+            ViewOptions(**kw)
+    assert ViewOptions(classes="seven").classes == ("seven",)
+    cb = I2XCallback(probe, views=ViewOptions(classes=[2, "seven"], figures=False, dpi=72))
+    assert cb.views == ViewOptions(figures=False, classes=(2, "seven"), dpi=72)
+    assert I2XCallback(probe, views=False).views == ViewOptions(figures=False)
+    # the 0.1 names still work for one release, with a warning naming the replacement
+    with pytest.warns(FutureWarning, match=r"view_dpi=...\) is deprecated .* use views=ViewOptions\(dpi=...\)"):
+        old = I2XCallback(probe, view_classes=[2, "seven"], log_views=False, view_dpi=72)
+    assert old.views == cb.views
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        I2XCallback(probe, view_dpy=72)
 
 
 def test_a_failing_view_is_warned_and_training_goes_on(tmp_path, digits, monkeypatch):
@@ -194,7 +204,7 @@ def test_a_failing_view_is_warned_and_training_goes_on(tmp_path, digits, monkeyp
 
     monkeypatch.setattr(callback_module, "log_figures", lambda *a, **k: 1 / 0)
     train, probe = digits
-    cb = I2XCallback(probe, num_prototypes=4, view_time_budget=None)
+    cb = I2XCallback(probe, num_prototypes=4, views=ViewOptions(time_budget=None))
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[cb], limit_train_batches=3))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -265,3 +275,25 @@ def test_a_tensorboard_server_serves_the_i2x_views(tmp_path):
         require_chromium("the dashboard screenshot (the server checks above passed)")
         png = shot.screenshot(shot.dashboard_url(base, "i2x/(gallery|class1)"), tmp_path / "tb.png", (1200, 900), 15000)
         assert _not_blank(_png(png.read_bytes()))
+        # the checkpoint graph reads at the card's default width: measure how large the browser draws it
+        graph = shot.screenshot(shot.dashboard_url(base, "i2x/class1/graph$"), tmp_path / "graph.png", (1200, 900), 15000)
+        scale = _displayed_scale_of_graph(_png(graph.read_bytes()), select_classes(run, expl, options)[0], options.dpi)
+        smallest_pt = 8.5  # plots.checkpoint_graph's smallest text
+        assert smallest_pt / 72 * options.dpi * scale >= 8.0, f"text drawn {smallest_pt / 72 * options.dpi * scale:.1f} px high"
+
+
+def _displayed_scale_of_graph(screen: np.ndarray, c: int, dpi: int) -> float:
+    """Displayed / natural size of the checkpoint graph in a screenshot: the interval nodes T_t are
+    discs in class c's colour, one row (0.78 in) apart in the figure; their spacing on screen gives
+    the scale the browser drew the image at."""
+    from matplotlib.colors import to_rgb
+    from scipy import ndimage
+
+    colour = np.array(to_rgb(f"C{c % 10}")) * 255
+    near = np.abs(screen[..., :3].astype(float) - colour).sum(axis=-1) < 40
+    blobs, count = ndimage.label(near)
+    sizes = ndimage.sum(near, blobs, range(1, count + 1))
+    centres = ndimage.center_of_mass(near, blobs, [i + 1 for i in np.flatnonzero(sizes >= 40)])
+    ys = np.sort([y for y, _ in centres])
+    assert ys.size >= 3, f"found {ys.size} interval nodes in the screenshot"
+    return float(np.median(np.diff(ys))) / (0.78 * dpi)

@@ -1,0 +1,390 @@
+"""Typed option groups, each checked once, in one style.
+
+Every group is a frozen dataclass validated in ``__post_init__``; a bad value raises ``ValueError``
+with the message ``"<Group>.<field> must be <what>, got <value>"``, when the group is built (so at
+``I2XCallback(...)``, before any training). ``I2XCallback`` takes the groups as arguments, the
+LightningCLI reads them from nested YAML, and the run stores them (``RunConfig``) in its manifest.
+
+Example::
+
+    >>> ExplainOptions(min_flips=3).min_flips
+    3
+    >>> ExplainOptions(shared_frac=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: ExplainOptions.shared_frac must be a fraction in (0, 1], got 2.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "CamTarget",
+    "ProbePassOptions",
+    "PrototypeOptions",
+    "ExplainOptions",
+    "ViewOptions",
+    "FinetuneOptions",
+    "RunConfig",
+    "OptionsError",
+]
+
+CamTarget = Literal["label", "predicted"]
+FinetuneMode = Literal["remove", "mask"]
+MaskFill = Literal["blur", "noise", "baseline", "random"]
+MaskRegion = Literal["salient", "all"]
+Phase = Literal["curated", "full"]
+
+
+class OptionsError(ValueError):
+    """A stored configuration that is missing values or has unknown ones."""
+
+
+# -- one way to check a value ------------------------------------------------------------------------
+def _fail(obj: Any, name: str, what: str, value: Any) -> None:
+    raise ValueError(f"{type(obj).__name__}.{name} must be {what}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(obj: Any, name: str, low: int = 1, high: int | None = None, optional: bool = False) -> None:
+    v = getattr(obj, name)
+    if optional and v is None:
+        return
+    if not _is_int(v) or v < low or (high is not None and v > high):
+        rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        _fail(obj, name, rng + (" or None" if optional else ""), v)
+
+
+def _fraction(obj: Any, name: str, optional: bool = False, closed_low: bool = False) -> None:
+    v = getattr(obj, name)
+    if optional and v is None:
+        return
+    ok = _is_number(v) and (0 <= v if closed_low else 0 < v) and v <= 1
+    if not ok:
+        _fail(obj, name, ("a fraction in [0, 1]" if closed_low else "a fraction in (0, 1]") + (" or None" if optional else ""), v)
+
+
+def _number(obj: Any, name: str, low: float = 0.0, strict: bool = False, optional: bool = False) -> None:
+    v = getattr(obj, name)
+    if optional and v is None:
+        return
+    if not _is_number(v) or (v <= low if strict else v < low):
+        _fail(obj, name, f"a finite number {'>' if strict else '>='} {low:g}" + (" or None" if optional else ""), v)
+
+
+def _choice(obj: Any, name: str, choices: Sequence[str]) -> None:
+    v = getattr(obj, name)
+    if v not in choices:
+        _fail(obj, name, f"one of {tuple(choices)}", v)
+
+
+def _bool(obj: Any, name: str) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, bool):
+        _fail(obj, name, "True or False", v)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
+
+
+class _Options:
+    """Shared behaviour: plain-dict round trip, strict about names."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, strict: bool = True):
+        """Build from ``to_dict()`` output. ``strict``: every field must be there (a stored run);
+        otherwise missing fields take their defaults. Unknown names always fail."""
+        if not isinstance(values, dict):
+            raise OptionsError(f"{cls.__name__} must be stored as a mapping, got {type(values).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise OptionsError(f"{cls.__name__} has no option(s) {unknown}; its options are {sorted(names)}")
+        missing = sorted(names - set(values))
+        if strict and missing:
+            raise OptionsError(f"{cls.__name__} is missing {missing}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as e:
+            raise OptionsError(str(e)) from None
+
+
+# -- the groups -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbePassOptions(_Options):
+    """How the probe pass runs.
+
+    cam_target: ``"label"`` (the true class) or ``"predicted"``.
+    batch_size: probe images per forward; bounds the explainer's memory.
+    normalise_maps: min-max normalise each map (pytorch-grad-cam's convention); False keeps raw
+        GradCAM values (native path only).
+    store_images: keep the probe images (float16) in the run, for galleries and reports, when they
+        take at most 64 MiB.
+    """
+
+    cam_target: CamTarget = "label"
+    batch_size: int = 256
+    normalise_maps: bool = True
+    store_images: bool = True
+
+    def __post_init__(self):
+        _choice(self, "cam_target", get_args(CamTarget))
+        _int(self, "batch_size")
+        _bool(self, "normalise_maps")
+        _bool(self, "store_images")
+
+
+@dataclass(frozen=True)
+class PrototypeOptions(_Options):
+    """How the K prototypes are fitted at each record (PCA then k-means, FAISS).
+
+    pca_components: dimension of the PCA space the centroids live in.
+    kmeans_iters: k-means iterations.
+    seed: k-means (and k-means++ start) seed.
+    """
+
+    pca_components: int = 64
+    kmeans_iters: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        _int(self, "pca_components")
+        _int(self, "kmeans_iters")
+        _int(self, "seed", low=0)
+
+
+@dataclass(frozen=True)
+class ExplainOptions(_Options):
+    """Steps 3-6 of the method (the defaults are the method's; see ``I2X-METHOD``).
+
+    ridge_lambda: ridge penalty of the per-interval regression (Step 5).
+    tau: significance threshold of a coefficient: ``"auto"`` (tau_scale x the run's coefficient
+        standard deviation) or an absolute number.
+    tau_scale: multiplier of the automatic threshold.
+    min_flips: sign flips of a pair difference that make a prototype uncertain.
+    shared_frac: a prototype present in the salient region of at least this fraction of a class's
+        samples is shared by the class.
+    specialised_frac: ... present in at least this fraction of one learning group's members of the
+        class (and below shared_frac over the class) is specialised.
+    min_cluster_size: HDBSCAN's minimum group size (Step 4); None: max(5, N // 50).
+    max_cluster_samples: HDBSCAN clusters at most this many samples per interval (the rest take
+        their nearest clustered neighbour's group); None: all.
+    saliency_threshold: a location is salient when its min-max normalised map value is at least
+        this (one definition everywhere: presence, overlays, targeted fine-tuning).
+    """
+
+    ridge_lambda: float = 1.0
+    tau: float | Literal["auto"] = "auto"
+    tau_scale: float = 1.0
+    min_flips: int = 2
+    shared_frac: float = 0.8
+    specialised_frac: float = 0.5
+    min_cluster_size: int | None = None
+    max_cluster_samples: int | None = 2048
+    saliency_threshold: float = 0.5
+
+    def __post_init__(self):
+        _number(self, "ridge_lambda")
+        if self.tau != "auto":
+            _number(self, "tau")
+        _number(self, "tau_scale", strict=True)
+        _int(self, "min_flips")
+        _fraction(self, "shared_frac")
+        _fraction(self, "specialised_frac")
+        _int(self, "min_cluster_size", low=2, optional=True)
+        _int(self, "max_cluster_samples", low=2, optional=True)
+        _fraction(self, "saliency_threshold")
+        if _is_int(self.tau):
+            _set(self, "tau", float(self.tau))
+
+    def analysis_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``lightning_i2x.explain`` (all but the saliency threshold)."""
+        d = self.to_dict()
+        d.pop("saliency_threshold")
+        return d
+
+
+@dataclass(frozen=True)
+class ViewOptions(_Options):
+    """What is drawn per record; the defaults keep a 10-class run readable and its event file small
+    (figures for 3 classes and 2 pairs, about a dozen images per record).
+
+    figures: write the images (False: scalars and text only).
+    classes: the classes drawn (indices or names); None picks up to ``max_classes``: those of the
+        pairs drawn, then the least confident.
+    max_classes, max_pairs: bounds on the classes drawn and on the confused pairs drawn (pairs
+        with uncertain prototypes first, then the pairs most confused on the probe).
+    overlay_samples: probe images per drawn class in the overlay (0: no overlays).
+    gallery_patches: patches per prototype in the gallery (0: no gallery).
+    gallery_prototypes: at most this many prototypes in the gallery (uncertain ones first).
+    max_rows: prototypes per evolution grid or pair view.
+    scalar_prototypes: prototypes whose intensity is logged (uncertain ones first).
+    dpi: resolution of every image (a 6-inch figure is 6 x dpi pixels wide).
+    time_budget: the images of a record are drawn only when the last drawing took at most this
+        fraction of the time since it ended, so drawing stays a bounded share of training on short
+        epochs; scalars and text are written at every record, and the end of fit draws the latest
+        explanation if its images were skipped. None: always draw.
+    """
+
+    figures: bool = True
+    classes: tuple[int | str, ...] | None = None
+    max_classes: int = 3
+    max_pairs: int = 2
+    overlay_samples: int = 2
+    gallery_patches: int = 8
+    gallery_prototypes: int = 32
+    max_rows: int = 12
+    scalar_prototypes: int = 8
+    dpi: int = 80
+    time_budget: float | None = 0.02
+
+    def __post_init__(self):
+        _bool(self, "figures")
+        if self.classes is not None:
+            classes = (self.classes,) if isinstance(self.classes, (str, int)) else tuple(self.classes)
+            if not classes or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
+                _fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
+            _set(self, "classes", classes)
+        for name in ("max_classes", "max_pairs", "overlay_samples", "gallery_patches", "gallery_prototypes", "scalar_prototypes"):
+            _int(self, name, low=0)
+        _int(self, "max_rows")
+        _int(self, "dpi", low=20, high=300)
+        _fraction(self, "time_budget", optional=True)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions(_Options):
+    """Step 7, targeted fine-tuning (``PerturbationFinetuner``); see its docstring for each option.
+
+    pairs: class pairs to target (indices or names); None: the ``top_pairs`` best uncertain pairs.
+    mode: ``"remove"`` (the paper) or ``"mask"``.
+    schedule: the epochs in order, each ``"curated"`` or ``"full"``.
+    lr: learning rate of the fine-tuning; None keeps the module's optimiser settings.
+    max_samples: a seeded subset of the training set of this size; None: all of it.
+    seed: seeds the subset, the shuffling, dropout and the mask noise.
+    mask_fill, mask_region, mask_baseline: how mask mode perturbs the flagged regions.
+    top_pairs, prototypes_per_pair: how many pairs and prototypes per pair ``pairs=None`` targets.
+    batch_size: images per search batch; None: the training loader's batch size.
+    trainer_kwargs: extra ``pl.Trainer`` arguments for the fine-tuning.
+    """
+
+    pairs: tuple[tuple[int | str, int | str], ...] | None = None
+    mode: FinetuneMode = "remove"
+    schedule: tuple[Phase, ...] = ("curated", "full")
+    lr: float | None = None
+    max_samples: int | None = None
+    seed: int = 0
+    mask_fill: MaskFill = "blur"
+    mask_region: MaskRegion = "salient"
+    mask_baseline: float | None = None
+    top_pairs: int = 1
+    prototypes_per_pair: int | None = None
+    batch_size: int | None = None
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pairs is not None:
+            if isinstance(self.pairs, (str, bytes)) or not isinstance(self.pairs, Sequence) or not all(
+                    isinstance(p, Sequence) and not isinstance(p, (str, bytes)) and len(p) == 2 for p in self.pairs) or not self.pairs:
+                _fail(self, "pairs", "a non-empty list of class pairs (a, b), or None", self.pairs)
+            _set(self, "pairs", tuple(tuple(p) for p in self.pairs))
+        _choice(self, "mode", get_args(FinetuneMode))
+        sched = self.schedule
+        if isinstance(sched, str) or not isinstance(sched, Sequence) or not sched or any(s not in get_args(Phase) for s in sched):
+            _fail(self, "schedule", f"a non-empty sequence of {get_args(Phase)} (one epoch each)", sched)
+        _set(self, "schedule", tuple(sched))
+        _number(self, "lr", strict=True, optional=True)
+        _int(self, "max_samples", optional=True)
+        _int(self, "seed", low=0)
+        _choice(self, "mask_fill", get_args(MaskFill))
+        _choice(self, "mask_region", get_args(MaskRegion))
+        _number(self, "mask_baseline", low=-math.inf, optional=True)
+        _int(self, "top_pairs")
+        _int(self, "prototypes_per_pair", optional=True)
+        _int(self, "batch_size", optional=True)
+        if not isinstance(self.trainer_kwargs, dict):
+            _fail(self, "trainer_kwargs", "a dict of pl.Trainer arguments", self.trainer_kwargs)
+        reserved = sorted(set(self.trainer_kwargs) & {"max_epochs", "min_epochs", "max_steps", "reload_dataloaders_every_n_epochs", "callbacks"})
+        if reserved:
+            _fail(self, "trainer_kwargs", "free of the keys the schedule sets (max_epochs, callbacks, ...)", reserved)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["pairs"] = None if self.pairs is None else [list(p) for p in self.pairs]
+        return d
+
+
+@dataclass(frozen=True)
+class RunConfig(_Options):
+    """What a run was recorded with, stored in its manifest and read back strictly (format 2)."""
+
+    target_layer: str
+    cam: str
+    every_n_epochs: int
+    probe_pass: ProbePassOptions
+    prototypes: PrototypeOptions
+    explain: ExplainOptions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_layer": self.target_layer, "cam": self.cam, "every_n_epochs": self.every_n_epochs,
+            "probe_pass": self.probe_pass.to_dict(), "prototypes": self.prototypes.to_dict(), "explain": self.explain.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, strict: bool = True) -> RunConfig:
+        if not isinstance(values, dict):
+            raise OptionsError(f"RunConfig must be stored as a mapping, got {type(values).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+        if unknown or missing:
+            raise OptionsError(f"RunConfig: unknown {unknown}, missing {missing}")
+        if not isinstance(values["target_layer"], str) or not isinstance(values["cam"], str) or not _is_int(values["every_n_epochs"]):
+            raise OptionsError(f"RunConfig: target_layer and cam must be strings, every_n_epochs an integer: {values!r}")
+        return cls(
+            values["target_layer"], values["cam"], values["every_n_epochs"],
+            ProbePassOptions.from_dict(values["probe_pass"], strict=strict),
+            PrototypeOptions.from_dict(values["prototypes"], strict=strict),
+            ExplainOptions.from_dict(values["explain"], strict=strict),
+        )
+
+    @classmethod
+    def from_version_1(cls, config: dict[str, Any]) -> RunConfig:
+        """The typed form of a format-1 manifest's free-form ``config`` (lightning-i2x 0.1)."""
+        c = dict(config)
+        try:
+            explain = ExplainOptions.from_dict(dict(c.get("explain_kwargs") or {}), strict=False)
+            return cls(
+                str(c["target_layer"]), str(c.get("cam", "gradcam")), int(c.get("every_n_epochs", 1)),
+                ProbePassOptions(cam_target=c.get("cam_target", "label"), normalise_maps=bool(c.get("normalise_maps", True))),
+                PrototypeOptions(pca_components=int(c.get("pca_components", 64)), kmeans_iters=int(c.get("kmeans_iters", 20)),
+                                 seed=int(c.get("seed", 0))),
+                explain,
+            )
+        except KeyError as e:
+            raise OptionsError(f"a version-1 config without {e}") from None
+
+
+def replace(options: Any, **changes: Any) -> Any:
+    """A copy of an option group with some fields changed (validated again)."""
+    return dataclasses.replace(options, **changes)
