@@ -22,7 +22,8 @@ gradients and the RNGs are left as they were.
 Defaults follow the authors' released code (github.com/viv92/structured-attention-graphs,
 ``main_generate_sag.py``): probability factor 0.9, beam width 3, at most 10 roots searched, one
 region of overlap allowed between roots, 3 roots shown, nodes expanded above 40% of the full
-image's probability, no cap on the root size (their 49 = every cell of the 7 x 7 grid).
+image's probability, at most 3 children a node, no cap on the root size (their 49 = every cell of
+the 7 x 7 grid). Our own: at most 40 nodes a graph.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ DEFAULT_MAX_ROOTS = 10
 DEFAULT_MAX_OVERLAP = 1
 DEFAULT_MAX_MSES = 3
 DEFAULT_FLOOR = 0.4
+DEFAULT_MAX_CHILDREN = 3
+DEFAULT_MAX_NODES = 40
 
 
 # -- regions ------------------------------------------------------------------------------------------
@@ -303,23 +306,37 @@ def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max
     return roots
 
 
-def _graph(roots: list[frozenset], root_probs: list[float], floor_thr: float) -> Search:
-    """SAG's graph: each expanded node gets one child per region it holds (that region removed);
-    a node is expanded when its probability is above ``floor_thr`` and it holds two regions or
-    more. Returns ({node: probability}, [(parent, child, removed index)])."""
+def _graph(roots: list[frozenset], root_probs: list[float], floor_thr: float, max_children: int | None,
+           max_nodes: int) -> Search:
+    """SAG's graph: an expanded node's children each drop one of its regions; a node is expanded
+    when its probability is above ``floor_thr`` and it holds two regions or more. All of a level's
+    children are scored in one request; each parent keeps the ``max_children`` whose removal costs
+    the most probability (the informative edges; None keeps all), and no node is added past
+    ``max_nodes``. Returns ({node: probability}, [(parent, child, removed index)])."""
     nodes = dict(zip(roots, root_probs))
     edges: list[tuple[frozenset, frozenset, int]] = []
     expanded: set = set()
     frontier = [r for r in roots if nodes[r] > floor_thr and len(r) > 1]
-    while frontier:
+    while frontier and len(nodes) < max_nodes:
         pairs = [(p, p - {r}, r) for p in frontier for r in sorted(p)]
         expanded.update(frontier)
         new = sorted({c for _, c, _ in pairs if c not in nodes}, key=lambda s: sorted(s))
-        if new:
-            got = yield new
-            nodes.update(zip(new, got))
-        edges += pairs
-        frontier = sorted({c for _, c, _ in pairs if c not in expanded and nodes[c] > floor_thr and len(c) > 1},
+        got = (yield new) if new else []
+        scored = dict(zip(new, got))
+        prob = lambda c: nodes[c] if c in nodes else scored[c]  # noqa: E731
+        kept = []
+        for p in frontier:
+            mine = sorted(((p - {r}, r) for r in sorted(p)), key=lambda cr: (prob(cr[0]), cr[1]))
+            kept += [(p, c, r) for c, r in (mine if max_children is None else mine[:max_children])]
+        level = []
+        for p, c, r in kept:
+            if c not in nodes:
+                if len(nodes) >= max_nodes:
+                    continue
+                nodes[c] = scored[c]
+                level.append(c)
+            edges.append((p, c, r))
+        frontier = sorted({c for _, c, _ in kept if c in nodes and c not in expanded and nodes[c] > floor_thr and len(c) > 1},
                           key=lambda s: sorted(s))
     return nodes, edges
 
@@ -532,6 +549,8 @@ def sag(
     max_roots: int = DEFAULT_MAX_ROOTS,
     max_mses: int = DEFAULT_MAX_MSES,
     floor: float = DEFAULT_FLOOR,
+    max_children: int | None = DEFAULT_MAX_CHILDREN,
+    max_nodes: int = DEFAULT_MAX_NODES,
     grid_size: int | None = None,
     sigma: float | None = None,
     batch_size: int = 256,
@@ -543,13 +562,20 @@ def sag(
     (h, w) region map (e.g. the image's prototype assignment at feature resolution). The roots are
     at most ``max_mses`` MSEs pairwise sharing at most ``max_overlap`` regions (``diverse_mses``
     over every MSE found); a node is expanded (one child per region, that region removed) while its
-    probability is above ``floor`` x the full image's and it holds two regions or more. All other
-    arguments as in ``minimal_sufficient_explanations``.
+    probability is above ``floor`` x the full image's and it holds two regions or more; of its
+    children it keeps the ``max_children`` whose removal costs the most probability (the authors'
+    drawing shows 3; None: all), and the graph stops growing at ``max_nodes`` nodes (a root of k
+    regions has up to 2^k - 1 subsets). All other arguments as in
+    ``minimal_sufficient_explanations``.
 
     Raises ValueError for an image not (C, H, W), a fraction outside (0, 1], a region map without
     regions or finer than the image, and other out-of-range options."""
     _check_image(image)
     _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size)
+    if max_children is not None and (not isinstance(max_children, (int, np.integer)) or max_children < 1):
+        raise ValueError(f"max_children must be an integer >= 1 or None (all), got {max_children!r}")
+    if not isinstance(max_nodes, (int, np.integer)) or max_nodes < 1:
+        raise ValueError(f"max_nodes must be an integer >= 1, got {max_nodes!r}")
     size = tuple(image.shape[-2:])
     rm, kind = _region_map(regions, size, grid_size)
     (res,), prober, (ids,) = _mses_many(model, image[None], torch.as_tensor([int(label)]), [rm], fraction, beam_width,
@@ -559,7 +585,7 @@ def sag(
     roots = [frozenset(index[r] for r in m) for m in roots_ids]
     root_probs = [prober.cache[0][r] for r in roots]
     with preserved_rng():
-        ((nodes, edges),) = _drive([_graph(roots, root_probs, floor * res.full_probability)], prober)
+        ((nodes, edges),) = _drive([_graph(roots, root_probs, floor * res.full_probability, max_children, max_nodes)], prober)
     to_ids = lambda s: tuple(sorted(ids[r] for r in s))  # noqa: E731
     root_set = set(roots)
     node_list = sorted(nodes.items(), key=lambda sp: (-len(sp[0]), sorted(sp[0])))

@@ -205,6 +205,20 @@ def test_children_and_floor_rule_with_known_probabilities():
     assert {n.regions for n in g2.nodes} == {(0, 5, 10), (0, 5), (0, 10), (5, 10)}
 
 
+def test_children_cap_keeps_the_costliest_removals_and_node_budget():
+    # four cue cells, the fourth worth twice: the one MSE is all four; dropping 15 costs the most
+    model = CellIndicators({0: 1.0, 5: 1.0, 10: 1.0, 15: 2.0}, bias=-4.2)
+    img = _cells_image([0, 5, 10, 15])
+    g = sag(model, img, 1, max_children=2, floor=0.0)
+    assert g.mses == ((0, 5, 10, 15),)
+    assert [e.removed for e in g.children((0, 5, 10, 15))] == [15, 0]  # lowest probability first, ties by id
+    assert all(len(g.children(n.regions)) <= 2 for n in g.nodes)
+    full = sag(model, img, 1, max_children=None, floor=0.0, max_nodes=100)
+    assert len(full.nodes) == 15  # every non-empty subset of the root
+    small = sag(model, img, 1, max_children=None, floor=0.0, max_nodes=3)
+    assert len(small.nodes) == 3 and all(e.child in {n.regions for n in small.nodes} for e in small.edges)
+
+
 def test_diverse_mses_picks_the_largest_low_overlap_family():
     mses = [((1, 2), 0.9), ((2, 3), 0.95), ((4, 5), 0.8), ((1, 2, 3), 0.99), ((6,), 0.7)]
     assert diverse_mses(mses, max_overlap=0) == [(6,), (2, 3), (4, 5)]  # ties: the more probable
@@ -282,6 +296,8 @@ def test_no_side_effects(digits, mode):
         (dict(floor=-0.1), "floor must be in"),
         (dict(beam_width=0), "beam_width must be"),
         (dict(max_size=0), "max_size must be"),
+        (dict(max_children=0), "max_children must be"),
+        (dict(max_nodes=0), "max_nodes must be"),
         (dict(label=7), "label out of range"),
     ],
 )
