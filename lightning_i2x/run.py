@@ -9,6 +9,8 @@ Format (version 2; everything NumPy ``.npz`` without pickles, or JSON):
                                        prototypes file, recorded errors
     <run_dir>/probe.npz                labels (N,) int64; images (N, C, H, W) float16 if stored
     <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
+    <run_dir>/attachments/<name>.json|npz  what further measures stored (reliance, a SAG, ...),
+                                       each tied to the checkpoint it was measured at
     <run_dir>/prototypes/proto-00000.npz   projection (p, d), bias (p,), centroids (K, p),
                                        assignment (N, h, w) int32 (from the reference model),
                                        distances (N, h, w) float32, optional: each location's
@@ -92,6 +94,15 @@ def _check_manifest(manifest: Any, where: Path) -> None:
         if not (isinstance(c, dict) and c.get("index") == i and rel_file(c.get("file"))
                 and count(c.get("epoch"), 0) and count(c.get("global_step"), 0)):
             raise bad(f"checkpoint entry {i} is malformed: {c!r}")
+        metrics = c.get("metrics", {})
+        if not (isinstance(metrics, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for k, v in metrics.items())):
+            raise bad(f"checkpoint entry {i} has malformed metrics: {metrics!r}")
+    attachments = m.get("attachments", {})
+    if not isinstance(attachments, dict) or not all(
+            isinstance(a, dict) and rel_file(a.get("file")) and str(a["file"]).endswith((".json", ".npz"))
+            and count(a.get("checkpoint"), 0) and a["checkpoint"] < len(m["checkpoints"]) for a in attachments.values()):
+        raise bad(f"attachments entry is malformed: {attachments!r}")
     pr = m.get("prototypes")
     if pr is not None and not (isinstance(pr, dict) and rel_file(pr.get("file")) and count(pr.get("reference"), 0)
                                and pr["reference"] < len(m["checkpoints"])):
@@ -173,6 +184,7 @@ class I2XRun:
             "fingerprint": fingerprint or {},
             "checkpoints": [],
             "prototypes": None,
+            "attachments": {},
             "errors": [],
         }
         atomic.write_json(path / MANIFEST, manifest)
@@ -283,6 +295,9 @@ class I2XRun:
             raise I2XRunError(f"{self.path} has {self.num_checkpoints} checkpoints; cannot keep {num_checkpoints}")
         del self._cams[num_checkpoints:], self._confidences[num_checkpoints:]
         del self._manifest["checkpoints"][num_checkpoints:]
+        attachments = self._manifest.get("attachments", {})
+        for name in [n for n, a in attachments.items() if a["checkpoint"] >= num_checkpoints]:
+            del attachments[name]
         self._groups.clear()
         self._stacked.clear()
         if prototypes is not None:
@@ -294,14 +309,90 @@ class I2XRun:
 
     def _remove_unlisted(self) -> None:
         listed = {c["file"] for c in self._manifest["checkpoints"]}
+        listed |= {a["file"] for a in self._manifest.get("attachments", {}).values()}
         if self._manifest["prototypes"] is not None:
             listed.add(self._manifest["prototypes"]["file"])
-        for folder in ("checkpoints", "prototypes"):
+        for folder in ("checkpoints", "prototypes", "attachments"):
+            if not (self.path / folder).is_dir():
+                continue
             for f in (self.path / folder).iterdir():
                 if f"{folder}/{f.name}" not in listed and f.is_file():
                     f.unlink(missing_ok=True)
         for f in self.path.glob(".*.tmp-*"):
             f.unlink(missing_ok=True)
+
+    def record_metrics(self, values: dict[str, float], checkpoint: int | None = None) -> None:
+        """Keep scalar measures of a checkpoint (default the latest), e.g. faithfulness AUCs;
+        ``metrics()`` reads them back as series over the checkpoints."""
+        index = self.num_checkpoints - 1 if checkpoint is None else int(checkpoint)
+        if not 0 <= index < self.num_checkpoints:
+            raise I2XRunError(f"{self.path} has no checkpoint {index} to record metrics for")
+        clean = {}
+        for k, v in values.items():
+            if not isinstance(k, str) or not isinstance(v, (int, float, np.floating, np.integer)) or isinstance(v, bool):
+                raise TypeError(f"metrics must map names to numbers, got {k!r}: {v!r}")
+            clean[k] = float(v)
+        self._manifest["checkpoints"][index].setdefault("metrics", {}).update(clean)
+        self._write_manifest()
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        """{name: (T,) values over the checkpoints, NaN where a checkpoint did not measure it}."""
+        entries = self._manifest["checkpoints"]
+        names = sorted({k for c in entries for k in c.get("metrics", {})})
+        return {k: np.array([c.get("metrics", {}).get(k, np.nan) for c in entries], dtype=np.float64) for k in names}
+
+    def save_attachment(self, name: str, *, data: dict | None = None, arrays: dict[str, np.ndarray] | None = None,
+                        checkpoint: int | None = None) -> None:
+        """Store what a further measure computed (JSON-able ``data`` or numeric ``arrays``) under
+        ``name``, tied to a checkpoint (default the latest): a resumed run that drops that checkpoint
+        drops it too. Replaces an earlier attachment of the same name."""
+        if (data is None) == (arrays is None):
+            raise ValueError("save_attachment needs exactly one of data= (JSON) or arrays= (numeric arrays)")
+        if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+            raise ValueError(f"attachment names use letters, digits, '-' and '_'; got {name!r}")
+        index = self.num_checkpoints - 1 if checkpoint is None else int(checkpoint)
+        if not 0 <= index < self.num_checkpoints:
+            raise I2XRunError(f"{self.path} has no checkpoint {index} to attach {name!r} to")
+        (self.path / "attachments").mkdir(exist_ok=True)
+        file = f"attachments/{name}-{index:05d}." + ("json" if data is not None else "npz")
+        if data is not None:
+            atomic.write_json(self.path / file, data)
+        else:
+            atomic.write_npz(self.path / file, **{k: np.asarray(v) for k, v in arrays.items()})
+        attachments = self._manifest.setdefault("attachments", {})
+        old = attachments.get(name)
+        attachments[name] = {"file": file, "checkpoint": index}
+        self._write_manifest()
+        if old is not None and old["file"] != file:
+            (self.path / old["file"]).unlink(missing_ok=True)
+
+    def attachment(self, name: str) -> tuple[dict | dict[str, np.ndarray], int] | None:
+        """(the stored data or arrays, the checkpoint it belongs to), or None when there is none.
+        Raises I2XRunError naming the file when it is damaged."""
+        entry = self._manifest.get("attachments", {}).get(name)
+        if entry is None:
+            return None
+        file = self.path / entry["file"]
+        if file.suffix == ".npz":
+            try:
+                with np.load(file, allow_pickle=False) as z:
+                    keys = list(z.files)
+            except FileNotFoundError:
+                raise I2XRunError(f"{file} is listed in the run's manifest but missing") from None
+            except Exception as e:
+                raise I2XRunError(f"{file} is damaged or not an I2X run file ({type(e).__name__}: {e})") from None
+            return _load_npz(file, keys), int(entry["checkpoint"])
+        try:
+            return json.loads(file.read_text()), int(entry["checkpoint"])
+        except FileNotFoundError:
+            raise I2XRunError(f"{file} is listed in the run's manifest but missing") from None
+        except (ValueError, OSError) as e:
+            raise I2XRunError(f"{file} is damaged: {e}") from None
+
+    @property
+    def attachments(self) -> list[str]:
+        """The names of the stored attachments."""
+        return sorted(self._manifest.get("attachments", {}))
 
     def record_error(self, where: str, error: BaseException, *, epoch: int, global_step: int) -> None:
         """Keep an explainer failure in the manifest so the run says what it missed."""

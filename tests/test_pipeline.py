@@ -238,3 +238,37 @@ def test_state_key_tells_instances_apart_and_the_callback_pickles(tmp_path, digi
     assert copy.run is None and copy.state_key == a.state_key and copy.explain == a.explain
     state = pickle.loads(pickle.dumps(a.state_dict()))
     assert state["num_checkpoints"] == 1 and state["run_dir"] == str(tmp_path / "a")
+
+
+def test_metrics_and_attachments_belong_to_their_checkpoint(tmp_path, digits):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    layer, evidence = _evidence(model, digits[1])
+    run = open_run(tmp_path / "run", *digits[1].tensors, [str(c) for c in range(10)], layer, num_prototypes=4)
+    rec = Recorder(4)
+    for t in range(3):
+        rec.append(run, evidence, epoch=t, global_step=t)
+        run.record_metrics({"deletion_auc": 0.1 * t})
+    run.record_metrics({"insertion_auc": 0.9}, checkpoint=1)
+    run.save_attachment("sag", data={"mses": [[3, 17]]})
+    run.save_attachment("reliance", arrays={"drop": np.arange(4.0)}, checkpoint=1)
+    loaded = I2XRun.load(run.path)
+    m = loaded.metrics()
+    np.testing.assert_allclose(m["deletion_auc"], [0.0, 0.1, 0.2])
+    np.testing.assert_array_equal(np.isnan(m["insertion_auc"]), [True, False, True])
+    assert loaded.attachment("sag") == ({"mses": [[3, 17]]}, 2)
+    arrays, at = loaded.attachment("reliance")
+    np.testing.assert_array_equal(arrays["drop"], np.arange(4.0))
+    assert at == 1
+    assert loaded.attachment("nothing") is None and loaded.attachments == ["reliance", "sag"]
+    # a resume that drops checkpoint 2 drops what was measured there, files included
+    loaded.truncate(2)
+    assert loaded.attachments == ["reliance"] and not (run.path / "attachments" / "sag-00002.json").exists()
+    assert list(I2XRun.load(run.path).metrics()["deletion_auc"]) == [0.0, pytest.approx(0.1)]
+    with pytest.raises(ValueError, match="exactly one of"):
+        loaded.save_attachment("x")
+    with pytest.raises(TypeError, match="metrics must map names to numbers"):
+        loaded.record_metrics({"a": "high"})
+    (run.path / "attachments" / "reliance-00001.npz").write_bytes(b"garbage")
+    with pytest.raises(I2XRunError, match="reliance-00001.npz is damaged"):
+        I2XRun.load(run.path).attachment("reliance")
