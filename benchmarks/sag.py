@@ -35,8 +35,6 @@ from __future__ import annotations
 import sys
 import time
 
-import _common
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,6 +43,8 @@ from lightning_i2x.cam import native_gradcam
 from lightning_i2x.plots import to_png
 from lightning_i2x.prototypes import fit_prototypes
 from lightning_i2x.sag import mse_stats, sag
+
+import _common
 
 
 def _log(msg: str) -> None:
@@ -208,7 +208,7 @@ def main(argv=None) -> None:
         f"{_common.fmt_s(_common.median(times['mse_stats']))} vs one probe pass (native_gradcam at `features`) "
         f"{_common.fmt_s(_common.median(times['probe_pass']))}: **{cost:.1f} probe passes**; "
         f"{stats.get('evaluations_per_image', float('nan')):.0f} masked copies scored per image (forward only, no autograd).",
-        f"- mse_stats values: " + ", ".join(f"{k_}={v:.3g}" for k_, v in stats.items()),
+        "- mse_stats values: " + ", ".join(f"{k_}={v:.3g}" for k_, v in stats.items()),
         "- Goal: one image's SAG in under 2 s on the demo CNN on this CPU: "
         f"{'met' if ratios['sag_seconds_per_image_cnn'] < 2 else 'NOT met'} (median {ratios['sag_seconds_per_image_cnn']:.3f} s, grid).",
         "- Authors (SAG, NeurIPS 2021; released code): VGG-19 on 224 px ImageNet images, 7 x 7 grid (49 regions), "

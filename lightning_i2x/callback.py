@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .explanation import Explanation
 from .finetune import FinetuneResult, finetune_after_fit
 from .guards import preserved_rng
 from .layers import TargetLayer, resolve_target_layer
+from .measures import Measure, check_measures
 from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
 from .probe import materialise_probe
 from .prototypes import Prototypes
@@ -62,6 +63,9 @@ class I2XCallback(pl.Callback):
         forward_fn: ``forward_fn(model, images) -> scores`` for models whose ``forward`` needs more.
         on_error: ``"warn"``: an explainer failure is warned about once, recorded in the run, and
             training goes on; ``"raise"``: it stops training.
+        measures: further measures that need the model (``lightning_i2x.measures``): run on rank
+            0 after every record or once at the end of fit; their scalars go to the loggers as
+            ``i2x/<metric>`` and into the run, larger results into the run's attachments.
 
     Raises:
         ValueError / TypeError: at construction for a bad argument, at ``setup`` for a probe,
@@ -90,6 +94,7 @@ class I2XCallback(pl.Callback):
         reshape_transform: Callable | None = None,
         forward_fn: ForwardFn | None = None,
         on_error: str = "warn",
+        measures: Sequence[Measure] = (),
         **deprecated: Any,
     ):
         super().__init__()
@@ -135,6 +140,7 @@ class I2XCallback(pl.Callback):
         self.reshape_transform = reshape_transform
         self.forward_fn = forward_fn
         self.on_error = on_error
+        self.measures = check_measures(measures)
         self.explanation: Explanation | None = None
         self.finetune_result: FinetuneResult | None = None
         self._recorder = Recorder(num_prototypes, prototypes, explain)
@@ -260,7 +266,7 @@ class I2XCallback(pl.Callback):
                 self._guarded("open run", trainer, self._ensure_run, trainer)
             evidence = self._gathered_probe_pass(trainer, pl_module)
             if trainer.is_global_zero and evidence is not None:
-                self._guarded("record", trainer, self._record, trainer, evidence)
+                self._guarded("record", trainer, self._record, trainer, pl_module, evidence)
 
     def _due(self, trainer: pl.Trainer) -> bool:
         if trainer.state.fn != "fit":
@@ -301,21 +307,32 @@ class I2XCallback(pl.Callback):
         return probe_pass(pl_module, self._layer.module, self._images[lo:hi], self._labels[lo:hi], cam=self.cam,
                           options=self.probe_pass, reshape_transform=self.reshape_transform, forward_fn=self.forward_fn)
 
-    def _record(self, trainer: pl.Trainer, evidence: ProbeEvidence) -> None:
-        """Rank 0: append the checkpoint and refit the prototypes, then explain and log; an
-        explanation or view failure is guarded on its own so it never costs the checkpoint."""
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evidence: ProbeEvidence) -> None:
+        """Rank 0: append the checkpoint and refit the prototypes, then explain, measure and log;
+        each later step is guarded on its own so a failure there never costs the checkpoint."""
         self._ensure_run(trainer)
         self._recorder.append(self._run, evidence, epoch=trainer.current_epoch, global_step=trainer.global_step)
-        self._guarded("explain", trainer, self._explain_and_log, trainer)
-
-    def _explain_and_log(self, trainer: pl.Trainer) -> None:
-        self.explanation = self._recorder.explain_run(self._run)
+        self.explanation = self._guarded("explain", trainer, self._recorder.explain_run, self._run)
+        if self.explanation is None:
+            return
+        self._measure("record", trainer, pl_module, evidence)
         sink = LogSink(trainer.loggers)
         if not sink:
             return
-        self._guarded("views", trainer, log_summary, sink, self._run, self.explanation, trainer.global_step, self.views)
+        self._guarded("views", trainer, self._log_summary, sink, trainer.global_step)
         if self.views.figures and sink.takes_images and self._budget.allows(time.perf_counter()):
             self._draw(trainer, sink)
+
+    def _measure(self, when: str, trainer: pl.Trainer, pl_module: pl.LightningModule, evidence: ProbeEvidence | None) -> None:
+        for m in self.measures:
+            if m.when == when:
+                self._guarded(f"measure {m.name}", trainer, m, pl_module, self._run, evidence, self.explanation,
+                              forward_fn=self.forward_fn)
+
+    def _log_summary(self, sink: LogSink, step: int) -> None:
+        log_summary(sink, self._run, self.explanation, step, self.views)
+        measured = {f"i2x/{k}": float(v[-1]) for k, v in self._run.metrics().items() if np.isfinite(v[-1])}
+        sink.scalars(measured, step)
 
     def _draw(self, trainer: pl.Trainer, sink: LogSink) -> None:
         start = time.perf_counter()
@@ -327,6 +344,12 @@ class I2XCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         sink = LogSink(trainer.loggers)
+        if self._run is not None and self.explanation is not None and any(m.when == "end" for m in self.measures):
+            with preserved_rng():
+                self._measure("end", trainer, pl_module, None)
+            if sink:
+                self._guarded("views", trainer, self._log_summary, sink, trainer.global_step)
+            self._budget.pending = True  # draw the views again: they show what the measures found
         if self._budget.pending and sink.takes_images:
             with preserved_rng():
                 self._draw(trainer, sink)
