@@ -210,11 +210,11 @@ def main() -> None:
     rows, rrr_rows = [], []
     disc = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets:
-            for decoy in (True, False):
-                for seed in args.seeds:
+        for seed, name, decoy in [(s, n, d) for s in args.seeds for n in args.datasets for d in (True, False)]:
                     f = save / f"{name}-{'decoy' if decoy else 'clean'}-{seed}.npz" if save else None
                     if args.from_saved:
+                        if not f.exists():
+                            continue
                         arrays = dict(np.load(f))
                     else:
                         model, arrays, (train, test, _) = train_one(name, decoy, seed, args, Path(tmp))
