@@ -38,21 +38,21 @@ import time
 import warnings
 from pathlib import Path
 
-import _common  # puts the repository and examples/ on sys.path
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from decoy_data import load_decoy
-from demo_data import load_mnist
-from demo_models import SmallCNN
 from lightning_i2x import I2XCallback
 from lightning_i2x.penalty import balance_weight, input_gradient_penalty
 from lightning_i2x.reliance import Reliance, prototype_reliance
 from lightning_i2x.suspects import suspect_prototypes
+
+import _common  # puts the repository and examples/ on sys.path
+from decoy_data import load_decoy
+from demo_data import load_mnist
+from demo_models import SmallCNN
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")

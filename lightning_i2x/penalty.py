@@ -18,6 +18,7 @@ and parameter ``.grad`` alone (gradients reach the parameters only through the r
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 
