@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,7 +27,7 @@ from .measures import Measure, check_measures
 from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
 from .probe import materialise_probe
 from .prototypes import Prototypes
-from .record import ProbeEvidence, Recorder, open_run, probe_pass, resume_run, run_fingerprint
+from .record import AnalysisWorker, ProbeEvidence, Recorder, open_run, probe_pass, resume_run, run_fingerprint
 from .run import I2XRun
 from .selection import resolve_pairs
 from .sinks import LogSink
@@ -66,6 +66,12 @@ class I2XCallback(pl.Callback):
         measures: further measures that need the model (``lightning_i2x.measures``): run on rank
             0 after every record or once at the end of fit; their scalars go to the loggers as
             ``i2x/<metric>`` and into the run, larger results into the run's attachments.
+        async_analysis: run the analysis of each record (prototype refit, explanation, views,
+            writes) in one background worker, in order, so the training thread pays for little
+            more than the probe pass; joined before a checkpoint is saved, at the end of fit and at
+            teardown, its failures reported at the next hook. The run and the explanation are the
+            same either way. False: everything on the training thread (0.1's behaviour). Measures
+            that run at every record make the record wait for its analysis.
 
     Raises:
         ValueError / TypeError: at construction for a bad argument, at ``setup`` for a probe,
@@ -95,6 +101,7 @@ class I2XCallback(pl.Callback):
         forward_fn: ForwardFn | None = None,
         on_error: str = "warn",
         measures: Sequence[Measure] = (),
+        async_analysis: bool = True,
         **deprecated: Any,
     ):
         super().__init__()
@@ -141,6 +148,10 @@ class I2XCallback(pl.Callback):
         self.forward_fn = forward_fn
         self.on_error = on_error
         self.measures = check_measures(measures)
+        if not isinstance(async_analysis, bool):
+            raise ValueError(f"I2XCallback.async_analysis must be True or False, got {async_analysis!r}")
+        self.async_analysis = async_analysis
+        self._worker: AnalysisWorker | None = None
         self.explanation: Explanation | None = None
         self.finetune_result: FinetuneResult | None = None
         self._recorder = Recorder(num_prototypes, prototypes, explain)
@@ -186,7 +197,7 @@ class I2XCallback(pl.Callback):
         """Picklable (as Lightning needs for spawn strategies): the live run and layer are not
         carried; a copy reopens its run from the state dict or starts anew at ``setup``."""
         state = self.__dict__.copy()
-        state.update(_run=None, _layer=None)
+        state.update(_run=None, _layer=None, _worker=None)
         return state
 
     # -- setup: every check before the first training step -------------------------------------
@@ -308,20 +319,90 @@ class I2XCallback(pl.Callback):
                           options=self.probe_pass, reshape_transform=self.reshape_transform, forward_fn=self.forward_fn)
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evidence: ProbeEvidence) -> None:
-        """Rank 0: append the checkpoint and refit the prototypes, then explain, measure and log;
-        each later step is guarded on its own so a failure there never costs the checkpoint."""
+        """Rank 0: hand the evidence to the analysis (append, refit, explain, measure, log), in the
+        background worker when ``async_analysis`` (the training thread keeps only the probe pass and
+        the copy of its results), else here."""
         self._ensure_run(trainer)
-        self._recorder.append(self._run, evidence, epoch=trainer.current_epoch, global_step=trainer.global_step)
-        self.explanation = self._guarded("explain", trainer, self._recorder.explain_run, self._run)
-        if self.explanation is None:
-            return
-        self._measure("record", trainer, pl_module, evidence)
+        self._report_worker_failures(trainer)
+        at = _At(trainer.current_epoch, trainer.global_step, f" on rank {trainer.global_rank}" if trainer.world_size > 1 else "")
         sink = LogSink(trainer.loggers)
-        if not sink:
+        if self.async_analysis and not any(m.when == "record" for m in self.measures):
+            host = ProbeEvidence(*(t.detach().to("cpu", copy=True) for t in (evidence.activations, evidence.cams, evidence.confidences)))
+            self._get_worker().submit("record", self._analyse, host, at, sink, None, [])
+        else:
+            failures = self._analyse(evidence, at, sink, pl_module, None)
+            for where, e in failures:
+                self._report(where, e, at)
+
+    def _analyse(self, evidence: ProbeEvidence, at: "_At", sink: LogSink, pl_module: pl.LightningModule | None,
+                 failures: list | None) -> list:
+        """The analysis of one record; each step isolated so a failure never costs the steps before
+        it. ``failures`` None: report each failure at once (it may raise); a list: collect them."""
+
+        def attempt(where: str, fn: Callable, *args, **kw) -> Any:
+            try:
+                return fn(*args, **kw)
+            except Exception as e:
+                if failures is None:
+                    self._report(where, e, at)
+                else:
+                    failures.append((where, e))
+                return None
+
+        ok = attempt("record", lambda: self._recorder.append(self._run, evidence, epoch=at.epoch, global_step=at.step) is not None)
+        if not ok:
+            return failures or []
+        explanation = attempt("explain", self._recorder.explain_run, self._run)
+        if explanation is None:
+            return failures or []
+        self.explanation = explanation
+        if pl_module is not None:
+            for m in self.measures:
+                if m.when == "record":
+                    attempt(f"measure {m.name}", m, pl_module, self._run, evidence, explanation, forward_fn=self.forward_fn)
+        if sink:
+            attempt("views", self._log_summary, sink, at.step)
+            if self.views.figures and sink.takes_images and self._budget.allows(time.perf_counter()):
+                start = time.perf_counter()
+                attempt("views", log_figures, sink, self._run, explanation, at.step, self.views)
+                self._budget.spent(start, time.perf_counter())
+        return failures or []
+
+    def _get_worker(self) -> AnalysisWorker:
+        if self._worker is None:
+            self._worker = AnalysisWorker()
+        return self._worker
+
+    def _join(self, trainer: pl.Trainer | None = None) -> None:
+        """Wait for the analysis in flight (before a checkpoint is saved, at the end of fit, at
+        teardown) and report what failed there."""
+        if self._worker is not None:
+            self._worker.join()
+            if trainer is not None:
+                self._report_worker_failures(trainer)
+
+    def _report_worker_failures(self, trainer: pl.Trainer) -> None:
+        if self._worker is None:
             return
-        self._guarded("views", trainer, self._log_summary, sink, trainer.global_step)
-        if self.views.figures and sink.takes_images and self._budget.allows(time.perf_counter()):
-            self._draw(trainer, sink)
+        for _where, failed in self._worker.failures():
+            for where, e in failed if isinstance(failed, list) else [(_where, failed)]:
+                self._report(where, e, _At(trainer.current_epoch, trainer.global_step, ""))
+        for _where, result in self._worker.results():
+            for where, e in result or []:
+                self._report(where, e, _At(trainer.current_epoch, trainer.global_step, ""))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._join(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit":  # validate(): nothing trains meanwhile, so the record completes here
+            self._join(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._worker is not None:
+            self._join(trainer)
+            self._worker.close()
+            self._worker = None
 
     def _measure(self, when: str, trainer: pl.Trainer, pl_module: pl.LightningModule, evidence: ProbeEvidence | None) -> None:
         for m in self.measures:
@@ -343,6 +424,7 @@ class I2XCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        self._join(trainer)
         sink = LogSink(trainer.loggers)
         if self._run is not None and self.explanation is not None and any(m.when == "end" for m in self.measures):
             with preserved_rng():
@@ -358,30 +440,43 @@ class I2XCallback(pl.Callback):
                 "finetune", trainer, finetune_after_fit, trainer, pl_module, self._run, self.explanation, self.finetune,
                 sink, self.forward_fn, self.reshape_transform)
 
-    def _guarded(self, where: str, trainer: pl.Trainer, fn: Callable, *args) -> Any:
+    def _guarded(self, where: str, trainer: pl.Trainer, fn: Callable, *args, **kw) -> Any:
         """Run explainer work and return its result; with on_error='warn' a failure is warned
         once, recorded, and gives None."""
         try:
-            return fn(*args)
+            return fn(*args, **kw)
         except Exception as e:
-            if self.on_error == "raise":
-                raise
-            key = (where, type(e).__name__)
-            if key not in self._warned:
-                self._warned.add(key)
-                rank = f" on rank {trainer.global_rank}" if trainer.world_size > 1 else ""
-                warnings.warn(
-                    f"I2XCallback: {where} failed{rank} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
-                    f"{type(e).__name__}: {e}. Training goes on and the run records the failure; "
-                    "pass on_error='raise' to stop instead.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            if self._run is not None:
-                try:
-                    self._run.record_error(where, e, epoch=trainer.current_epoch, global_step=trainer.global_step)
-                except Exception:
-                    pass  # the run directory itself may be what failed
+            rank = f" on rank {trainer.global_rank}" if trainer.world_size > 1 else ""
+            self._report(where, e, _At(trainer.current_epoch, trainer.global_step, rank))
+            return None
+
+    def _report(self, where: str, e: Exception, at: "_At") -> None:
+        """on_error='raise': raise it; 'warn': warn once per kind, record it in the run."""
+        if self.on_error == "raise":
+            raise e
+        key = (where, type(e).__name__)
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"I2XCallback: {where} failed{at.rank} at epoch {at.epoch}, step {at.step}: "
+                f"{type(e).__name__}: {e}. Training goes on and the run records the failure; "
+                "pass on_error='raise' to stop instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if self._run is not None:
+            try:
+                self._run.record_error(where, e, epoch=at.epoch, global_step=at.step)
+            except Exception:
+                pass  # the run directory itself may be what failed
+
+
+class _At(NamedTuple):
+    """Where a piece of explainer work belongs: its epoch, step and (under DDP) rank."""
+
+    epoch: int
+    step: int
+    rank: str
 
 
 # -- the 0.1 keyword names, for one release ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import lightning.pytorch as pl
@@ -60,10 +61,12 @@ def test_fit_records_a_run_that_loads_and_explains(tmp_path, digits):
     assert "Uncertain prototypes" in text and "### d3" in text
 
 
-def test_callback_does_not_change_training(tmp_path, digits):
+@pytest.mark.parametrize("async_analysis", [True, False])
+def test_callback_does_not_change_training(tmp_path, digits, async_analysis):
     kw = dict(deterministic=True, max_epochs=2)
     _, without = _fit(tmp_path / "a", digits, None, **kw)
-    _, with_cb = _fit(tmp_path / "b", digits, I2XCallback(digits[1], num_prototypes=8, probe_pass=ProbePassOptions(cam_target="predicted")), **kw)
+    cb = I2XCallback(digits[1], num_prototypes=8, probe_pass=ProbePassOptions(cam_target="predicted"), async_analysis=async_analysis)
+    _, with_cb = _fit(tmp_path / "b", digits, cb, **kw)
     for (k, a), b in zip(without.state_dict().items(), with_cb.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -89,12 +92,13 @@ def test_every_n_epochs_and_library_cam(tmp_path, digits):
     assert [c["epoch"] for c in cb.run.checkpoints] == [1, 3]
 
 
-def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize("async_analysis", [True, False])
+def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, monkeypatch, async_analysis):
     def broken(*_a, **_k):
         raise RuntimeError("injected k-means failure")
 
     monkeypatch.setattr(record_module, "fit_prototypes", broken)
-    cb = I2XCallback(digits[1], num_prototypes=8)
+    cb = I2XCallback(digits[1], num_prototypes=8, async_analysis=async_analysis)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer, _ = _fit(tmp_path, digits, cb)
@@ -104,10 +108,26 @@ def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, 
     assert [e["message"] for e in I2XRun.load(cb.run.path).errors] == ["injected k-means failure"] * 3
 
 
-def test_on_error_raise_stops(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize("async_analysis", [True, False])
+def test_on_error_raise_stops(tmp_path, digits, monkeypatch, async_analysis):
     monkeypatch.setattr(record_module, "fit_prototypes", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        _fit(tmp_path, digits, I2XCallback(digits[1], num_prototypes=8, on_error="raise"))
+        _fit(tmp_path, digits, I2XCallback(digits[1], num_prototypes=8, on_error="raise", async_analysis=async_analysis))
+
+
+def test_async_and_sync_analysis_give_identical_runs_and_explanations(tmp_path, digits):
+    runs = {}
+    for mode in (True, False):
+        cb = I2XCallback(digits[1], num_prototypes=8, run_dir=tmp_path / f"run-{mode}", async_analysis=mode,
+                         views=ViewOptions(time_budget=None))
+        _fit(tmp_path / f"fit-{mode}", digits, cb, deterministic=True)
+        runs[mode] = (I2XRun.load(cb.run.path), cb.explanation)
+    (a, ea), (b, eb) = runs[True], runs[False]
+    assert a.num_checkpoints == b.num_checkpoints == 3
+    for get in (I2XRun.cams, I2XRun.confidences, I2XRun.intensities, I2XRun.assignment, I2XRun.distances):
+        np.testing.assert_array_equal(get(a), get(b))
+    np.testing.assert_array_equal(a.prototypes.centroids, b.prototypes.centroids)
+    assert json.dumps(ea.to_dict()) == json.dumps(eb.to_dict()) == json.dumps(a.explain().to_dict())
 
 
 def _setup_error(tmp_path, digits, match, probe=None, **kw):
