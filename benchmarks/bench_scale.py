@@ -228,7 +228,7 @@ def main(argv=None) -> None:
     }
     body = "\n".join([
         f"torchvision ResNet-50 (random init, eval, CPU), {size} x {size} px inputs, target layer `layer4` "
-        f"(d = 2048, {size // 32} x {size // 32} map), probe batch {BATCH}, K = {K}, PCA to {COMPONENTS}, {NITER} k-means "
+        f"(d = 2048, {-(-size // 32)} x {-(-size // 32)} map), probe batch {BATCH}, K = {K}, PCA to {COMPONENTS}, {NITER} k-means "
         "iterations, seed 0. Each row is one fresh process (see the protocol in the script's docstring); peak extra = "
         "peak resident set size during the operation - resident set size before it. (!) = the process had peaked "
         "higher before the operation, so the row may be an underestimate.",
