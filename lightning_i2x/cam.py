@@ -5,11 +5,17 @@ The native "gradcam" path hooks the target layer, runs one forward, and takes
 parameter ``.grad`` is touched, the backward stops at the target layer, and everything stays on the
 model's device. Every other CAM method runs through pytorch-grad-cam, wrapped so that its side
 effects (``model.eval()``, hooks, zeroed ``.grad``) are undone.
+
+Autograd records only what runs after the target layer: the forward starts with grad recording
+off and the target layer's forward hook switches it on and hands on a fresh leaf cut from the
+layer's output (``graph_from_layer``), so a probe batch costs about a no_grad forward's memory
+instead of keeping every layer's activations for a backward that never reaches them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -19,7 +25,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .guards import evaluation_mode, preserved_training_state
 
-__all__ = ["CAM_METHODS", "ProbeBatch", "probe_batches", "native_gradcam", "library_cam_class"]
+__all__ = ["CAM_METHODS", "ProbeBatch", "probe_batches", "native_gradcam", "library_cam_class", "graph_from_layer"]
 
 CAM_METHODS: dict[str, type] = {
     "gradcam": pgc.GradCAM,
@@ -69,6 +75,32 @@ def _grad_enabled_full_precision(device: torch.device):
         yield
 
 
+@contextlib.contextmanager
+def graph_from_layer(layer: torch.nn.Module, device: torch.device):
+    """Outside inference mode and autocast, with grad recording OFF until ``layer`` has run: its
+    forward hook (run before any other hook on it) switches recording on for the rest of the
+    forward and hands on ``out.detach().requires_grad_(True)`` (cloned, so an in-place op after
+    the layer still works), so the autograd graph starts at the layer. Yields the list the hook
+    appends that handed-on output to, one entry per call of the layer. The caller's grad mode
+    comes back on exit, exception or not (``torch.no_grad`` restores the mode it found)."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, out):
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise TypeError(f"the target layer outputs {type(out).__name__}, not a floating-point tensor; choose a layer that returns one")
+        torch.set_grad_enabled(True)
+        handed_on = out.detach().requires_grad_(True).clone()
+        captured.append(handed_on)
+        return handed_on
+
+    handle = layer.register_forward_hook(hook, prepend=True)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+            yield captured
+    finally:
+        handle.remove()
+
+
 def _model_input(images: torch.Tensor, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
     """A fresh (non-inference) tensor on the model's device in its floating dtype."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -87,21 +119,20 @@ def native_gradcam(
 ) -> ProbeBatch:
     """GradCAM at feature resolution for one batch; ``targets`` None = the predicted class."""
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        with _grad_enabled_full_precision(device):
-            x = _model_input(images, model, device).requires_grad_(True)
-            logits = forward_fn(model, x)
-            if not captured:
-                raise RuntimeError("the target layer did not run in the model's forward")
-            out = captured[-1]
-            logits = logits.float()
-            target = logits.argmax(dim=1) if targets is None else targets.to(device)
-            score = logits.gather(1, target.view(-1, 1)).sum()
-            (grad,) = torch.autograd.grad(score, out)
-    finally:
-        handle.remove()
+    with graph_from_layer(layer, device) as captured:
+        logits = forward_fn(model, _model_input(images, model, device))
+        if not captured:
+            raise RuntimeError("the target layer did not run in the model's forward")
+        out = captured[-1]
+        logits = logits.float()
+        target = logits.argmax(dim=1) if targets is None else targets.to(device)
+        score = logits.gather(1, target.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(score, out, allow_unused=True) if score.requires_grad else (None,)
+        if grad is None:
+            raise RuntimeError(
+                "the model's scores do not depend on the target layer's output through autograd (is the part "
+                "after the target layer detached or run under torch.no_grad()?); choose another target layer"
+            )
     acts = out.detach()
     if reshape_transform is not None:
         acts, grad = reshape_transform(acts), reshape_transform(grad)
@@ -139,8 +170,16 @@ def library_cam(
 ) -> ProbeBatch:
     """Any pytorch-grad-cam method for one batch, its side effects on the model undone."""
     device = next(model.parameters()).device
-    with preserved_training_state(model), _grad_enabled_full_precision(device):
-        cam = library_cam_class(method)(model=model, target_layers=[layer], reshape_transform=reshape_transform)
+    cam_class = library_cam_class(method)
+    uses_gradients, input_gradient = _library_needs(CAM_METHODS[method])
+    if input_gradient:  # FullGrad: gradients down to the input, the whole graph is needed
+        context = _grad_enabled_full_precision(device)
+    elif uses_gradients:  # a graph from the target layer on, as in native_gradcam
+        context = graph_from_layer(layer, device)
+    else:  # gradient-free methods: no graph at all
+        context = _no_grad_full_precision(device)
+    with preserved_training_state(model), context:
+        cam = cam_class(model=model, target_layers=[layer], reshape_transform=reshape_transform)
         try:
             x = _model_input(images, model, device)
             cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
@@ -150,6 +189,29 @@ def library_cam(
         finally:
             cam.activations_and_grads.release()
     return ProbeBatch(acts, torch.as_tensor(maps, device=device, dtype=torch.float32), torch.softmax(logits, dim=1))
+
+
+@contextlib.contextmanager
+def _no_grad_full_precision(device: torch.device):
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+_LIBRARY_NEEDS: dict[type, tuple[bool, bool]] = {}
+
+
+def _library_needs(cam_class: type) -> tuple[bool, bool]:
+    """(uses_gradients, compute_input_gradient) of a pytorch-grad-cam class, read from a
+    throw-away instance on a one-layer model (the library sets them in each constructor)."""
+    if cam_class not in _LIBRARY_NEEDS:
+        probe = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))
+        with contextlib.redirect_stdout(io.StringIO()):  # FullGrad prints that it ignores target_layers
+            cam = cam_class(model=probe, target_layers=[probe[0]])
+        try:
+            _LIBRARY_NEEDS[cam_class] = (bool(getattr(cam, "uses_gradients", True)), bool(getattr(cam, "compute_input_gradient", False)))
+        finally:
+            cam.activations_and_grads.release()
+    return _LIBRARY_NEEDS[cam_class]
 
 
 def probe_batches(

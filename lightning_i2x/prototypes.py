@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import kmeans_plusplus
 
-__all__ = ["Prototypes", "fit_prototypes", "gpu_available"]
+__all__ = ["Prototypes", "PrototypeStream", "fit_prototypes", "gpu_available"]
 
 
 def gpu_available() -> bool:
@@ -133,6 +134,14 @@ def fit_prototypes(
     else:
         projection, bias = np.eye(d, dtype=np.float32), np.zeros(d, dtype=np.float32)
     y = np.ascontiguousarray(x @ projection.T + bias, dtype=np.float32)
+    return _kmeans(y, projection, bias, num_prototypes, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
+                   previous_assignment=previous_assignment, use_gpu=use_gpu, return_distances=return_distances)
+
+
+def _kmeans(y, projection, bias, num_prototypes, *, niter, seed, max_points_per_centroid, previous_assignment, use_gpu, return_distances):
+    """k-means++ start and FAISS k-means on the (n, p) projected vectors ``y``, then the nearest
+    prototype of every vector (searched in chunks) and the id matching to the previous assignment."""
+    n, p = y.shape
     kmeans = faiss.Kmeans(
         p, num_prototypes, niter=niter, seed=seed, verbose=False,
         max_points_per_centroid=max_points_per_centroid, gpu=bool(gpu_available() if use_gpu is None else use_gpu),
@@ -144,17 +153,24 @@ def fit_prototypes(
     init, _ = kmeans_plusplus(sample, num_prototypes, random_state=seed)
     kmeans.train(y, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
     protos = Prototypes(projection, bias, kmeans.centroids)
-    dist, ids = protos.index(use_gpu).search(y, 1)
-    assignment = ids[:, 0].astype(np.int64)
-    protos.inertia = float(dist.sum())
+    index = protos.index(use_gpu)
+    dist = np.empty(n, dtype=np.float32)
+    assignment = np.empty(n, dtype=np.int64)
+    for s in range(0, n, _SEARCH_CHUNK):  # chunks: FAISS's (chunk, K) distance block stays bounded
+        d_chunk, ids = index.search(y[s : s + _SEARCH_CHUNK], 1)
+        dist[s : s + _SEARCH_CHUNK], assignment[s : s + _SEARCH_CHUNK] = d_chunk[:, 0], ids[:, 0]
+    protos.inertia = float(dist.sum(dtype=np.float64))
     if previous_assignment is not None:
         order = _match_to_previous(y, assignment, np.asarray(previous_assignment).reshape(-1), protos.centroids)
         protos = Prototypes(projection, bias, protos.centroids[order], protos.inertia)
         assignment = np.argsort(order)[assignment]
     if return_distances:
         # FAISS computes |x|^2 + |c|^2 - 2 x.c, which can dip just below 0
-        return protos, assignment, np.maximum(dist[:, 0], 0).astype(np.float32)
+        return protos, assignment, np.maximum(dist, 0).astype(np.float32)
     return protos, assignment
+
+
+_SEARCH_CHUNK = 65536
 
 
 def _match_to_previous(y: np.ndarray, assignment: np.ndarray, previous: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -174,3 +190,177 @@ def _match_to_previous(y: np.ndarray, assignment: np.ndarray, previous: np.ndarr
     order = np.empty(k, dtype=np.int64)
     order[rows] = cols
     return order
+
+
+class PrototypeStream:
+    """Prototypes from activations that arrive batch by batch, never holding them all.
+
+    ``add`` takes each probe batch's (B, d, h, w) activations (torch, on any device) and keeps only
+    their projection to a small subspace, on that device, with no host synchronisation: the
+    subspace (``n_components + n_oversamples`` directions) is fitted once, by subspace iteration
+    on a seeded sample of ``sample_locations`` feature vectors from the first batches (only those
+    batches are buffered raw until then). ``fit`` then picks the ``n_components`` principal axes of
+    ALL the projected vectors inside that subspace (exact PCA restricted to it) and runs the same
+    k-means++ start, FAISS k-means and id matching as :func:`fit_prototypes`. Vectors are
+    ordered as ``activations.permute(0, 2, 3, 1).reshape(-1, d)`` batch after batch, as there.
+
+    Memory: the raw buffer (about ``sample_locations`` x d floats) plus n x (n_components +
+    n_oversamples) floats, instead of n x d. When fewer than ``sample_locations`` vectors
+    arrive in all, ``fit`` is exactly :func:`fit_prototypes` on them; when d <= n_components the
+    vectors are kept as they are (no reduction), also as there.
+    """
+
+    def __init__(
+        self,
+        num_prototypes: int,
+        *,
+        n_components: int = 64,
+        niter: int = 20,
+        seed: int = 0,
+        max_points_per_centroid: int = 256,
+        sample_locations: int = 8192,
+        n_oversamples: int = 16,
+        iterated_power: int = 6,
+        use_gpu: bool | None = None,
+    ):
+        if num_prototypes < 1:
+            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}")
+        if n_components < 1 or n_oversamples < 0 or iterated_power < 0:
+            raise ValueError("n_components must be >= 1, n_oversamples and iterated_power >= 0")
+        if sample_locations < n_components + n_oversamples:
+            raise ValueError(f"sample_locations ({sample_locations}) must be at least n_components + n_oversamples ({n_components + n_oversamples})")
+        self.num_prototypes, self.n_components, self.niter, self.seed = int(num_prototypes), int(n_components), int(niter), int(seed)
+        self.max_points_per_centroid, self.sample_locations = int(max_points_per_centroid), int(sample_locations)
+        self.n_oversamples, self.iterated_power, self.use_gpu = int(n_oversamples), int(iterated_power), use_gpu
+        self._dim: int | None = None
+        self._pending: list[torch.Tensor] = []  # raw (m, d) rows until the subspace is fitted
+        self._pending_rows = 0
+        self._kept: list[torch.Tensor] = []  # (m, k) projected rows (or raw rows when d <= n_components)
+        self._basis: torch.Tensor | None = None  # (d, k) orthonormal columns
+        self._mean: torch.Tensor | None = None  # (d,) mean of the sample
+        self.num_vectors = 0  # feature vectors (locations) added since the last fit
+
+    # -- streaming ---------------------------------------------------------------------------------
+    def add(self, activations) -> None:
+        """Take one batch of (B, d, h, w) activations; keeps (B*h*w, k) projected rows on their device."""
+        x = torch.as_tensor(activations).detach()
+        if x.ndim != 4:
+            raise ValueError(f"activations must be (B, d, h, w), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"activations must be floating point, got {x.dtype}")
+        d = int(x.shape[1])
+        if self._dim is None:
+            self._dim = d
+        elif d != self._dim:
+            raise ValueError(f"activations have {d} channels, earlier batches had {self._dim}")
+        rows = x.shape[0] * x.shape[2] * x.shape[3]
+        if rows == 0:
+            return
+        self.num_vectors += rows
+        if d <= self.n_components:  # no reduction, as fit_prototypes
+            self._kept.append(_rows(x))
+        elif self._basis is None:
+            self._pending.append(_rows(x))
+            self._pending_rows += rows
+            if self._pending_rows >= self.sample_locations:
+                self._fit_subspace()
+        else:
+            self._kept.append(self._project(x))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d, h, w) -> (B*h*w, k) rows of (x - mean) @ basis, without a (B*h*w, d) copy."""
+        b, d, h, w = x.shape
+        z = torch.matmul(self._basis.T, x.reshape(b, d, h * w).float())  # (B, k, hw)
+        return (z.transpose(1, 2).reshape(b * h * w, -1) - self._mean @ self._basis).contiguous()
+
+    def _fit_subspace(self) -> None:
+        """Orthonormal basis of the top principal subspace of a seeded sample of the buffered rows:
+        subspace iteration with QR (matrix products only; no eigen-solver, whose error check would
+        synchronise with the host), then project the buffer and drop it."""
+        rows = torch.cat(self._pending)
+        device = rows.device
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        if rows.shape[0] > self.sample_locations:
+            rows_s = rows[torch.randperm(rows.shape[0], generator=generator, device=device)[: self.sample_locations]]
+        else:
+            rows_s = rows
+        mean = rows_s.mean(dim=0)
+        xc = rows_s - mean
+        k = min(self.n_components + self.n_oversamples, self._dim)
+        q = torch.randn(self._dim, k, generator=generator, device=device)
+        for _ in range(self.iterated_power + 1):
+            q = torch.linalg.qr(xc.T @ (xc @ q)).Q
+        self._basis, self._mean = q, mean
+        self._kept = [(r - mean) @ q for r in self._pending]
+        self._pending, self._pending_rows = [], 0
+
+    # -- fitting -----------------------------------------------------------------------------------
+    def fit(self, previous_assignment: np.ndarray | None = None):
+        """(Prototypes, (n,) assignment, (n,) squared distances to the own centroid in the PCA
+        space): the contract of ``fit_prototypes(..., return_distances=True)``. Empties the stream."""
+        if self._dim is None or self.num_vectors == 0:
+            raise ValueError("no activations were added: call add() with each probe batch first")
+        common = dict(niter=self.niter, seed=self.seed, max_points_per_centroid=self.max_points_per_centroid,
+                      previous_assignment=previous_assignment, use_gpu=self.use_gpu, return_distances=True)
+        if self._pending:  # fewer vectors than the PCA sample: the exact computation
+            rows = torch.cat(self._pending).cpu().numpy()
+            self._reset()
+            return fit_prototypes(rows, self.num_prototypes, n_components=self.n_components, **common)
+        n = self.num_vectors
+        if n < self.num_prototypes:
+            raise ValueError(f"{n} feature vectors cannot make {self.num_prototypes} prototypes: lower num_prototypes or enlarge the probe set")
+        if self._basis is None:  # d <= n_components: the vectors themselves
+            d = self._dim
+            y = np.empty((n, d), dtype=np.float32)
+            self._drain_into(y, None)
+            _check_finite(y)
+            return _kmeans(y, np.eye(d, dtype=np.float32), np.zeros(d, dtype=np.float32), self.num_prototypes, **common)
+        # exact PCA of every projected vector inside the subspace (float64 moments, batch by batch)
+        k = self._basis.shape[1]
+        total, second = np.zeros(k), np.zeros((k, k))
+        for z in self._kept:
+            z64 = z.double()
+            total += z64.sum(0).cpu().numpy()
+            second += (z64.T @ z64).cpu().numpy()
+        zbar = total / n
+        cov = second / n - np.outer(zbar, zbar)
+        if not np.all(np.isfinite(cov)):
+            raise ValueError("features contain NaN or inf: the model's activations at the target layer are not finite")
+        p = min(self.n_components, k)
+        evals, evecs = np.linalg.eigh(cov)
+        v = evecs[:, ::-1][:, :p]  # descending variance, as a PCA
+        basis, mean = self._basis.double().cpu().numpy(), self._mean.double().cpu().numpy()
+        projection = (basis @ v).T.astype(np.float32)  # (p, d)
+        bias = (-(mean @ basis + zbar) @ v).astype(np.float32)
+        y = np.empty((n, p), dtype=np.float32)
+        self._drain_into(y, (zbar, v))
+        return _kmeans(y, projection, bias, self.num_prototypes, **common)
+
+    def _drain_into(self, y: np.ndarray, rotation) -> None:
+        """Write every kept batch (rotated to the final PCA axes) into ``y`` and drop it as it goes,
+        so the host holds the kept rows about once."""
+        s = 0
+        while self._kept:
+            z = self._kept.pop(0).cpu().numpy()
+            if rotation is not None:
+                zbar, v = rotation
+                z = (z - zbar) @ v
+            y[s : s + z.shape[0]] = z
+            s += z.shape[0]
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty the stream: ``fit`` consumes what was added, the next record starts afresh."""
+        self._dim, self._basis, self._mean = None, None, None
+        self._pending, self._pending_rows, self._kept = [], 0, []
+        self.num_vectors = 0
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) -> (B*h*w, d) float32 rows in fit_prototypes' order."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).float()
+
+
+def _check_finite(y: np.ndarray) -> None:
+    if not np.all(np.isfinite(y)):
+        raise ValueError("features contain NaN or inf: the model's activations at the target layer are not finite")

@@ -156,3 +156,152 @@ def test_streamed_record_equals_one_batch_record(digits):
     assert len(many) == 29
     for field in ("activations", "cams", "confidences"):
         assert torch.allclose(getattr(one, field), torch.cat([getattr(b, field) for b in many]), atol=1e-6)
+
+
+# -- the autograd graph starts at the target layer ------------------------------------------------
+
+
+def _full_graph_gradcam(model, layer, x, y):
+    """The previous implementation: the input requires grad, so the whole network is recorded."""
+    captured = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.enable_grad():
+            logits = model(x.clone().requires_grad_(True)).float()
+            (grad,) = torch.autograd.grad(logits.gather(1, y.view(-1, 1)).sum(), captured[-1])
+    finally:
+        handle.remove()
+    acts, grad = captured[-1].detach().float(), grad.float()
+    from lightning_i2x.cam import normalise_maps
+
+    return normalise_maps(torch.relu((grad.mean(dim=(2, 3))[:, :, None, None] * acts).sum(dim=1)))
+
+
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd saves for the backward while ``fn`` runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def test_graph_starts_at_the_target_layer(digits):
+    model = _trained_model(digits)
+    x, y = digits[1].tensors
+    seen = {}
+    hooks = [
+        model.features[0].register_forward_hook(lambda _m, _i, out: seen.update(before=(torch.is_grad_enabled(), out.requires_grad))),
+        model.head[3].register_forward_hook(lambda _m, _i, out: seen.update(after=(torch.is_grad_enabled(), out.requires_grad))),
+    ]
+    try:
+        ours = _saved_bytes(lambda: native_gradcam(model, model.features, x, y))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"before": (False, False), "after": (True, True)}
+    with torch.no_grad():
+        feats = model.features(x)
+    head_only = _saved_bytes(lambda: model.head(feats.clone().requires_grad_(True)).gather(1, y.view(-1, 1)).sum())
+    whole = _saved_bytes(lambda: _full_graph_gradcam(model, model.features, x, y))
+    assert ours == head_only < whole / 10  # the head's graph only: the convolutions save nothing
+
+
+class _InplaceAfterLayer(torch.nn.Module):
+    """A conv target layer followed by an in-place ReLU (as in many backbones)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("variant", ["frozen", "bfloat16", "inplace_after_layer", "compiled"])
+def test_maps_equal_the_full_graph_maps(digits, variant):
+    x, y = digits[1].tensors
+    x, y = x[:64], y[:64]
+    if variant == "inplace_after_layer":
+        torch.manual_seed(0)
+        model = _InplaceAfterLayer().eval()
+    else:
+        model = _trained_model(digits)
+    if variant == "frozen":
+        model.requires_grad_(False)  # a frozen backbone: no parameter requires grad at all
+    if variant == "bfloat16":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    ref = _full_graph_gradcam(model, model.features, x, y)
+    runner = torch.compile(model) if variant == "compiled" else model
+    ours = torch.cat([b.cams for b in probe_batches(runner, model.features, x, y, batch_size=32)])
+    assert torch.isfinite(ours).all() and ours.max() > 0.5
+    assert torch.allclose(ours, ref, atol=1e-6), (ours - ref).abs().max()
+    if variant == "frozen":
+        assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("outer", ["enabled", "no_grad", "inference_mode"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_grad_mode_comes_back_exactly(digits, outer, method):
+    model = _trained_model(digits)
+    x, y = digits[1].tensors
+    contexts = {"enabled": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+    with contexts[outer]():
+        before = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        list(probe_batches(model, model.features, x[:32], y[:32], cam=method))
+        assert (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == before
+
+        def boom(_m, _i, _out):
+            raise RuntimeError("boom after the target layer")
+
+        handle = model.head.register_forward_hook(boom)  # fails after the layer switched recording on
+        try:
+            with pytest.raises(RuntimeError, match="boom"):
+                native_gradcam(model, model.features, x[:8], y[:8])
+        finally:
+            handle.remove()
+        assert (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == before
+
+
+def test_library_methods_record_from_the_layer_or_not_at_all(digits):
+    model = _trained_model(digits)
+    x, y = digits[1].tensors
+    whole = _saved_bytes(lambda: library_cam(model, model.features, x, y, method="fullgrad"))
+    for method in ("gradcam", "gradcam++", "eigencam"):
+        assert _saved_bytes(lambda: library_cam(model, model.features, x, y, method=method)) < whole / 10, method
+
+
+def test_clear_error_when_the_scores_do_not_depend_on_the_layer(digits):
+    model = _trained_model(digits)
+    x, y = digits[1].tensors
+
+    def detached_forward(m, images):
+        return m.head(m.features(images).detach())
+
+    with pytest.raises(RuntimeError, match="do not depend on the target layer"):
+        native_gradcam(model, model.features, x[:8], y[:8], forward_fn=detached_forward)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probe_pass_and_stream_never_synchronise_on_cuda(digits):
+    from lightning_i2x.prototypes import PrototypeStream
+
+    model = _trained_model(digits).cuda()
+    x, y = (t.cuda() for t in digits[1].tensors)
+    stream = PrototypeStream(4, n_components=8, min_fit_locations=64)
+    kept = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in probe_batches(model, model.features, x, y, batch_size=32):
+            stream.add(batch.activations)
+            kept.append((batch.cams, batch.confidences))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _, assignment, distances = stream.fit()
+    assert assignment.shape == distances.shape == (200 * 16,)

@@ -88,3 +88,96 @@ def test_forward_fn_adapts_a_forward_with_extra_arguments(tmp_path):
     trainer.validate(model, DataLoader(TensorDataset(x, y), batch_size=6), verbose=False)
     with torch.no_grad():
         np.testing.assert_allclose(cb.run.confidences()[0], torch.softmax(model(x), 1).numpy(), atol=1e-6)
+
+
+# -- transformers without hand work -----------------------------------------------------------------
+
+import pytest  # noqa: E402
+from pytorch_grad_cam import GradCAM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from torchvision.models import SwinTransformer  # noqa: E402
+
+from lightning_i2x.cam import native_gradcam  # noqa: E402
+from lightning_i2x.layers import TokensToMap, infer_reshape_transform, resolve_target_layer  # noqa: E402
+
+
+def _doc_vit_reshape(tensor, height=4, width=4):
+    """pytorch-grad-cam's documented ViT reshape_transform (tutorials/vision_transformers.md)."""
+    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+    return result.transpose(2, 3).transpose(1, 2)
+
+
+def _doc_swin_reshape(tensor):
+    """The documented Swin reshape's transposes; torchvision's Swin is already (N, H, W, C)."""
+    return tensor.transpose(2, 3).transpose(1, 2)
+
+
+def _small_vit():
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at zero: no gradient at all
+    return vit.eval()
+
+
+def _small_swin():
+    torch.manual_seed(0)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2], num_classes=10)
+    # a unit-scale head: with torchvision's 0.02-scale init the raw maps are ~1e-4, where the 1e-7
+    # in pytorch-grad-cam's two normalisations (ours: one) shows as a 1e-4 relative difference
+    torch.nn.init.normal_(swin.head.weight)
+    return swin.eval()
+
+
+def _library_maps(model, layer, x, y, reshape, hw):
+    cam = GradCAM(model=model, target_layers=[layer], reshape_transform=reshape)
+    cam.get_target_width_height = lambda _x: hw
+    try:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in y])
+    finally:
+        cam.activations_and_grads.release()
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_transformer_target_layer_and_reshape_are_inferred(family):
+    net = _small_vit() if family == "vit" else _small_swin()
+    model = Wrapped(net).eval()
+    x, y = torch.randn(12, 3, 32, 32), torch.arange(12) % 10
+    layer = resolve_target_layer(model, None, x[:2], forward_fn=lambda m, i: m(i))
+    if family == "vit":
+        assert layer.name == "net.encoder.layers.encoder_layer_1.ln_1"
+        assert layer.reshape_transform == TokensToMap(4, 4, prefix_tokens=1) and layer.feature_shape == (32, 4, 4)
+        doc = _doc_vit_reshape
+    else:
+        assert layer.name == "net.features.3.0.norm1"  # the last stage's last block's norm1
+        assert layer.reshape_transform == TokensToMap(4, 4, channels_last=True) and layer.feature_shape == (32, 4, 4)
+        doc = _doc_swin_reshape
+    ours = native_gradcam(model, layer.module, x, y, reshape_transform=layer.reshape_transform).cams.numpy()
+    theirs = _library_maps(model, layer.module, x, y, doc, (4, 4))
+    assert ours.shape == theirs.shape == (12, 4, 4) and ours.max() > 0.5
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_named_transformer_layer_gets_the_reshape_and_a_users_own_wins():
+    model = Wrapped(_small_vit())
+    x = torch.randn(2, 3, 32, 32)
+    named = resolve_target_layer(model, "net.encoder.layers.encoder_layer_0.ln_1", x, forward_fn=lambda m, i: m(i))
+    assert named.reshape_transform == TokensToMap(4, 4, prefix_tokens=1)
+    own = resolve_target_layer(model, None, x, forward_fn=lambda m, i: m(i), reshape_transform=_doc_vit_reshape)
+    assert own.name == "net.encoder.layers.encoder_layer_1.ln_1" and own.reshape_transform is _doc_vit_reshape
+    cnn = resnet18(num_classes=10)
+    assert resolve_target_layer(cnn, None, torch.randn(2, 3, 64, 64), forward_fn=lambda m, i: m(i)).reshape_transform is None
+    assert infer_reshape_transform(cnn, "layer4", torch.zeros(2, 512, 2, 2)) is None
+    with pytest.raises(ValueError, match="size the reshape was inferred at"):
+        TokensToMap(4, 4, prefix_tokens=1)(torch.zeros(2, 26, 8))
+
+
+def test_timm_vit_is_recognised():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+    x, y = torch.randn(6, 3, 32, 32), torch.arange(6)
+    layer = resolve_target_layer(vit, None, x[:2], forward_fn=lambda m, i: m(i))
+    assert layer.name == "blocks.1.norm1" and layer.reshape_transform == TokensToMap(4, 4, prefix_tokens=vit.num_prefix_tokens)
+    ours = native_gradcam(vit, layer.module, x, y, reshape_transform=layer.reshape_transform).cams.numpy()
+    theirs = _library_maps(vit, layer.module, x, y, _doc_vit_reshape, (4, 4))
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
