@@ -42,14 +42,14 @@ import subprocess
 import sys
 import time
 
-import _common
-
 import numpy as np
 import torch
 import torchvision
 
 from lightning_i2x.cam import normalise_maps, probe_batches
 from lightning_i2x.prototypes import PrototypeStream, fit_prototypes
+
+import _common
 
 BATCH, K, COMPONENTS, NITER = 64, 32, 64, 20
 PAGE = 4096

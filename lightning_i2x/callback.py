@@ -292,7 +292,7 @@ class I2XCallback(pl.Callback):
         n = self._images.shape[0]
         share = -(-n // world)
         lo, hi = min(trainer.global_rank * share, n), min((trainer.global_rank + 1) * share, n)
-        local = self._guarded("probe pass", trainer, self._probe_share, pl_module, lo, hi)
+        local = self._guarded("probe pass", trainer, self._probe_share, pl_module, lo, hi, world == 1)
         if world == 1:
             return local
         d, h, w = self._layer.feature_shape
@@ -312,11 +312,14 @@ class I2XCallback(pl.Callback):
             return None
         return ProbeEvidence(*(t.reshape(world * share, *t.shape[2:])[:n] for t in gathered[1:]))
 
-    def _probe_share(self, pl_module: pl.LightningModule, lo: int, hi: int) -> ProbeEvidence:
+    def _probe_share(self, pl_module: pl.LightningModule, lo: int, hi: int, stream: bool) -> ProbeEvidence:
+        """probe[lo:hi]'s evidence; alone (one process) its features go straight into a prototype
+        stream, under DDP they are kept whole for the gather."""
         if hi == lo:
             return ProbeEvidence.empty(self._layer.feature_shape, self._layer.num_classes, pl_module.device)
         return probe_pass(pl_module, self._layer.module, self._images[lo:hi], self._labels[lo:hi], cam=self.cam,
-                          options=self.probe_pass, reshape_transform=self.reshape_transform, forward_fn=self.forward_fn)
+                          options=self.probe_pass, reshape_transform=self._layer.reshape_transform, forward_fn=self.forward_fn,
+                          stream=self._recorder.new_stream() if stream else None)
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evidence: ProbeEvidence) -> None:
         """Rank 0: hand the evidence to the analysis (append, refit, explain, measure, log), in the
@@ -327,7 +330,8 @@ class I2XCallback(pl.Callback):
         at = _At(trainer.current_epoch, trainer.global_step, f" on rank {trainer.global_rank}" if trainer.world_size > 1 else "")
         sink = LogSink(trainer.loggers)
         if self.async_analysis and not any(m.when == "record" for m in self.measures):
-            host = ProbeEvidence(*(t.detach().to("cpu", copy=True) for t in (evidence.activations, evidence.cams, evidence.confidences)))
+            copy = lambda t: None if t is None else t.detach().to("cpu", copy=True)  # noqa: E731
+            host = ProbeEvidence(copy(evidence.activations), copy(evidence.cams), copy(evidence.confidences), evidence.stream)
             self._get_worker().submit("record", self._analyse, host, at, sink, None, [])
         else:
             failures = self._analyse(evidence, at, sink, pl_module, None)
@@ -438,7 +442,7 @@ class I2XCallback(pl.Callback):
         if self.auto_finetune and self._run is not None:
             self.finetune_result = self._guarded(
                 "finetune", trainer, finetune_after_fit, trainer, pl_module, self._run, self.explanation, self.finetune,
-                sink, self.forward_fn, self.reshape_transform)
+                sink, self.forward_fn, self._layer.reshape_transform)
 
     def _guarded(self, where: str, trainer: pl.Trainer, fn: Callable, *args, **kw) -> Any:
         """Run explainer work and return its result; with on_error='warn' a failure is warned

@@ -39,7 +39,7 @@ from .explanation import Explanation
 from .layers import TargetLayer
 from .options import ExplainOptions, ProbePassOptions, PrototypeOptions, RunConfig
 from .probe import probe_fingerprint
-from .prototypes import Prototypes, fit_prototypes
+from .prototypes import Prototypes, PrototypeStream
 from .run import I2XRun
 
 __all__ = ["ProbeEvidence", "probe_pass", "Recorder", "AnalysisWorker", "open_run", "resume_run", "run_fingerprint", "MAX_STORED_PROBE_BYTES"]
@@ -50,12 +50,15 @@ MAX_STORED_PROBE_BYTES = 64 * 2**20
 
 @dataclass
 class ProbeEvidence:
-    """What one probe pass yields, in probe order, float32 on the model's device: target-layer
-    activations (N, d, h, w), CAM maps (N, h, w) and softmax confidences (N, M)."""
+    """What one probe pass yields, in probe order, float32 on the model's device: CAM maps
+    (N, h, w), softmax confidences (N, M), and the target-layer features either whole
+    (``activations`` (N, d, h, w)) or streamed into a ``PrototypeStream`` that keeps only their
+    projections (``stream``; then ``activations`` is None), so memory does not grow with N x d."""
 
-    activations: torch.Tensor
+    activations: torch.Tensor | None
     cams: torch.Tensor
     confidences: torch.Tensor
+    stream: PrototypeStream | None = None
 
     def __len__(self) -> int:
         return int(self.cams.shape[0])
@@ -77,19 +80,25 @@ def probe_pass(
     options: ProbePassOptions = ProbePassOptions(),
     reshape_transform: Callable | None = None,
     forward_fn: ForwardFn | None = None,
+    stream: PrototypeStream | None = None,
 ) -> ProbeEvidence:
     """Run ``model`` over ``images`` in batches of ``options.batch_size`` (eval mode, modes, RNG and
-    gradients left as they were) and gather the evidence. Raises ValueError for an empty probe."""
+    gradients left as they were) and gather the evidence. With ``stream``, each batch's features go
+    into it (projected on their device) and are not kept. Raises ValueError for an empty probe."""
     if images.shape[0] == 0:
         raise ValueError("probe_pass needs at least one image")
-    parts: tuple[list, list, list] = ([], [], [])
+    acts, cams, confs = [], [], []
     for batch in probe_batches(
         model, layer, images, labels, cam=cam, cam_target=options.cam_target, batch_size=options.batch_size,
         reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=options.normalise_maps,
     ):
-        for out, t in zip(parts, (batch.activations, batch.cams, batch.confidences)):
-            out.append(t.float())
-    return ProbeEvidence(*(torch.cat(p) for p in parts))
+        if stream is not None:
+            stream.add(batch.activations)
+        else:
+            acts.append(batch.activations.float())
+        cams.append(batch.cams.float())
+        confs.append(batch.confidences.float())
+    return ProbeEvidence(None if stream is not None else torch.cat(acts), torch.cat(cams), torch.cat(confs), stream)
 
 
 def run_fingerprint(images: torch.Tensor, labels: torch.Tensor, layer: TargetLayer, num_prototypes: int) -> dict[str, Any]:
@@ -154,19 +163,24 @@ class Recorder:
     prototypes: PrototypeOptions = field(default_factory=PrototypeOptions)
     explain: ExplainOptions = field(default_factory=ExplainOptions)
 
+    def new_stream(self) -> PrototypeStream:
+        """An empty ``PrototypeStream`` with these options, for ``probe_pass(stream=...)``."""
+        o = self.prototypes
+        return PrototypeStream(self.num_prototypes, n_components=o.pca_components, niter=o.kmeans_iters, seed=o.seed)
+
     def append(self, run: I2XRun, evidence: ProbeEvidence, *, epoch: int, global_step: int) -> int:
-        """Store the checkpoint's maps and confidences, then refit the prototypes on its
-        activations (ids matched to the previous prototypes); returns the checkpoint index."""
+        """Store the checkpoint's maps and confidences, then refit the prototypes on its features
+        (streamed; whole activations are streamed here in chunks), ids matched to the previous
+        prototypes; returns the checkpoint index."""
         index = run.append_checkpoint(evidence.cams.cpu().numpy(), evidence.confidences.cpu().numpy(),
                                       epoch=epoch, global_step=global_step)
-        acts = evidence.activations
-        feats = acts.permute(0, 2, 3, 1).reshape(-1, acts.shape[1]).cpu().numpy()
+        stream = evidence.stream
+        if stream is None:
+            stream = self.new_stream()
+            for s in range(0, evidence.activations.shape[0], 256):
+                stream.add(evidence.activations[s : s + 256])
         previous = None if run.prototypes is None else run.assignment().reshape(-1)
-        opts = self.prototypes
-        protos, assignment, distances = fit_prototypes(
-            feats, self.num_prototypes, n_components=opts.pca_components, niter=opts.kmeans_iters,
-            seed=opts.seed, previous_assignment=previous, return_distances=True,
-        )
+        protos, assignment, distances = stream.fit(previous_assignment=previous)
         run.set_prototypes(protos, assignment, reference=index, distances=distances)
         return index
 

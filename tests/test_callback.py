@@ -97,7 +97,7 @@ def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, 
     def broken(*_a, **_k):
         raise RuntimeError("injected k-means failure")
 
-    monkeypatch.setattr(record_module, "fit_prototypes", broken)
+    monkeypatch.setattr(record_module.PrototypeStream, "fit", broken)
     cb = I2XCallback(digits[1], num_prototypes=8, async_analysis=async_analysis)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -110,7 +110,7 @@ def test_failure_is_warned_once_recorded_and_training_goes_on(tmp_path, digits, 
 
 @pytest.mark.parametrize("async_analysis", [True, False])
 def test_on_error_raise_stops(tmp_path, digits, monkeypatch, async_analysis):
-    monkeypatch.setattr(record_module, "fit_prototypes", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(record_module.PrototypeStream, "fit", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         _fit(tmp_path, digits, I2XCallback(digits[1], num_prototypes=8, on_error="raise", async_analysis=async_analysis))
 

@@ -13,7 +13,6 @@ from lightning_i2x.cam import CAM_METHODS, library_cam, native_gradcam, probe_ba
 
 from .conftest import TinyCNN
 
-
 _TRAINED: dict = {}
 
 
