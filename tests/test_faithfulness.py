@@ -25,6 +25,15 @@ from .conftest import TinyCNN
 REGION = (slice(8, 14), slice(16, 22))  # the only pixels the planted model reads (28 x 28 images)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster than several fighting over shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class RegionModel(nn.Module):
     """Class 0's logit is a checkerboard's correlation with pixels REGION only, the other nine logits
     are 0: blurring or deleting the region (and nothing else) brings class 0 down to chance."""
