@@ -37,19 +37,19 @@ from __future__ import annotations
 import sys
 import time
 
-import _common
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from demo_data import balanced_indices, load_cifar10_subset, load_mnist
-from demo_models import SmallCNN
 from lightning_i2x.cam import library_cam, native_gradcam
 from lightning_i2x.faithfulness import default_blur_sigma, deletion_insertion, pixel_ranks, random_baseline
 from lightning_i2x.igos import igos_maps
 from lightning_i2x.perturb import fill_values
+
+import _common
+from demo_data import balanced_indices, load_cifar10_subset, load_mnist
+from demo_models import SmallCNN
 
 STEPS = 64
 
