@@ -72,6 +72,8 @@ def main(argv=None) -> None:
     events = sum(f.stat().st_size for f in Path(logger.log_dir).glob("events.out.tfevents.*"))
     print(f"TensorBoard logs: {Path(logger.log_dir)}   (view: tensorboard --logdir {args.out}; event files {events / 2**20:.1f} MiB)")
     print(f"validation accuracy: {trainer.callback_metrics['val_acc']:.4f}; finished in {time.perf_counter() - t0:.0f} s")
+    probe_acc = (run.confidences().argmax(axis=2) == run.labels).mean(axis=1)
+    print("probe accuracy at each record: " + " ".join(f"{a:.3f}" for a in probe_acc))
     print()
     if expl.uncertain:
         print("Top uncertain prototypes (evidence the model kept reassigning between two classes):")

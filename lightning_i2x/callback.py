@@ -340,9 +340,7 @@ class I2XCallback(pl.Callback):
                                  self._images, self._labels)
             self._get_worker().submit("record", self._analyse, host, at, sink, None, [])
         else:
-            failures = self._analyse(evidence, at, sink, pl_module, None)
-            for where, e in failures:
-                self._report(where, e, at)
+            self._analyse(evidence, at, sink, pl_module, None)
 
     def _analyse(self, evidence: ProbeEvidence, at: "_At", sink: LogSink, pl_module: pl.LightningModule | None,
                  failures: list | None) -> list:
@@ -356,7 +354,7 @@ class I2XCallback(pl.Callback):
                 if failures is None:
                     self._report(where, e, at)
                 else:
-                    failures.append((where, e))
+                    failures.append((where, e, at))
                 return None
 
         ok = attempt("record", lambda: self._recorder.append(self._run, evidence, epoch=at.epoch, global_step=at.step) is not None)
@@ -394,12 +392,12 @@ class I2XCallback(pl.Callback):
     def _report_worker_failures(self, trainer: pl.Trainer) -> None:
         if self._worker is None:
             return
-        for _where, failed in self._worker.failures():
-            for where, e in failed if isinstance(failed, list) else [(_where, failed)]:
-                self._report(where, e, _At(trainer.current_epoch, trainer.global_step, ""))
-        for _where, result in self._worker.results():
-            for where, e in result or []:
-                self._report(where, e, _At(trainer.current_epoch, trainer.global_step, ""))
+        now = _At(trainer.current_epoch, trainer.global_step, "")
+        for where, e in self._worker.failures():  # the job itself broke (not expected: _analyse isolates its steps)
+            self._report(where, e, now)
+        for _, failures in self._worker.results():  # what the analysis isolated, at the record it belongs to
+            for where, e, at in failures or []:
+                self._report(where, e, at)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._join(trainer)

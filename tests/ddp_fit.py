@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lightning_i2x.callback as callback_module  # noqa: E402
+import lightning_i2x.record as record_module  # noqa: E402
 from lightning_i2x import I2XCallback, ProbePassOptions  # noqa: E402
 from tests.conftest import TinyCNN  # noqa: E402
 
@@ -47,7 +47,7 @@ def digits():
 
 
 def fail_on(rank: int) -> None:
-    real, calls = callback_module.probe_batches, []
+    real, calls = record_module.probe_batches, []
 
     def probe_batches(*args, **kwargs):
         calls.append(1)
@@ -55,7 +55,7 @@ def fail_on(rank: int) -> None:
             raise RuntimeError(f"injected probe failure on rank {rank}")
         return real(*args, **kwargs)
 
-    callback_module.probe_batches = probe_batches
+    record_module.probe_batches = probe_batches
 
 
 def main(out: Path, fail_rank: int | None) -> None:
