@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .guards import preserved_rng
-from .perturb import apply_mask, default_sigma, fill_values, pixel_mask, target_probabilities
+from .perturb import apply_mask, fill_values, pixel_mask, target_probabilities
 
 __all__ = [
     "SAG",
@@ -45,6 +45,7 @@ __all__ = [
     "MSEResult",
     "grid_regions",
     "default_grid_size",
+    "default_blur_sigma",
     "minimal_sufficient_explanations",
     "diverse_mses",
     "sag",
@@ -63,9 +64,20 @@ DEFAULT_MAX_MSES = 3
 DEFAULT_FLOOR = 0.4
 DEFAULT_MAX_CHILDREN = 3
 DEFAULT_MAX_NODES = 40
+# ours, chosen by benchmarks/sag.py (results in benchmarks/results/sag-cpu.md)
+DEFAULT_BLUR = 0.2
+DEFAULT_SIZE_SLACK = 2
 
 
 # -- regions ------------------------------------------------------------------------------------------
+def default_blur_sigma(image_size: tuple[int, int]) -> float:
+    """The blur that hides what is not shown: sigma = ``DEFAULT_BLUR`` (0.2) x the image's shorter
+    side (at least 1 px), near the authors' 50 px on 224 px images (0.22). A lighter blur (half a
+    region cell) leaves a digit legible: the demo CNN kept most of its confidence on the fully
+    blurred image, so the empty set was "sufficient" and no region mattered."""
+    return max(1.0, DEFAULT_BLUR * min(int(image_size[0]), int(image_size[1])))
+
+
 def default_grid_size(image_size: tuple[int, int]) -> int:
     """SAG's 7 x 7 grid (32 px cells on 224 px images) for images of 112 px or more; 4 x 4 below,
     so cells stay 7-8 px on 28-32 px images (a 7 x 7 grid would cut an MNIST digit into 4 px cells
@@ -275,15 +287,18 @@ def _prune(sets: list[frozenset], probs: list[float], thr: float) -> Search:
     return done
 
 
-def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max_roots: int) -> Search:
-    """SAG's beam search over region indices 0..n-1; returns {MSE: probability}."""
+def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max_roots: int,
+                 size_slack: int | None = None) -> Search:
+    """SAG's beam search over region indices 0..n-1; returns {MSE: probability}. It stops
+    ``size_slack`` sizes after the first size that yielded an MSE (None: no such bound)."""
     empty = frozenset()
     (p0,) = yield [empty]
     if p0 >= thr:  # the blurred image alone suffices: the empty set is the one MSE
         return {empty: p0}
     roots: dict[frozenset, float] = {}
     beam = [empty]
-    for _ in range(max_size):
+    first = None  # the size at which the first MSE turned up
+    for size in range(1, max_size + 1):
         cands = sorted({s | {r} for s in beam for r in range(n_regions) if r not in s}, key=lambda s: sorted(s))
         if not cands:
             break
@@ -301,7 +316,9 @@ def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max
             pruned = yield from _prune([c for c, _ in sufficient], [p for _, p in sufficient], thr)
             for m, p in pruned:
                 roots.setdefault(m, p)
-        if len(roots) >= max_roots or not beam:
+        if roots and first is None:
+            first = size
+        if len(roots) >= max_roots or not beam or (first is not None and size_slack is not None and size - first >= size_slack):
             break
     return roots
 
@@ -413,7 +430,7 @@ def _check_image(image) -> torch.Tensor:
     return image
 
 
-def _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size) -> None:
+def _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size, size_slack=None) -> None:
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ValueError(f"fraction must be in (0, 1] (the share of the full image's probability an MSE keeps), got {fraction!r}")
     if not (isinstance(floor, (int, float)) and 0 <= floor <= 1):
@@ -424,6 +441,8 @@ def _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if max_size is not None and (not isinstance(max_size, (int, np.integer)) or max_size < 1):
         raise ValueError(f"max_size must be an integer >= 1 or None (no limit), got {max_size!r}")
+    if size_slack is not None and (not isinstance(size_slack, (int, np.integer)) or isinstance(size_slack, bool) or size_slack < 0):
+        raise ValueError(f"size_slack must be an integer >= 0 or None (no bound), got {size_slack!r}")
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -443,8 +462,7 @@ def _setup(model, images: torch.Tensor, labels: torch.Tensor, region_maps: list[
         ids, m = _region_masks(rm, size)
         ids_all.append(ids)
         masks.append(torch.from_numpy(m.reshape(len(ids), -1).astype(np.float32)).to(device))
-    sig = [default_sigma(size, rm.shape) if sigma is None else float(sigma) for rm in region_maps]
-    fills = torch.cat([fill_values(x[i : i + 1], "blur", sigma=s) for i, s in enumerate(sig)]) if len(sig) else x
+    fills = fill_values(x, "blur", sigma=default_blur_sigma(size) if sigma is None else float(sigma)) if len(x) else x
     prober = _Prober(model, x, labels.to(device), masks, fills, batch_size, forward_fn)
     return prober, ids_all
 
@@ -503,6 +521,7 @@ def minimal_sufficient_explanations(
     beam_width: int = DEFAULT_BEAM_WIDTH,
     max_size: int | None = None,
     max_roots: int = DEFAULT_MAX_ROOTS,
+    size_slack: int | None = DEFAULT_SIZE_SLACK,
     grid_size: int | None = None,
     sigma: float | None = None,
     batch_size: int = 256,
@@ -510,23 +529,26 @@ def minimal_sufficient_explanations(
 ) -> MSEResult:
     """Every distinct MSE the beam search finds for ``image`` and class ``label`` (see the module
     docstring). ``max_size`` caps the regions in a set (None: no cap); the search stops once
-    ``max_roots`` MSEs are found or the beam empties. ``sigma`` is the blur's (default
-    ``perturb.default_sigma``: half a region cell)."""
+    ``max_roots`` MSEs are found, the beam empties, or it has grown sets ``size_slack`` regions
+    past the size at which it found its first MSE (0: only the smallest MSEs and what pruning
+    larger sufficient sets of that step gives; None: no such bound, the authors' search).
+    ``sigma`` is the blur's (default ``default_blur_sigma``: 0.2 x the image's side)."""
     _check_image(image)
-    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size)
+    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size, size_slack)
     size = tuple(image.shape[-2:])
     rm, _ = _region_map(regions, size, grid_size)
     return _mses_many(model, image[None], torch.as_tensor([int(label)]), [rm], fraction, beam_width, max_size, max_roots,
-                      sigma, batch_size, forward_fn)[0][0]
+                      size_slack, sigma, batch_size, forward_fn)[0][0]
 
 
-def _mses_many(model, images, labels, region_maps, fraction, beam_width, max_size, max_roots, sigma, batch_size, forward_fn):
+def _mses_many(model, images, labels, region_maps, fraction, beam_width, max_size, max_roots, size_slack, sigma, batch_size,
+               forward_fn):
     with preserved_rng():
         prober, ids_all = _setup(model, images, labels, region_maps, sigma, batch_size, forward_fn)
         full = _full_probabilities(model, prober.images, prober.labels, batch_size, forward_fn)
         thr = [fraction * f for f in full]
-        searches = [_beam_search(len(ids), t, beam_width, len(ids) if max_size is None else min(max_size, len(ids)), max_roots)
-                    for ids, t in zip(ids_all, thr)]
+        searches = [_beam_search(len(ids), t, beam_width, len(ids) if max_size is None else min(max_size, len(ids)), max_roots,
+                                 size_slack) for ids, t in zip(ids_all, thr)]
         found = _drive(searches, prober)
     out = []
     for i, ids in enumerate(ids_all):
@@ -547,6 +569,7 @@ def sag(
     max_size: int | None = None,
     max_overlap: int = DEFAULT_MAX_OVERLAP,
     max_roots: int = DEFAULT_MAX_ROOTS,
+    size_slack: int | None = DEFAULT_SIZE_SLACK,
     max_mses: int = DEFAULT_MAX_MSES,
     floor: float = DEFAULT_FLOOR,
     max_children: int | None = DEFAULT_MAX_CHILDREN,
@@ -571,7 +594,7 @@ def sag(
     Raises ValueError for an image not (C, H, W), a fraction outside (0, 1], a region map without
     regions or finer than the image, and other out-of-range options."""
     _check_image(image)
-    _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size)
+    _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size, size_slack)
     if max_children is not None and (not isinstance(max_children, (int, np.integer)) or max_children < 1):
         raise ValueError(f"max_children must be an integer >= 1 or None (all), got {max_children!r}")
     if not isinstance(max_nodes, (int, np.integer)) or max_nodes < 1:
@@ -579,7 +602,7 @@ def sag(
     size = tuple(image.shape[-2:])
     rm, kind = _region_map(regions, size, grid_size)
     (res,), prober, (ids,) = _mses_many(model, image[None], torch.as_tensor([int(label)]), [rm], fraction, beam_width,
-                                        max_size, max_roots, sigma, batch_size, forward_fn)
+                                        max_size, max_roots, size_slack, sigma, batch_size, forward_fn)
     index = {r: k for k, r in enumerate(ids)}
     roots_ids = diverse_mses(res.mses, max_overlap, max_mses)
     roots = [frozenset(index[r] for r in m) for m in roots_ids]
@@ -615,6 +638,7 @@ def mse_stats(
     beam_width: int = DEFAULT_BEAM_WIDTH,
     max_size: int | None = None,
     max_roots: int = DEFAULT_MAX_ROOTS,
+    size_slack: int | None = DEFAULT_SIZE_SLACK,
     grid_size: int | None = None,
     sigma: float | None = None,
     batch_size: int = 256,
@@ -636,7 +660,7 @@ def mse_stats(
     goes through the model in shared batches."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(f"images must be an (N, C, H, W) tensor, got {tuple(getattr(images, 'shape', ()))}")
-    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size)
+    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size, size_slack)
     labels = torch.as_tensor(labels).reshape(-1)
     n = images.shape[0]
     if labels.shape[0] != n:
@@ -655,7 +679,8 @@ def mse_stats(
     if n == 0:
         return {"multi_mse_share": math.nan, "mean_mse_size": math.nan, "found_share": math.nan,
                 "mean_num_mses": math.nan, "evaluations_per_image": 0.0, "n_images": 0.0}
-    results, _, _ = _mses_many(model, images, labels, maps, fraction, beam_width, max_size, max_roots, sigma, batch_size, forward_fn)
+    results, _, _ = _mses_many(model, images, labels, maps, fraction, beam_width, max_size, max_roots, size_slack, sigma,
+                               batch_size, forward_fn)
     multi = [len(diverse_mses(r.mses, 0)) >= 2 for r in results]
     sizes = [float(np.mean([len(m) for m, _ in r.mses])) for r in results if r.mses]
     return {
