@@ -50,6 +50,10 @@ __all__ = [
     "diverse_mses",
     "sag",
     "mse_stats",
+    "SAGMeasure",
+    "StoredSAG",
+    "stored_sags",
+    "DEFAULT_SIZE_SLACK",
 ]
 
 ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
@@ -209,6 +213,15 @@ class SAG:
         names = [self.region_name(r) for r in regions]
         return " + ".join(names) if names else "(nothing)"
 
+    def mse_lines(self) -> list[str]:
+        """The roots as text, one line each: "P-3 + P-17: p=0.93 (98% of the full image's)"."""
+        out = []
+        for m in self.mses:
+            p = self.node(m).probability
+            share = f" ({p / self.full_probability:.0%} of the full image's)" if self.full_probability > 0 else ""
+            out.append(f"{self.describe(m)}: p={p:.2f}{share}")
+        return out
+
     def to_dict(self) -> dict:
         """Plain lists, ints and floats (JSON-serialisable)."""
         return {
@@ -245,14 +258,15 @@ class SAG:
         )
 
     def plot(self, image: torch.Tensor | np.ndarray | None = None, region_map: np.ndarray | None = None, *,
-             max_per_level: int = 8, dpi: int = 80):
+             max_per_level: int = 8, dpi: int = 80, title: str | None = None):
         """The graph as a matplotlib Figure (no pyplot): one row per level, roots on top; each node
         a thumbnail of the image with only its regions shown (the rest dimmed) and its
         probability, absolute and as a share of the full image's; lines from parent to child.
-        Without ``image`` the nodes are drawn as text. At most ``max_per_level`` nodes a row."""
+        Without ``image`` the nodes are drawn as text. At most ``max_per_level`` nodes a row.
+        ``title`` replaces the first line ("SAG, class 3: full image p=..., blurred p=...")."""
         from ._sag_plot import plot_sag
 
-        return plot_sag(self, image=image, region_map=region_map, max_per_level=max_per_level, dpi=dpi)
+        return plot_sag(self, image=image, region_map=region_map, max_per_level=max_per_level, dpi=dpi, title=title)
 
 
 # -- search (generators that ask for probabilities; a driver batches them across images) ----------
@@ -681,13 +695,177 @@ def mse_stats(
                 "mean_num_mses": math.nan, "evaluations_per_image": 0.0, "n_images": 0.0}
     results, _, _ = _mses_many(model, images, labels, maps, fraction, beam_width, max_size, max_roots, size_slack, sigma,
                                batch_size, forward_fn)
-    multi = [len(diverse_mses(r.mses, 0)) >= 2 for r in results]
-    sizes = [float(np.mean([len(m) for m, _ in r.mses])) for r in results if r.mses]
     return {
-        "multi_mse_share": float(np.mean(multi)),
-        "mean_mse_size": float(np.mean(sizes)) if sizes else math.nan,
+        **_stats([[m for m, _ in r.mses] for r in results]),
         "found_share": float(np.mean([bool(r.mses) for r in results])),
         "mean_num_mses": float(np.mean([len(r.mses) for r in results])),
         "evaluations_per_image": float(np.mean([r.evaluations for r in results])),
         "n_images": float(n),
     }
+
+
+# -- the measure the callback runs --------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredSAG:
+    """One SAG a ``SAGMeasure`` stored: its class, the probe image it explains (index into the
+    run's probe set), the graph, and the checkpoint it was measured at."""
+
+    cls: int
+    image: int
+    sag: SAG
+    checkpoint: int
+
+
+def stored_sags(run, name: str = "sag") -> list[StoredSAG]:
+    """The SAGs a ``SAGMeasure`` named ``name`` stored in ``run`` (empty when there are none).
+    Raises ``I2XRunError`` when the attachment is damaged."""
+    from .run import I2XRunError
+
+    found = run.attachment(name)
+    if found is None:
+        return []
+    data, checkpoint = found
+    try:
+        return [StoredSAG(int(e["class"]), int(e["image"]), SAG.from_dict(e["sag"]), checkpoint) for e in data["sags"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise I2XRunError(f"{run.path}: the {name!r} attachment does not hold SAGs ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class SAGMeasure:
+    """Minimal sufficient explanations while training, as a measure of ``I2XCallback(measures=[...])``
+    (``lightning_i2x.measures``). Off by default: add ``SAGMeasure()`` to ``measures`` to run it.
+
+    At each record (``when="record"``; ``"end"``: once, after fit) it takes, for each drawn class
+    (``classes``; None: the classes the views draw, ``views.select_classes`` with the default
+    ``ViewOptions``), the ``images_per_class`` probe images of that class the latest checkpoint
+    classifies correctly with the highest confidence, and
+
+    - records ``<name>/multi_mse_share`` (share of those images with two or more disjoint MSEs) and
+      ``<name>/mean_mse_size`` (mean regions per MSE), logged as ``i2x/sag/...``;
+    - stores the full SAG of the most confident image of each class as the attachment ``<name>``
+      (``stored_sags(run)`` reads them back; the views draw them as ``i2x/class<n>/sag``, the
+      report lists their MSEs).
+
+    ``regions``: ``"prototypes"`` (each image's prototype assignment, so an MSE reads
+    "P-3 + P-17") or ``"grid"``. The search options are ``sag()``'s. It needs the probe images in
+    the run (``ProbePassOptions.store_images``, the default, for probes up to 64 MiB); it leaves
+    the model's modes, gradients and the RNGs as they were.
+
+    Cost: forward passes only, about ``evaluations`` masked copies per image (a few hundred on a
+    7 x 7 prototype map; ``benchmarks/sag.py`` measures it) for ``images_per_class`` x classes
+    images, plus each stored SAG's graph. With the defaults (3 classes, 4 images each) on the demo
+    CNN that is about COST_PLACEHOLDER probe passes of a 1000-image probe per record.
+    """
+
+    name: str = "sag"
+    when: str = "record"
+    classes: tuple[int | str, ...] | None = None
+    images_per_class: int = 4
+    regions: str = "prototypes"
+    fraction: float = DEFAULT_FRACTION
+    beam_width: int = DEFAULT_BEAM_WIDTH
+    max_size: int | None = None
+    size_slack: int | None = DEFAULT_SIZE_SLACK
+    max_roots: int = DEFAULT_MAX_ROOTS
+    max_overlap: int = DEFAULT_MAX_OVERLAP
+    max_mses: int = DEFAULT_MAX_MSES
+    floor: float = DEFAULT_FLOOR
+    max_children: int | None = DEFAULT_MAX_CHILDREN
+    max_nodes: int = DEFAULT_MAX_NODES
+    grid_size: int | None = None
+    sigma: float | None = None
+    batch_size: int = 256
+
+    def __post_init__(self):
+        from .options import _choice, _fail, _fraction, _int, _number, _set
+
+        if not isinstance(self.name, str) or not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):
+            _fail(self, "name", "a non-empty name of letters, digits, '-' and '_'", self.name)
+        _choice(self, "when", ("record", "end"))
+        if self.classes is not None:
+            classes = (self.classes,) if isinstance(self.classes, (str, int)) else self.classes
+            if (not isinstance(classes, (list, tuple)) or not classes
+                    or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+                _fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
+            _set(self, "classes", tuple(classes))
+        _int(self, "images_per_class")
+        _choice(self, "regions", ("prototypes", "grid"))
+        _fraction(self, "fraction")
+        _int(self, "beam_width")
+        _int(self, "max_size", optional=True)
+        _int(self, "size_slack", low=0, optional=True)
+        _int(self, "max_roots")
+        _int(self, "max_overlap", low=0)
+        _int(self, "max_mses")
+        _fraction(self, "floor", closed_low=True)
+        _int(self, "max_children", optional=True)
+        _int(self, "max_nodes")
+        _int(self, "grid_size", optional=True)
+        _number(self, "sigma", strict=True, optional=True)
+        _int(self, "batch_size")
+
+    def _search(self) -> dict[str, Any]:
+        return dict(fraction=self.fraction, beam_width=self.beam_width, max_size=self.max_size, max_roots=self.max_roots,
+                    size_slack=self.size_slack, sigma=self.sigma, batch_size=self.batch_size)
+
+    def select_images(self, run, explanation) -> dict[int, list[int]]:
+        """{class: probe indices}, most confident first: the images measured for each drawn class
+        (correctly classified at the latest checkpoint; a class without one is left out)."""
+        if self.classes is None:
+            from .options import ViewOptions
+            from .views import select_classes
+
+            classes = select_classes(run, explanation, ViewOptions())
+        else:
+            classes = [explanation.class_index(c) for c in self.classes]
+        conf = run.latest_confidences()
+        pred = conf.argmax(axis=1)
+        out = {}
+        for c in classes:
+            members = np.flatnonzero((run.labels == c) & (pred == c))
+            if members.size:
+                order = np.argsort(-conf[members, c], kind="stable")
+                out[int(c)] = [int(i) for i in members[order[: self.images_per_class]]]
+        return out
+
+    def __call__(self, model, run, evidence, explanation, *, forward_fn: ForwardFn | None = None) -> None:
+        if run.images is None:
+            raise ValueError(f"SAGMeasure needs the probe images in the run, and {run.path} holds none: keep "
+                             "ProbePassOptions.store_images=True (the default; probes up to 64 MiB)")
+        chosen = self.select_images(run, explanation)
+        images = torch.from_numpy(np.asarray(run.images, dtype=np.float32))
+        assignment = run.assignment() if self.regions == "prototypes" else None
+
+        def regions_of(i):
+            return "grid" if assignment is None else assignment[i]
+
+        mse_lists, sags = [], []
+        for c, idx in chosen.items():  # the representative: its full graph (its search gives its MSEs too)
+            g = sag(model, images[idx[0]], c, regions_of(idx[0]), max_overlap=self.max_overlap, max_mses=self.max_mses,
+                    floor=self.floor, max_children=self.max_children, max_nodes=self.max_nodes, grid_size=self.grid_size,
+                    forward_fn=forward_fn, **self._search())
+            sags.append({"class": c, "image": idx[0], "sag": g.to_dict()})
+            mse_lists.append(list(g.all_mses))
+        rest = [(c, i) for c, idx in chosen.items() for i in idx[1:]]
+        if rest:
+            size = tuple(images.shape[-2:])
+            maps = [_region_map(regions_of(i), size, self.grid_size)[0] for _, i in rest]
+            results, _, _ = _mses_many(model, images[[i for _, i in rest]], torch.as_tensor([c for c, _ in rest]), maps,
+                                       self.fraction, self.beam_width, self.max_size, self.max_roots, self.size_slack,
+                                       self.sigma, self.batch_size, forward_fn)
+            mse_lists += [[m for m, _ in r.mses] for r in results]
+        stats = _stats(mse_lists)
+        metrics = {f"{self.name}/{k}": stats[k] for k in ("multi_mse_share", "mean_mse_size") if math.isfinite(stats[k])}
+        if metrics:
+            run.record_metrics(metrics)
+        run.save_attachment(self.name, data={"regions": self.regions, "sags": sags})
+
+
+def _stats(mse_lists: list[list[tuple[int, ...]]]) -> dict[str, float]:
+    """multi_mse_share and mean_mse_size (see ``mse_stats``) of each image's MSE list."""
+    if not mse_lists:
+        return {"multi_mse_share": math.nan, "mean_mse_size": math.nan}
+    multi = [len(diverse_mses([(m, 0.0) for m in ms], 0)) >= 2 for ms in mse_lists]
+    sizes = [float(np.mean([len(m) for m in ms])) for ms in mse_lists if ms]
+    return {"multi_mse_share": float(np.mean(multi)), "mean_mse_size": float(np.mean(sizes)) if sizes else math.nan}
