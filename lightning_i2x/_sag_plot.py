@@ -35,7 +35,7 @@ def plot_sag(graph, image=None, region_map=None, *, max_per_level: int = 8, dpi:
     levels = [lvl[:max_per_level] for lvl in graph.levels()]
     hidden = sum(len(lvl) for lvl in graph.levels()) - sum(len(lvl) for lvl in levels)
     cols = max([len(lvl) for lvl in levels] + [1])
-    fw = 2 * MARGIN + cols * NODE_W + (cols - 1) * GAP_X
+    fw = max(5.0, 2 * MARGIN + cols * NODE_W + (cols - 1) * GAP_X)  # wide enough for the two title lines
     head = 0.55
     fh = head + MARGIN + max(len(levels), 1) * (NODE_H + GAP_Y)
     fig = Figure(figsize=(fw, fh), dpi=dpi)
