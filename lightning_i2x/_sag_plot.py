@@ -27,7 +27,7 @@ def _display(image) -> np.ndarray | None:
     return display_images(x[None].astype(np.float32))[0]
 
 
-def plot_sag(graph, image=None, region_map=None, *, max_per_level: int = 8, dpi: int = 80) -> Figure:
+def plot_sag(graph, image=None, region_map=None, *, max_per_level: int = 8, dpi: int = 80, title: str | None = None) -> Figure:
     rgb = _display(image)
     rm = np.asarray(graph.region_map if region_map is None else region_map)
     if rgb is not None and rm.shape[0] > rgb.shape[0]:
@@ -35,12 +35,13 @@ def plot_sag(graph, image=None, region_map=None, *, max_per_level: int = 8, dpi:
     levels = [lvl[:max_per_level] for lvl in graph.levels()]
     hidden = sum(len(lvl) for lvl in graph.levels()) - sum(len(lvl) for lvl in levels)
     cols = max([len(lvl) for lvl in levels] + [1])
-    fw = 2 * MARGIN + cols * NODE_W + (cols - 1) * GAP_X
+    fw = max(5.0, 2 * MARGIN + cols * NODE_W + (cols - 1) * GAP_X)  # wide enough for the two title lines
     head = 0.55
     fh = head + MARGIN + max(len(levels), 1) * (NODE_H + GAP_Y)
     fig = Figure(figsize=(fw, fh), dpi=dpi)
     FigureCanvasAgg(fig)
-    title = f"SAG, class {graph.label}: full image p={graph.full_probability:.2f}, blurred p={graph.baseline_probability:.2f}"
+    if title is None:
+        title = f"SAG, class {graph.label}: full image p={graph.full_probability:.2f}, blurred p={graph.baseline_probability:.2f}"
     fig.text(0.5, 1 - 0.12 / fh, title, ha="center", va="top", fontsize=9)
     fig.text(0.5, 1 - 0.34 / fh, f"roots: {len(graph.mses)} minimal sufficient explanations (>= {graph.fraction:.0%} of full p); "
              f"expanded above {graph.floor:.0%}" + (f"; {hidden} nodes not shown" if hidden else ""),

@@ -2,7 +2,8 @@
 
 One file, every image embedded as a ``data:`` URI, no external resource: it opens offline and can
 be mailed. It holds the views the callback writes to TensorBoard (``lightning_i2x.views``) for every
-class and the top confused pairs, plus the findings as text. ``i2x report RUN_DIR --out FILE``.
+class and the top confused pairs, plus the findings as text, and the structured attention graphs a
+``SAGMeasure`` stored, each with its minimal sufficient explanations as text. ``i2x report RUN_DIR --out FILE``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from . import atomic, plots
 from .explanation import Explanation
 from .run import I2XRun
+from .sag import stored_sags
 from .views import ViewOptions, select_classes, select_pairs, tag_name
 
 __all__ = ["build_report", "write_report"]
@@ -108,6 +110,12 @@ def build_report(
             tasks.append((f"class-{c}", f"overlay-{cls}", "overlay", f"class {names[c]}: GradCAM and the prototypes of the salient region",
                           lambda c=c: plots.saliency_overlays(run, c, samples=3, dpi=dpi)))
 
+    sags = stored_sags(run) if "sag" in run.attachments else []
+    for i, s in enumerate(sags):
+        tasks.append((f"sag-{i}", f"sag-{tag_name(names[s.cls])}", "sag",
+                      f"class {names[s.cls]}: the structured attention graph of probe image {s.image} (checkpoint {s.checkpoint})",
+                      lambda s=s: s.sag.plot(image=None if run.images is None else run.images[s.image], max_per_level=6, dpi=dpi)))
+
     blocks: dict[str, list[str]] = {}
     for section, view_id, kind, caption, make in tqdm(tasks, desc="i2x report", unit="view", file=sys.stderr, disable=not progress):
         blocks.setdefault(section, []).append(_figure_html(view_id, kind, plots.to_png(make()), caption))
@@ -122,7 +130,7 @@ def build_report(
         f"<code>{html.escape(str(run.config.target_layer if run.config else None))}</code>; generated "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         '<nav><a href="#summary">findings</a><a href="#overview">prototypes</a><a href="#pairs">confused pairs</a>'
-        '<a href="#classes">classes</a></nav>',
+        '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "") + "</nav>",
     ]
     if not has_images:
         out.append('<p class="note">This run holds no probe images (store_probe_images=False, or a probe over 64 MiB): '
@@ -138,7 +146,21 @@ def build_report(
     for c in chosen:
         out += [f'<article class="class" id="class-{html.escape(tag_name(names[c]))}">',
                 _md(expl.class_markdown(c)), *blocks.get(f"class-{c}", []), "</article>"]
-    out += ["</section>", f"<script>{_SCRIPT}</script>", "</body></html>"]
+    out.append("</section>")
+    if sags:
+        out += ['<section id="sag"><h2>Minimal sufficient explanations</h2>',
+                "<p>Sets of regions that, shown alone (the rest blurred), keep at least "
+                f"{sags[0].sag.fraction:.0%} of the model's probability for the class (SAG, NeurIPS 2021).</p>"]
+        for i, s in enumerate(sags):
+            g = s.sag
+            lines = "".join(f"<li>{html.escape(t)}</li>" for t in g.mse_lines()) or "<li>none found</li>"
+            out += [f'<article class="class" id="sag-{html.escape(tag_name(names[s.cls]))}">',
+                    f"<h3>{html.escape(names[s.cls])}: probe image {s.image}</h3>",
+                    f"<p>full image p={g.full_probability:.2f}, blurred p={g.baseline_probability:.2f}; "
+                    f"{len(g.all_mses)} minimal sufficient explanations found, the roots:</p><ul>{lines}</ul>",
+                    *blocks.get(f"sag-{i}", []), "</article>"]
+        out.append("</section>")
+    out += [f"<script>{_SCRIPT}</script>", "</body></html>"]
     return "\n".join(out)
 
 

@@ -23,7 +23,13 @@ Defaults follow the authors' released code (github.com/viv92/structured-attentio
 ``main_generate_sag.py``): probability factor 0.9, beam width 3, at most 10 roots searched, one
 region of overlap allowed between roots, 3 roots shown, nodes expanded above 40% of the full
 image's probability, at most 3 children a node, no cap on the root size (their 49 = every cell of
-the 7 x 7 grid). Our own: at most 40 nodes a graph.
+the 7 x 7 grid). Our own: at most 40 nodes a graph; the blur's sigma is 0.2 x the image side
+(theirs: 50 px on 224 px, 0.22; a lighter blur leaves a digit legible); the search stops
+``size_slack`` = 2 sizes past its first MSE (the authors' search has no such bound), which on the
+demo CNN kept the shown roots of every image while scoring fewer masked copies
+(``benchmarks/results/sag-cpu.md``).
+
+``SAGMeasure`` runs it inside ``I2XCallback(measures=[...])``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import numpy as np
 import torch
 
 from .guards import preserved_rng
-from .perturb import apply_mask, default_sigma, fill_values, pixel_mask, target_probabilities
+from .perturb import apply_mask, fill_values, pixel_mask, target_probabilities
 
 __all__ = [
     "SAG",
@@ -45,10 +51,15 @@ __all__ = [
     "MSEResult",
     "grid_regions",
     "default_grid_size",
+    "default_blur_sigma",
     "minimal_sufficient_explanations",
     "diverse_mses",
     "sag",
     "mse_stats",
+    "SAGMeasure",
+    "StoredSAG",
+    "stored_sags",
+    "DEFAULT_SIZE_SLACK",
 ]
 
 ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
@@ -63,9 +74,20 @@ DEFAULT_MAX_MSES = 3
 DEFAULT_FLOOR = 0.4
 DEFAULT_MAX_CHILDREN = 3
 DEFAULT_MAX_NODES = 40
+# ours, chosen by benchmarks/sag.py (results in benchmarks/results/sag-cpu.md)
+DEFAULT_BLUR = 0.2
+DEFAULT_SIZE_SLACK = 2
 
 
 # -- regions ------------------------------------------------------------------------------------------
+def default_blur_sigma(image_size: tuple[int, int]) -> float:
+    """The blur that hides what is not shown: sigma = ``DEFAULT_BLUR`` (0.2) x the image's shorter
+    side (at least 1 px), near the authors' 50 px on 224 px images (0.22). A lighter blur (half a
+    region cell) leaves a digit legible: the demo CNN kept most of its confidence on the fully
+    blurred image, so the empty set was "sufficient" and no region mattered."""
+    return max(1.0, DEFAULT_BLUR * min(int(image_size[0]), int(image_size[1])))
+
+
 def default_grid_size(image_size: tuple[int, int]) -> int:
     """SAG's 7 x 7 grid (32 px cells on 224 px images) for images of 112 px or more; 4 x 4 below,
     so cells stay 7-8 px on 28-32 px images (a 7 x 7 grid would cut an MNIST digit into 4 px cells
@@ -197,6 +219,15 @@ class SAG:
         names = [self.region_name(r) for r in regions]
         return " + ".join(names) if names else "(nothing)"
 
+    def mse_lines(self) -> list[str]:
+        """The roots as text, one line each: "P-3 + P-17: p=0.93 (98% of the full image's)"."""
+        out = []
+        for m in self.mses:
+            p = self.node(m).probability
+            share = f" ({p / self.full_probability:.0%} of the full image's)" if self.full_probability > 0 else ""
+            out.append(f"{self.describe(m)}: p={p:.2f}{share}")
+        return out
+
     def to_dict(self) -> dict:
         """Plain lists, ints and floats (JSON-serialisable)."""
         return {
@@ -233,14 +264,15 @@ class SAG:
         )
 
     def plot(self, image: torch.Tensor | np.ndarray | None = None, region_map: np.ndarray | None = None, *,
-             max_per_level: int = 8, dpi: int = 80):
+             max_per_level: int = 8, dpi: int = 80, title: str | None = None):
         """The graph as a matplotlib Figure (no pyplot): one row per level, roots on top; each node
         a thumbnail of the image with only its regions shown (the rest dimmed) and its
         probability, absolute and as a share of the full image's; lines from parent to child.
-        Without ``image`` the nodes are drawn as text. At most ``max_per_level`` nodes a row."""
+        Without ``image`` the nodes are drawn as text. At most ``max_per_level`` nodes a row.
+        ``title`` replaces the first line ("SAG, class 3: full image p=..., blurred p=...")."""
         from ._sag_plot import plot_sag
 
-        return plot_sag(self, image=image, region_map=region_map, max_per_level=max_per_level, dpi=dpi)
+        return plot_sag(self, image=image, region_map=region_map, max_per_level=max_per_level, dpi=dpi, title=title)
 
 
 # -- search (generators that ask for probabilities; a driver batches them across images) ----------
@@ -275,15 +307,18 @@ def _prune(sets: list[frozenset], probs: list[float], thr: float) -> Search:
     return done
 
 
-def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max_roots: int) -> Search:
-    """SAG's beam search over region indices 0..n-1; returns {MSE: probability}."""
+def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max_roots: int,
+                 size_slack: int | None = None) -> Search:
+    """SAG's beam search over region indices 0..n-1; returns {MSE: probability}. It stops
+    ``size_slack`` sizes after the first size that yielded an MSE (None: no such bound)."""
     empty = frozenset()
     (p0,) = yield [empty]
     if p0 >= thr:  # the blurred image alone suffices: the empty set is the one MSE
         return {empty: p0}
     roots: dict[frozenset, float] = {}
     beam = [empty]
-    for _ in range(max_size):
+    first = None  # the size at which the first MSE turned up
+    for size in range(1, max_size + 1):
         cands = sorted({s | {r} for s in beam for r in range(n_regions) if r not in s}, key=lambda s: sorted(s))
         if not cands:
             break
@@ -301,7 +336,9 @@ def _beam_search(n_regions: int, thr: float, beam_width: int, max_size: int, max
             pruned = yield from _prune([c for c, _ in sufficient], [p for _, p in sufficient], thr)
             for m, p in pruned:
                 roots.setdefault(m, p)
-        if len(roots) >= max_roots or not beam:
+        if roots and first is None:
+            first = size
+        if len(roots) >= max_roots or not beam or (first is not None and size_slack is not None and size - first >= size_slack):
             break
     return roots
 
@@ -413,7 +450,7 @@ def _check_image(image) -> torch.Tensor:
     return image
 
 
-def _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size) -> None:
+def _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size, size_slack=None) -> None:
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ValueError(f"fraction must be in (0, 1] (the share of the full image's probability an MSE keeps), got {fraction!r}")
     if not (isinstance(floor, (int, float)) and 0 <= floor <= 1):
@@ -424,6 +461,8 @@ def _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if max_size is not None and (not isinstance(max_size, (int, np.integer)) or max_size < 1):
         raise ValueError(f"max_size must be an integer >= 1 or None (no limit), got {max_size!r}")
+    if size_slack is not None and (not isinstance(size_slack, (int, np.integer)) or isinstance(size_slack, bool) or size_slack < 0):
+        raise ValueError(f"size_slack must be an integer >= 0 or None (no bound), got {size_slack!r}")
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -443,8 +482,7 @@ def _setup(model, images: torch.Tensor, labels: torch.Tensor, region_maps: list[
         ids, m = _region_masks(rm, size)
         ids_all.append(ids)
         masks.append(torch.from_numpy(m.reshape(len(ids), -1).astype(np.float32)).to(device))
-    sig = [default_sigma(size, rm.shape) if sigma is None else float(sigma) for rm in region_maps]
-    fills = torch.cat([fill_values(x[i : i + 1], "blur", sigma=s) for i, s in enumerate(sig)]) if len(sig) else x
+    fills = fill_values(x, "blur", sigma=default_blur_sigma(size) if sigma is None else float(sigma)) if len(x) else x
     prober = _Prober(model, x, labels.to(device), masks, fills, batch_size, forward_fn)
     return prober, ids_all
 
@@ -503,6 +541,7 @@ def minimal_sufficient_explanations(
     beam_width: int = DEFAULT_BEAM_WIDTH,
     max_size: int | None = None,
     max_roots: int = DEFAULT_MAX_ROOTS,
+    size_slack: int | None = DEFAULT_SIZE_SLACK,
     grid_size: int | None = None,
     sigma: float | None = None,
     batch_size: int = 256,
@@ -510,23 +549,26 @@ def minimal_sufficient_explanations(
 ) -> MSEResult:
     """Every distinct MSE the beam search finds for ``image`` and class ``label`` (see the module
     docstring). ``max_size`` caps the regions in a set (None: no cap); the search stops once
-    ``max_roots`` MSEs are found or the beam empties. ``sigma`` is the blur's (default
-    ``perturb.default_sigma``: half a region cell)."""
+    ``max_roots`` MSEs are found, the beam empties, or it has grown sets ``size_slack`` regions
+    past the size at which it found its first MSE (0: only the smallest MSEs and what pruning
+    larger sufficient sets of that step gives; None: no such bound, the authors' search).
+    ``sigma`` is the blur's (default ``default_blur_sigma``: 0.2 x the image's side)."""
     _check_image(image)
-    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size)
+    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size, size_slack)
     size = tuple(image.shape[-2:])
     rm, _ = _region_map(regions, size, grid_size)
     return _mses_many(model, image[None], torch.as_tensor([int(label)]), [rm], fraction, beam_width, max_size, max_roots,
-                      sigma, batch_size, forward_fn)[0][0]
+                      size_slack, sigma, batch_size, forward_fn)[0][0]
 
 
-def _mses_many(model, images, labels, region_maps, fraction, beam_width, max_size, max_roots, sigma, batch_size, forward_fn):
+def _mses_many(model, images, labels, region_maps, fraction, beam_width, max_size, max_roots, size_slack, sigma, batch_size,
+               forward_fn):
     with preserved_rng():
         prober, ids_all = _setup(model, images, labels, region_maps, sigma, batch_size, forward_fn)
         full = _full_probabilities(model, prober.images, prober.labels, batch_size, forward_fn)
         thr = [fraction * f for f in full]
-        searches = [_beam_search(len(ids), t, beam_width, len(ids) if max_size is None else min(max_size, len(ids)), max_roots)
-                    for ids, t in zip(ids_all, thr)]
+        searches = [_beam_search(len(ids), t, beam_width, len(ids) if max_size is None else min(max_size, len(ids)), max_roots,
+                                 size_slack) for ids, t in zip(ids_all, thr)]
         found = _drive(searches, prober)
     out = []
     for i, ids in enumerate(ids_all):
@@ -547,6 +589,7 @@ def sag(
     max_size: int | None = None,
     max_overlap: int = DEFAULT_MAX_OVERLAP,
     max_roots: int = DEFAULT_MAX_ROOTS,
+    size_slack: int | None = DEFAULT_SIZE_SLACK,
     max_mses: int = DEFAULT_MAX_MSES,
     floor: float = DEFAULT_FLOOR,
     max_children: int | None = DEFAULT_MAX_CHILDREN,
@@ -571,7 +614,7 @@ def sag(
     Raises ValueError for an image not (C, H, W), a fraction outside (0, 1], a region map without
     regions or finer than the image, and other out-of-range options."""
     _check_image(image)
-    _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size)
+    _check_options(fraction, floor, beam_width, max_size, max_overlap, max_roots, max_mses, batch_size, size_slack)
     if max_children is not None and (not isinstance(max_children, (int, np.integer)) or max_children < 1):
         raise ValueError(f"max_children must be an integer >= 1 or None (all), got {max_children!r}")
     if not isinstance(max_nodes, (int, np.integer)) or max_nodes < 1:
@@ -579,7 +622,7 @@ def sag(
     size = tuple(image.shape[-2:])
     rm, kind = _region_map(regions, size, grid_size)
     (res,), prober, (ids,) = _mses_many(model, image[None], torch.as_tensor([int(label)]), [rm], fraction, beam_width,
-                                        max_size, max_roots, sigma, batch_size, forward_fn)
+                                        max_size, max_roots, size_slack, sigma, batch_size, forward_fn)
     index = {r: k for k, r in enumerate(ids)}
     roots_ids = diverse_mses(res.mses, max_overlap, max_mses)
     roots = [frozenset(index[r] for r in m) for m in roots_ids]
@@ -615,6 +658,7 @@ def mse_stats(
     beam_width: int = DEFAULT_BEAM_WIDTH,
     max_size: int | None = None,
     max_roots: int = DEFAULT_MAX_ROOTS,
+    size_slack: int | None = DEFAULT_SIZE_SLACK,
     grid_size: int | None = None,
     sigma: float | None = None,
     batch_size: int = 256,
@@ -636,7 +680,7 @@ def mse_stats(
     goes through the model in shared batches."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(f"images must be an (N, C, H, W) tensor, got {tuple(getattr(images, 'shape', ()))}")
-    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size)
+    _check_options(fraction, 0.0, beam_width, max_size, 0, max_roots, 1, batch_size, size_slack)
     labels = torch.as_tensor(labels).reshape(-1)
     n = images.shape[0]
     if labels.shape[0] != n:
@@ -655,14 +699,180 @@ def mse_stats(
     if n == 0:
         return {"multi_mse_share": math.nan, "mean_mse_size": math.nan, "found_share": math.nan,
                 "mean_num_mses": math.nan, "evaluations_per_image": 0.0, "n_images": 0.0}
-    results, _, _ = _mses_many(model, images, labels, maps, fraction, beam_width, max_size, max_roots, sigma, batch_size, forward_fn)
-    multi = [len(diverse_mses(r.mses, 0)) >= 2 for r in results]
-    sizes = [float(np.mean([len(m) for m, _ in r.mses])) for r in results if r.mses]
+    results, _, _ = _mses_many(model, images, labels, maps, fraction, beam_width, max_size, max_roots, size_slack, sigma,
+                               batch_size, forward_fn)
     return {
-        "multi_mse_share": float(np.mean(multi)),
-        "mean_mse_size": float(np.mean(sizes)) if sizes else math.nan,
+        **_stats([[m for m, _ in r.mses] for r in results]),
         "found_share": float(np.mean([bool(r.mses) for r in results])),
         "mean_num_mses": float(np.mean([len(r.mses) for r in results])),
         "evaluations_per_image": float(np.mean([r.evaluations for r in results])),
         "n_images": float(n),
     }
+
+
+# -- the measure the callback runs --------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredSAG:
+    """One SAG a ``SAGMeasure`` stored: its class, the probe image it explains (index into the
+    run's probe set), the graph, and the checkpoint it was measured at."""
+
+    cls: int
+    image: int
+    sag: SAG
+    checkpoint: int
+
+
+def stored_sags(run, name: str = "sag") -> list[StoredSAG]:
+    """The SAGs a ``SAGMeasure`` named ``name`` stored in ``run`` (empty when there are none).
+    Raises ``I2XRunError`` when the attachment is damaged."""
+    from .run import I2XRunError
+
+    found = run.attachment(name)
+    if found is None:
+        return []
+    data, checkpoint = found
+    try:
+        return [StoredSAG(int(e["class"]), int(e["image"]), SAG.from_dict(e["sag"]), checkpoint) for e in data["sags"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise I2XRunError(f"{run.path}: the {name!r} attachment does not hold SAGs ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class SAGMeasure:
+    """Minimal sufficient explanations while training, as a measure of ``I2XCallback(measures=[...])``
+    (``lightning_i2x.measures``). Off by default: add ``SAGMeasure()`` to ``measures`` to run it.
+
+    At each record (``when="record"``; ``"end"``: once, after fit) it takes, for each drawn class
+    (``classes``; None: the classes the views draw, ``views.select_classes`` with the default
+    ``ViewOptions``), the ``images_per_class`` probe images of that class the latest checkpoint
+    classifies correctly with the highest confidence, and
+
+    - records ``<name>/multi_mse_share`` (share of those images with two or more disjoint MSEs) and
+      ``<name>/mean_mse_size`` (mean regions per MSE), logged as ``i2x/sag/...``;
+    - stores the full SAG of the most confident image of each class as the attachment ``<name>``
+      (``stored_sags(run)`` reads them back; the views draw them as ``i2x/class<n>/sag``, the
+      report lists their MSEs).
+
+    ``regions``: ``"prototypes"`` (each image's prototype assignment, so an MSE reads
+    "P-3 + P-17") or ``"grid"``. The search options are ``sag()``'s. It needs the probe images in
+    the run (``ProbePassOptions.store_images``, the default, for probes up to 64 MiB); it leaves
+    the model's modes, gradients and the RNGs as they were.
+
+    Cost: forward passes only, about ``evaluations`` masked copies per image (a few hundred on a
+    7 x 7 prototype map; ``benchmarks/sag.py`` measures it) for ``images_per_class`` x classes
+    images, plus each stored SAG's graph. With the defaults (3 classes, 4 images each) on the demo
+    CNN that is about 3.6 probe passes of a 1000-image probe per record (13 s against 3.6 s on a
+    loaded 2-core CPU; ``benchmarks/results/sag-cpu.md``).
+    """
+
+    name: str = "sag"
+    when: str = "record"
+    classes: tuple[int | str, ...] | None = None
+    images_per_class: int = 4
+    regions: str = "prototypes"
+    fraction: float = DEFAULT_FRACTION
+    beam_width: int = DEFAULT_BEAM_WIDTH
+    max_size: int | None = None
+    size_slack: int | None = DEFAULT_SIZE_SLACK
+    max_roots: int = DEFAULT_MAX_ROOTS
+    max_overlap: int = DEFAULT_MAX_OVERLAP
+    max_mses: int = DEFAULT_MAX_MSES
+    floor: float = DEFAULT_FLOOR
+    max_children: int | None = DEFAULT_MAX_CHILDREN
+    max_nodes: int = DEFAULT_MAX_NODES
+    grid_size: int | None = None
+    sigma: float | None = None
+    batch_size: int = 256
+
+    def __post_init__(self):
+        from .options import _choice, _fail, _fraction, _int, _number, _set
+
+        if not isinstance(self.name, str) or not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):
+            _fail(self, "name", "a non-empty name of letters, digits, '-' and '_'", self.name)
+        _choice(self, "when", ("record", "end"))
+        if self.classes is not None:
+            classes = (self.classes,) if isinstance(self.classes, (str, int)) else self.classes
+            if (not isinstance(classes, (list, tuple)) or not classes
+                    or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+                _fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
+            _set(self, "classes", tuple(classes))
+        _int(self, "images_per_class")
+        _choice(self, "regions", ("prototypes", "grid"))
+        _fraction(self, "fraction")
+        _int(self, "beam_width")
+        _int(self, "max_size", optional=True)
+        _int(self, "size_slack", low=0, optional=True)
+        _int(self, "max_roots")
+        _int(self, "max_overlap", low=0)
+        _int(self, "max_mses")
+        _fraction(self, "floor", closed_low=True)
+        _int(self, "max_children", optional=True)
+        _int(self, "max_nodes")
+        _int(self, "grid_size", optional=True)
+        _number(self, "sigma", strict=True, optional=True)
+        _int(self, "batch_size")
+
+    def _search(self) -> dict[str, Any]:
+        return dict(fraction=self.fraction, beam_width=self.beam_width, max_size=self.max_size, max_roots=self.max_roots,
+                    size_slack=self.size_slack, sigma=self.sigma, batch_size=self.batch_size)
+
+    def select_images(self, run, explanation) -> dict[int, list[int]]:
+        """{class: probe indices}, most confident first: the images measured for each drawn class
+        (correctly classified at the latest checkpoint; a class without one is left out)."""
+        if self.classes is None:
+            from .options import ViewOptions
+            from .views import select_classes
+
+            classes = select_classes(run, explanation, ViewOptions())
+        else:
+            classes = [explanation.class_index(c) for c in self.classes]
+        conf = run.latest_confidences()
+        pred = conf.argmax(axis=1)
+        out = {}
+        for c in classes:
+            members = np.flatnonzero((run.labels == c) & (pred == c))
+            if members.size:
+                order = np.argsort(-conf[members, c], kind="stable")
+                out[int(c)] = [int(i) for i in members[order[: self.images_per_class]]]
+        return out
+
+    def __call__(self, model, run, evidence, explanation, *, forward_fn: ForwardFn | None = None) -> None:
+        if run.images is None:
+            raise ValueError(f"SAGMeasure needs the probe images in the run, and {run.path} holds none: keep "
+                             "ProbePassOptions.store_images=True (the default; probes up to 64 MiB)")
+        chosen = self.select_images(run, explanation)
+        images = torch.from_numpy(np.asarray(run.images, dtype=np.float32))
+        assignment = run.assignment() if self.regions == "prototypes" else None
+
+        def regions_of(i):
+            return "grid" if assignment is None else assignment[i]
+
+        mse_lists, sags = [], []
+        for c, idx in chosen.items():  # the representative: its full graph (its search gives its MSEs too)
+            g = sag(model, images[idx[0]], c, regions_of(idx[0]), max_overlap=self.max_overlap, max_mses=self.max_mses,
+                    floor=self.floor, max_children=self.max_children, max_nodes=self.max_nodes, grid_size=self.grid_size,
+                    forward_fn=forward_fn, **self._search())
+            sags.append({"class": c, "image": idx[0], "sag": g.to_dict()})
+            mse_lists.append(list(g.all_mses))
+        rest = [(c, i) for c, idx in chosen.items() for i in idx[1:]]
+        if rest:
+            size = tuple(images.shape[-2:])
+            maps = [_region_map(regions_of(i), size, self.grid_size)[0] for _, i in rest]
+            results, _, _ = _mses_many(model, images[[i for _, i in rest]], torch.as_tensor([c for c, _ in rest]), maps,
+                                       self.fraction, self.beam_width, self.max_size, self.max_roots, self.size_slack,
+                                       self.sigma, self.batch_size, forward_fn)
+            mse_lists += [[m for m, _ in r.mses] for r in results]
+        stats = _stats(mse_lists)
+        metrics = {f"{self.name}/{k}": stats[k] for k in ("multi_mse_share", "mean_mse_size") if math.isfinite(stats[k])}
+        if metrics:
+            run.record_metrics(metrics)
+        run.save_attachment(self.name, data={"regions": self.regions, "sags": sags})
+
+
+def _stats(mse_lists: list[list[tuple[int, ...]]]) -> dict[str, float]:
+    """multi_mse_share and mean_mse_size (see ``mse_stats``) of each image's MSE list."""
+    if not mse_lists:
+        return {"multi_mse_share": math.nan, "mean_mse_size": math.nan}
+    multi = [len(diverse_mses([(m, 0.0) for m in ms], 0)) >= 2 for ms in mse_lists]
+    sizes = [float(np.mean([len(m) for m in ms])) for ms in mse_lists if ms]
+    return {"multi_mse_share": float(np.mean(multi)), "mean_mse_size": float(np.mean(sizes)) if sizes else math.nan}

@@ -18,6 +18,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/class<n>/graph`` | Fig. 4: the annotated checkpoint graph |
 | image | ``i2x/class<n>/overlay`` | GradCAM over probe images, salient prototypes outlined |
 | image | ``i2x/pair<n>`` | Fig. 5: a confused pair's prototypes, uncertain ones outlined |
+| image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
 
 plus a custom-scalars layout (the "CUSTOM SCALARS" dashboard) grouping the scalars.
 
@@ -25,7 +26,9 @@ Class views go to numbered slots (``class1`` .. ``class<max_classes>``, ``pair1`
 titled with its class or pair: the dashboard keeps a fixed set of cards, one row of three per class,
 while the classes worth drawing change during training (pin them with ``classes``). Class names in
 tags are made tag-safe (``tag_name``). The interval views need two checkpoints, the gallery and the
-overlays the run's probe images; what cannot be drawn yet is left out.
+overlays the run's probe images; what cannot be drawn yet is left out. A stored SAG
+(``lightning_i2x.sag.SAGMeasure``) goes to the slot of its class, or after the drawn classes when
+its class is not drawn now.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "select_classes", "select_pairs", "select_prototypes", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
-           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR"]
+           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG"]
 
 TAG_TRUE_CONFIDENCE = "i2x/true_class_confidence"
 TAG_UNCERTAIN = "i2x/uncertain_prototypes"
@@ -55,6 +58,7 @@ TAG_EVOLUTION = "i2x/class{slot}/evolution"
 TAG_GRAPH = "i2x/class{slot}/graph"
 TAG_OVERLAY = "i2x/class{slot}/overlay"
 TAG_PAIR = "i2x/pair{slot}"
+TAG_SAG = "i2x/class{slot}/sag"
 
 
 def tag_name(name: str) -> str:
@@ -195,6 +199,23 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
     if expl.num_intervals:
         for slot, (a, b) in enumerate(select_pairs(run, expl, options), 1):
             image(TAG_PAIR.format(slot=slot), plots.confused_pair(expl, a, b, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))
+    if has_images and "sag" in run.attachments:
+        _log_sags(image, run, classes, options)
+
+
+def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:
+    """Each SAG a ``SAGMeasure`` stored, over its probe image, in its class's slot."""
+    from .sag import stored_sags
+
+    slots = {c: slot for slot, c in enumerate(classes, 1)}
+    extra = len(classes)
+    for s in stored_sags(run):
+        if s.cls not in slots:
+            extra += 1
+            slots[s.cls] = extra
+        title = (f"SAG, class {run.class_names[s.cls]}, probe image {s.image} (checkpoint {s.checkpoint}): "
+                 f"full p={s.sag.full_probability:.2f}, blurred p={s.sag.baseline_probability:.2f}")
+        image(TAG_SAG.format(slot=slots[s.cls]), s.sag.plot(image=run.images[s.image], max_per_level=6, dpi=options.dpi, title=title))
 
 
 class DrawBudget:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_i2x.perturb import apply_mask, default_sigma, fill_values, pixel_mask, target_probabilities
+from lightning_i2x.perturb import apply_mask, fill_values, pixel_mask, target_probabilities
 from lightning_i2x.plots import to_rgb
-from lightning_i2x.sag import SAG, diverse_mses, grid_regions, minimal_sufficient_explanations, mse_stats, sag
+from lightning_i2x.sag import SAG, default_blur_sigma, diverse_mses, grid_regions, minimal_sufficient_explanations, mse_stats, sag
 
 from .conftest import TinyCNN
 
@@ -113,7 +113,7 @@ def _brute_probabilities(model, image, label, region_map, max_size):
     """Every subset of at most max_size regions scored directly (same fill code, no search)."""
     ids = [int(v) for v in np.unique(region_map)]
     masks = pixel_mask(region_map[None] == np.asarray(ids)[:, None, None], tuple(image.shape[1:]))
-    values = fill_values(image[None], "blur", sigma=default_sigma(tuple(image.shape[1:]), region_map.shape))
+    values = fill_values(image[None], "blur", sigma=default_blur_sigma(tuple(image.shape[1:])))
     subsets = [frozenset(c) for k in range(max_size + 1) for c in itertools.combinations(range(len(ids)), k)]
     shown = torch.from_numpy(np.stack([masks[list(s)].any(0) if s else np.zeros(masks.shape[1:], bool) for s in subsets]))
     x = apply_mask(image[None].expand(len(subsets), -1, -1, -1), ~shown, values.expand(len(subsets), -1, -1, -1))
@@ -156,7 +156,8 @@ def test_beam_search_finds_the_exhaustive_optimum_on_a_trained_cnn(digits):
         ids, probs, full = _brute_probabilities(model, x[i], int(y[i]), rm, 4)
         thr = 0.9 * full
         truth = _exhaustive_minimal(probs, thr)
-        res = minimal_sufficient_explanations(model, x[i], int(y[i]), rm, beam_width=10_000, max_size=4, max_roots=10_000)
+        res = minimal_sufficient_explanations(model, x[i], int(y[i]), rm, beam_width=10_000, max_size=4, max_roots=10_000,
+                                              size_slack=None)
         found = {frozenset(m) for m, _ in res.mses}
         assert truth <= found  # every minimal sufficient set (an unbounded beam sees all their subsets)
         for m, p in res.mses:  # and all it returns are sufficient and 1-minimal
@@ -164,7 +165,16 @@ def test_beam_search_finds_the_exhaustive_optimum_on_a_trained_cnn(digits):
             assert all(probs[frozenset(m) - {r}] < thr for r in m)
         if truth:
             checked += 1
-            assert min(len(m) for m, _ in res.mses) == min(len(s) for s in truth)
+            smallest = min(len(s) for s in truth)
+            assert min(len(m) for m, _ in res.mses) == smallest
+            # size_slack: the search stops that many sizes past the smallest MSE, and misses none up to there
+            for slack in (0, 1):
+                bounded = minimal_sufficient_explanations(model, x[i], int(y[i]), rm, beam_width=10_000, max_size=4,
+                                                          max_roots=10_000, size_slack=slack)
+                got = {frozenset(m) for m, _ in bounded.mses}
+                assert {s for s in truth if len(s) <= smallest + slack} <= got <= found
+                assert all(len(m) <= smallest + slack for m in got)
+                assert bounded.evaluations <= res.evaluations
             # the authors' beam width 3 reaches the same smallest size here
             narrow = minimal_sufficient_explanations(model, x[i], int(y[i]), rm, max_size=4)
             assert narrow.mses and min(len(m) for m, _ in narrow.mses) == min(len(s) for s in truth)
@@ -178,7 +188,7 @@ def test_beam_search_equals_exhaustive_on_a_monotone_planted_model():
     rm = grid_regions((16, 16), 4)
     ids, probs, full = _brute_probabilities(model, img, 1, rm, 4)
     truth = {tuple(sorted(ids[r] for r in s)) for s in _exhaustive_minimal(probs, 0.9 * full)}
-    res = minimal_sufficient_explanations(model, img, 1, beam_width=10_000, max_size=4, max_roots=10_000)
+    res = minimal_sufficient_explanations(model, img, 1, beam_width=10_000, max_size=4, max_roots=10_000, size_slack=None)
     assert {m for m, _ in res.mses} == truth and truth
 
 
