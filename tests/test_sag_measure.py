@@ -32,8 +32,6 @@ def _images(run):
     return torch.from_numpy(np.asarray(run.images, dtype=np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="callback.py: I2XCallback._measure passes forward_fn= to _guarded, which takes no "
-                   "keywords (the measure fails with a TypeError); fix _guarded(..., *args, **kwargs) and drop this mark")
 def test_sag_measure_in_a_fit_logs_stores_draws_and_reports(tmp_path, digits):
     train, probe = digits
     measure = SAGMeasure(**FAST)
