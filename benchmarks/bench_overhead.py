@@ -71,17 +71,17 @@ class EpochClock(pl.Callback):
 
 
 class ClockedI2X(I2XCallback):
-    """I2XCallback that also notes how long each of its records (with the analysis) took."""
+    """I2XCallback that also notes how long each of its records took on the training thread (with
+    ``async_analysis``, the default, the analysis itself runs in the background worker)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.record_seconds: list[float] = []
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        before = self.run.num_checkpoints if self.run is not None else 0
         t0 = time.perf_counter()
         super().on_validation_epoch_end(trainer, pl_module)
-        if self.run is not None and self.run.num_checkpoints > before:
+        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.record_seconds.append(time.perf_counter() - t0)
 
 
