@@ -294,3 +294,24 @@ def test_stale_reliance_is_not_used(decoy_run, tmp_path):
         run_suspects(run)
     reliance_of_run(run, decoy_run.model, n_random=2)  # measured again: usable
     assert isinstance(load_reliance(run), Reliance)
+
+
+# -- what a user reads ---------------------------------------------------------------------------------
+def test_summary_shows_reliance_and_suspects(tmp_path):
+    from lightning_i2x.__main__ import reliance_summary
+
+    text = reliance_summary(planted_run(tmp_path / "decoy", True))
+    assert "| P-1 | +0.300 |" in text and "| P-0 | +0.200 |" in text
+    assert "Shortcut suspects: P-0" in text
+    bare = I2XRun.create(tmp_path / "bare", labels=np.zeros(3), class_names=["a"], feature_shape=(2, 2), num_prototypes=2)
+    bare.append_checkpoint(np.zeros((3, 2, 2), np.float32), np.ones((3, 1), np.float32), epoch=0, global_step=0)
+    assert "Not measured: add `RelianceMeasure()`" in reliance_summary(bare)
+
+
+def test_gallery_labels_reliance(decoy_run):
+    from lightning_i2x import plots
+
+    rel = load_reliance(decoy_run.run)
+    fig = plots.prototype_gallery(decoy_run.run, [0, 1])
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any(t.startswith("P-0") and f"rel {rel.reliance[0]:+.2f}" in t for t in texts), texts
