@@ -63,7 +63,7 @@ from lightning_i2x import I2XCallback, PerturbationFinetuner, PrototypeOptions
 from lightning_i2x.cam import probe_batches
 from lightning_i2x.penalty import balance_weight, input_gradient_penalty
 from lightning_i2x.reliance import RelianceMeasure, load_reliance
-from lightning_i2x.suspects import run_suspects
+from lightning_i2x.suspects import prototype_geometry, run_suspects
 
 import _common  # puts the repository and examples/ on sys.path
 from decoy_data import load_decoy
@@ -78,6 +78,7 @@ warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 K = 32
+PICK = "I2X, gallery pick (uses ground truth): mask, random"
 NAMES = {"decoy-mnist": "mnist", "decoy-fmnist": "fashion-mnist"}
 
 
@@ -210,9 +211,9 @@ def one_seed(name: str, seed: int, args, tmp: Path, gallery_out: Path | None):
 
     timings = {}
     t0 = time.perf_counter()
-    variants = [("I2X auto: mask, blur", dict(mode="mask", mask_fill="blur", control=True)),
-                ("I2X auto: mask, random", dict(mode="mask", mask_fill="random")),
-                ("I2X auto: penalise (input gradient)", dict(mode="penalise"))]
+    variants = [("I2X auto: mask, blur", dict(mode="mask", mask_fill="blur", mask_region="all", control=True)),
+                ("I2X auto: mask, random", dict(mode="mask", mask_fill="random", mask_region="all")),
+                ("I2X auto: penalise (input gradient)", dict(mode="penalise", mask_region="all"))]
     notes = {}
     for label, kw in variants:
         if suspects:
@@ -231,22 +232,27 @@ def one_seed(name: str, seed: int, args, tmp: Path, gallery_out: Path | None):
         rows["full -> full, same budget"] = measure(ctrl)
     timings["auto"] = time.perf_counter() - t0
     if picked:
-        m, res, _ = finetune(decoy_run, decoy_model, d_train, prototypes=picked, mode="mask", mask_fill="blur")
-        rows["I2X, gallery pick (uses ground truth): mask, blur"] = measure(m)
-        notes["I2X, gallery pick (uses ground truth): mask, blur"] = f"{picked}, {res.flagged} flagged"
+        m, res, _ = finetune(decoy_run, decoy_model, d_train, prototypes=picked, mode="mask", mask_fill="random", mask_region="all")
+        rows[PICK] = measure(m)
+        notes[PICK] = f"{picked}, {res.flagged} flagged"
     else:
-        rows["I2X, gallery pick (uses ground truth): mask, blur"] = rows["plain model on decoy data"]
-        notes["I2X, gallery pick (uses ground truth): mask, blur"] = "no prototype on the swatch"
+        rows[PICK] = rows["plain model on decoy data"]
+        notes[PICK] = "no prototype on the swatch"
     rows["RRR oracle (true swatch masks)"] = measure(rrr(decoy_model, d_train, train_masks, fe, seed))
     clean_sus = run_suspects(clean_run)
     if clean_sus:
-        m, res, _ = finetune(clean_run, clean_model, clean[0], prototypes=clean_sus, mode="mask", mask_fill="blur")
+        m, res, _ = finetune(clean_run, clean_model, clean[0], prototypes=clean_sus, mode="mask", mask_fill="random", mask_region="all")
         rows["control: automatic rule on the clean model"] = measure(m)
     else:
         rows["control: automatic rule on the clean model"] = rows["clean-trained (ceiling)"]
     notes["control: automatic rule on the clean model"] = f"suspects {clean_sus}" if clean_sus else "no suspect: unchanged"
     rel = load_reliance(decoy_run)
-    info = dict(suspects=suspects, sus_on=sus_on, picked=picked, clean_suspects=clean_sus, t_train=t_train,
+    geo = prototype_geometry(decoy_run.assignment(), K)
+    inten = np.nanmean(decoy_run.intensities()[-1], axis=0)
+    median = np.nanmedian(inten)
+    rule = {int(k): f"rel {rel.reliance[k]:+.3f}, conc {geo['concentration'][k]:.2f}, border {geo['border'][k]:.2f}, "
+                    f"{'salient' if inten[k] >= median else 'not salient'}" for k in picked}
+    info = dict(rule=rule, suspects=suspects, sus_on=sus_on, picked=picked, clean_suspects=clean_sus, t_train=t_train,
                 discovered=any(v > 0.5 for v in sus_on.values()), notes=notes,
                 reliance={int(k): float(rel.reliance[k]) for k in suspects})
     print(f"[{name} seed {seed}] suspects {suspects} on-swatch {sus_on} picked {picked} clean suspects {clean_sus}", file=sys.stderr)
@@ -292,10 +298,12 @@ def main() -> None:
     body = _common.table(["model", "decoy-test acc (%)", "clean-test acc (%)", "GradCAM mass on swatch", "notes"], body_rows)
     sus_rows = [[s, i["suspects"], ", ".join(f"P-{k}: {v:.2f}" for k, v in i["sus_on"].items()) or "-",
                  ", ".join(f"P-{k}: {v:.3f}" for k, v in i["reliance"].items()) or "-", "yes" if i["discovered"] else "no",
-                 i["picked"], i["clean_suspects"], f"{i['t_train']:.0f} s"] for s, i in enumerate(infos)]
+                 "; ".join(f"P-{k}: {v}" for k, v in i["rule"].items()) or "-",
+                 i["clean_suspects"], f"{i['t_train']:.0f} s"] for s, i in enumerate(infos)]
     body += "\n\nSuspects per seed (on-swatch share = share of the prototype's probe locations on swatch cells: evaluation only):\n\n"
     body += _common.table(["seed", "suspects (decoy model)", "on-swatch share", "reliance", "on the swatch?",
-                           "gallery pick (> 50 % on swatch)", "suspects (clean model)", "training time (2 models)"], sus_rows)
+                           "swatch prototypes (> 50 % on swatch): the rule's quantities", "suspects (clean model)",
+                           "training time (2 models)"], sus_rows)
     ceiling = np.array([r["clean-trained (ceiling)"][0] for r in all_rows])
     autos = [lab for lab in labels if lab.startswith("I2X auto")]
     best = max(autos, key=lambda lab: np.mean([r[lab][0] for r in all_rows]))

@@ -10,7 +10,15 @@ is one), and then fine-tunes:
 
 - ``mode="remove"`` (the paper): the *curated* set is the training set without those samples;
 - ``mode="mask"``: the curated set keeps them but perturbs the pixels of the regions that hold the
-  uncertain prototype (blur, noise or a baseline fill).
+  uncertain prototype (blur, noise, a baseline or random values);
+- ``mode="penalise"``: the set is unchanged and the loss gains an explanation penalty on those
+  regions (``lightning_i2x.penalty``: RRR's input gradients or the GradCAM share).
+
+Instead of pairs, ``prototypes=[ids]`` or ``prototypes="suspects"`` (the run's shortcut suspects,
+``lightning_i2x.suspects.run_suspects``, which needs the stored reliance of ``RelianceMeasure``)
+targets prototypes in every class: the way to remove a shortcut. ``control=True`` also trains a
+copy of the model on the full set for the same epochs, so the result says how much of the change
+is the targeting's and how much is more training's.
 
 ``schedule`` lists the epochs in order: ``("curated", "full")`` is the paper's "curated -> full",
 ``("full", "full")`` its baseline. Accuracy and the targeted pairs' confusions (both directions) are
@@ -270,6 +278,21 @@ class PerturbationFinetuner:
             - mask_region: ``"salient"``: the salient locations assigned to the uncertain
               prototypes; ``"all"``: every location assigned to them.
             - prototypes_per_pair: only the n highest-ranked uncertain prototypes of each pair.
+            - prototypes: prototype ids (or ``"suspects"``) to target in samples of every class,
+              instead of pairs. With ``mask_region="all"`` a sample is flagged wherever it holds
+              one (salient or not), the setting for a shortcut.
+            - penalty, penalty_ratio: ``mode="penalise"``'s term, ``"input_gradient"`` (RRR,
+              double backpropagation: a step costs about twice as much) or ``"gradcam"`` (the
+              GradCAM share inside the region), weighted so that it starts at ``penalty_ratio``
+              times the cross-entropy (``penalty.balance_weight`` on the first flagged batch).
+              Penalise mode assumes a classifier trained with the cross-entropy of its forward's
+              (B, M) scores on (image, label) batches: it trains the module through a wrapper
+              whose step is ``CE + weight * penalty`` (the module's own ``training_step`` is not
+              called; its ``configure_optimizers`` is), and refuses other outputs or batches.
+            - control: also fine-tune a copy of the starting weights (``control_model`` after
+              ``fit``) with ``full`` epochs only, the same number and seed: the result's
+              ``control_accuracy_after`` and ``targeting_gain``. Off by default: it doubles the
+              fine-tuning's time and holds a second copy of the model.
             - batch_size: images per search batch; None = the training loader's batch size.
             - trainer_kwargs: extra ``pl.Trainer`` arguments (precision, accelerator, ...); by
               default no logger, no checkpoints, no validation loop, one device.
@@ -284,8 +307,10 @@ class PerturbationFinetuner:
         progress: tqdm progress bars.
 
     Raises:
-        ValueError: a bad option (from ``FinetuneOptions``), unknown classes in ``pairs``.
-        I2XRunError: a run with no prototypes or no recorded target layer.
+        ValueError: a bad option (from ``FinetuneOptions``), unknown classes in ``pairs``, unknown
+            ids in ``prototypes``, both pairs and prototypes.
+        I2XRunError: a run with no prototypes or no recorded target layer; ``prototypes="suspects"``
+            on a run with no stored reliance.
 
     ``fit`` fine-tunes the module **in place** (as ``Trainer.fit`` does); copy it first to keep the
     original weights.

@@ -50,7 +50,7 @@ def suspect_prototypes(
     min_reliance: float = 0.02,
     min_images: int = 5,
     min_concentration: float = 0.75,
-    min_border: float = 0.75,
+    min_border: float = 0.6,
     top_positions: int = 4,
     min_intensity_quantile: float = 0.5,
 ) -> list[int]:
@@ -67,7 +67,9 @@ def suspect_prototypes(
     3. fixed position: at least ``min_concentration`` of k's locations fall on its
        ``top_positions`` most used map positions (``prototype_geometry``): a real part of an
        object moves with the object, a planted mark (swatch, watermark, tag) does not;
-    4. edge: at least ``min_border`` of its locations lie in the map's outer ring;
+    4. edge: at least ``min_border`` of its locations lie in the map's outer ring (0.6: on a Decoy
+       MNIST model with a flatten head, the swatch prototype also took 35 % of its locations from
+       interior cells that look alike);
     5. salient (when ``intensities`` (T, N, K) are given): its mean GradCAM intensity at the last
        checkpoint is at least the ``min_intensity_quantile`` quantile of the prototypes' (a
        background corner the model ignores is not salient).

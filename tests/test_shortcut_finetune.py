@@ -315,3 +315,19 @@ def test_gallery_labels_reliance(decoy_run):
     fig = plots.prototype_gallery(decoy_run.run, [0, 1])
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any(t.startswith("P-0") and f"rel {rel.reliance[0]:+.2f}" in t for t in texts), texts
+
+
+def test_flag_samples_for_prototypes_by_hand():
+    from lightning_i2x.selection import flag_samples
+
+    a = np.array([[0, 1, 2, 3], [3, 3, 3, 3], [1, 1, 0, 0]])
+    sal = np.array([[True, False, False, False], [True] * 4, [False, False, False, True]])
+    y = np.array([0, 5, 9])
+    flags, regions = flag_samples(a, sal, y, {ANY_CLASS: [0]}, "salient")
+    assert flags.tolist() == [[True, False, True]]  # any class; sample 2 holds 0 at a salient location
+    assert regions.tolist() == [[True, False, False, False], [False] * 4, [False, False, False, True]]
+    # "all": flagged wherever the prototype is, salient or not; a pair key keeps the salient rule
+    sal[2] = False
+    flags, regions = flag_samples(a, sal, y, {ANY_CLASS: [0]}, "all")
+    assert flags.tolist() == [[True, False, True]] and regions[2].tolist() == [False, False, True, True]
+    assert flag_samples(a, sal, y, {(0, 9): [0]}, "all")[0].tolist() == [[True, False, False]]
