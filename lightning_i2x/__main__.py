@@ -7,7 +7,33 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from .run import I2XRun, I2XRunError
+
+
+def reliance_summary(run: I2XRun, top: int = 8) -> str:
+    """The stored reliance (``RelianceMeasure``): the most relied-on prototypes and the shortcut
+    suspects, or how to measure it when the run holds none."""
+    from .reliance import load_reliance
+    from .suspects import run_suspects
+
+    rel = load_reliance(run)
+    if rel is None:
+        return ("## Reliance\n\nNot measured: add `RelianceMeasure()` to `I2XCallback(measures=[...])` or call "
+                "`lightning_i2x.reliance.reliance_of_run(run, model)`.\n")
+    suspects = run_suspects(run)
+    order = [int(k) for k in np.argsort(-np.nan_to_num(rel.reliance, nan=-np.inf), kind="stable") if np.isfinite(rel.reliance[k])]
+    lines = ["## Reliance", "",
+             "Drop of the true class's probability when a prototype is hidden, beyond hiding as much of the image at random "
+             f"({rel.fill} fill, {rel.n_random} random draws).", "",
+             "| prototype | reliance | drop | random drop | probe images | suspect |", "|---|---|---|---|---|---|"]
+    for k in order[:top]:
+        lines.append(f"| P-{k} | {rel.reliance[k]:+.3f} | {rel.drop[k]:.3f} | {rel.random_drop[k]:.3f} | {int(rel.count[k])} | "
+                     f"{'yes' if k in suspects else ''} |")
+    lines += ["", "Shortcut suspects: " + (", ".join(f"P-{k}" for k in suspects) if suspects else "none") +
+              (" (fix: `PerturbationFinetuner(run, prototypes=\"suspects\", mode=\"mask\")`)" if suspects else ""), ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run.num_checkpoints} checkpoints, {run.num_prototypes} prototypes, {run.num_probe} probe images, "
               f"target layer {run.config.target_layer if run.config else None!r}\n")
         print(expl.to_markdown())
+        print(reliance_summary(run))
         if run.errors:
             print(f"{len(run.errors)} explainer errors recorded; first: {run.errors[0]['type']}: {run.errors[0]['message']}")
     return 0

@@ -10,7 +10,15 @@ is one), and then fine-tunes:
 
 - ``mode="remove"`` (the paper): the *curated* set is the training set without those samples;
 - ``mode="mask"``: the curated set keeps them but perturbs the pixels of the regions that hold the
-  uncertain prototype (blur, noise or a baseline fill).
+  uncertain prototype (blur, noise, a baseline or random values);
+- ``mode="penalise"``: the set is unchanged and the loss gains an explanation penalty on those
+  regions (``lightning_i2x.penalty``: RRR's input gradients or the GradCAM share).
+
+Instead of pairs, ``prototypes=[ids]`` or ``prototypes="suspects"`` (the run's shortcut suspects,
+``lightning_i2x.suspects.run_suspects``, which needs the stored reliance of ``RelianceMeasure``)
+targets prototypes in every class: the way to remove a shortcut. ``control=True`` also trains a
+copy of the model on the full set for the same epochs, so the result says how much of the change
+is the targeting's and how much is more training's.
 
 ``schedule`` lists the epochs in order: ``("curated", "full")`` is the paper's "curated -> full",
 ``("full", "full")`` its baseline. Accuracy and the targeted pairs' confusions (both directions) are
@@ -24,6 +32,7 @@ The selection logic lives in ``lightning_i2x.selection`` (plain functions on arr
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 import time
@@ -36,6 +45,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
@@ -45,8 +55,11 @@ from .explanation import Explanation
 from .guards import evaluation_mode, preserved_rng
 from .layers import resolve_target_layer
 from .options import ExplainOptions, FinetuneOptions
+from .penalty import balance_weight, gradcam_penalty, input_gradient_penalty
+from .perturb import pixel_mask
 from .run import I2XRun, I2XRunError
 from .selection import (
+    ANY_CLASS,
     MaskedDataset,
     Pair,
     Selection,
@@ -90,6 +103,24 @@ class FinetuneResult:
     skipped_reason: str | None = None
     out_dir: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    target_prototypes: list[int] = field(default_factory=list)
+    flagged: int | None = None
+    penalty: str | None = None
+    penalty_weight: float | None = None
+    control_accuracy_after: float | None = None
+    control_confusions_after: dict[Pair, tuple[int, int]] = field(default_factory=dict)
+    control_confusion_matrix_after: np.ndarray | None = None
+
+    @property
+    def has_control(self) -> bool:
+        return self.control_accuracy_after is not None
+
+    @property
+    def targeting_gain(self) -> float | None:
+        """Accuracy after targeting minus after the same budget of plain training (None without a control)."""
+        if self.skipped or not self.has_control:
+            return None
+        return float(self.accuracy_after - self.control_accuracy_after)
 
     @property
     def skipped(self) -> bool:
@@ -127,15 +158,35 @@ class FinetuneResult:
             "confusion_matrix_before": cm(self.confusion_matrix_before), "confusion_matrix_after": cm(self.confusion_matrix_after),
             "skipped_reason": self.skipped_reason, "out_dir": self.out_dir,
             "seconds": {k: round(float(v), 3) for k, v in self.seconds.items()},
+            "target_prototypes": [int(k) for k in self.target_prototypes], "flagged": self.flagged,
+            "penalty": self.penalty, "penalty_weight": self.penalty_weight,
+            "control_accuracy_after": self.control_accuracy_after, "targeting_gain": self.targeting_gain,
+            "control_targeted_confusions_after": (int(sum(a + b for a, b in self.control_confusions_after.values()))
+                                                  if self.has_control and self.pairs else None),
+            "control_confusion_matrix_after": cm(self.control_confusion_matrix_after),
         }
 
     def to_markdown(self) -> str:
         if self.skipped:
             return f"Targeted fine-tuning skipped: {self.skipped_reason}\n"
+        how = f"mode `{self.mode}`" + (f" ({self.penalty} penalty, weight {self.penalty_weight:.3g})"
+                                        if self.mode == "penalise" and self.penalty_weight is not None else "")
+        head = (f"Targeted fine-tuning, {how}, schedule {' -> '.join(self.schedule)}: "
+                f"accuracy {100 * self.accuracy_before:.2f} % -> {100 * self.accuracy_after:.2f} % "
+                f"on {self.num_val_samples} validation samples")
+        if self.has_control:
+            gain = 100 * self.targeting_gain
+            head += (f"; the same budget of plain training ({' -> '.join('full' for _ in self.schedule)} from the same "
+                     f"weights): {100 * self.control_accuracy_after:.2f} %; targeting adds {gain:+.2f} points.")
+        else:
+            head += (". No same-budget control was run (control=True): part of this change may be the extra "
+                     "training, not the targeting.")
+        if self.target_prototypes:
+            verb = {"remove": "removed", "mask": "masked", "penalise": "penalised"}.get(self.mode, "flagged")
+            protos = ", ".join(f"P-{k}" for k in self.target_prototypes)
+            return f"{head}\n\nTargeted prototypes (any class): {protos}; training samples {verb}: {self.flagged}.\n"
         lines = [
-            f"Targeted fine-tuning, mode `{self.mode}`, schedule {' -> '.join(self.schedule)}: "
-            f"accuracy {100 * self.accuracy_before:.2f} % -> {100 * self.accuracy_after:.2f} % "
-            f"on {self.num_val_samples} validation samples.",
+            head,
             "",
             "| pair | uncertain prototypes | training samples removed/masked | confusions before | confusions after |",
             "|---|---|---|---|---|",
@@ -227,6 +278,21 @@ class PerturbationFinetuner:
             - mask_region: ``"salient"``: the salient locations assigned to the uncertain
               prototypes; ``"all"``: every location assigned to them.
             - prototypes_per_pair: only the n highest-ranked uncertain prototypes of each pair.
+            - prototypes: prototype ids (or ``"suspects"``) to target in samples of every class,
+              instead of pairs. With ``mask_region="all"`` a sample is flagged wherever it holds
+              one (salient or not), the setting for a shortcut.
+            - penalty, penalty_ratio: ``mode="penalise"``'s term, ``"input_gradient"`` (RRR,
+              double backpropagation: a step costs about twice as much) or ``"gradcam"`` (the
+              GradCAM share inside the region), weighted so that it starts at ``penalty_ratio``
+              times the cross-entropy (``penalty.balance_weight`` on the first flagged batch).
+              Penalise mode assumes a classifier trained with the cross-entropy of its forward's
+              (B, M) scores on (image, label) batches: it trains the module through a wrapper
+              whose step is ``CE + weight * penalty`` (the module's own ``training_step`` is not
+              called; its ``configure_optimizers`` is), and refuses other outputs or batches.
+            - control: also fine-tune a copy of the starting weights (``control_model`` after
+              ``fit``) with ``full`` epochs only, the same number and seed: the result's
+              ``control_accuracy_after`` and ``targeting_gain``. Off by default: it doubles the
+              fine-tuning's time and holds a second copy of the model.
             - batch_size: images per search batch; None = the training loader's batch size.
             - trainer_kwargs: extra ``pl.Trainer`` arguments (precision, accelerator, ...); by
               default no logger, no checkpoints, no validation loop, one device.
@@ -241,8 +307,10 @@ class PerturbationFinetuner:
         progress: tqdm progress bars.
 
     Raises:
-        ValueError: a bad option (from ``FinetuneOptions``), unknown classes in ``pairs``.
-        I2XRunError: a run with no prototypes or no recorded target layer.
+        ValueError: a bad option (from ``FinetuneOptions``), unknown classes in ``pairs``, unknown
+            ids in ``prototypes``, both pairs and prototypes.
+        I2XRunError: a run with no prototypes or no recorded target layer; ``prototypes="suspects"``
+            on a run with no stored reliance.
 
     ``fit`` fine-tunes the module **in place** (as ``Trainer.fit`` does); copy it first to keep the
     original weights.
@@ -274,12 +342,19 @@ class PerturbationFinetuner:
         progress: bool = True,
         explain_kwargs: dict | None = None,
         saliency_threshold: float | None = None,
+        prototypes: Sequence[int] | str | None = None,
+        penalty: str = "input_gradient",
+        penalty_ratio: float = 1.0,
+        control: bool = False,
     ):
+        if isinstance(prototypes, (list, tuple, np.ndarray)):
+            prototypes = tuple(int(k) if isinstance(k, np.integer) else k for k in prototypes)
         self.options = FinetuneOptions(
             pairs=None if pairs is None else tuple(tuple(p) for p in pairs), mode=mode, schedule=tuple(schedule), lr=lr,
             max_samples=max_samples, seed=seed, mask_fill=mask_fill, mask_region=mask_region, mask_baseline=mask_baseline,
             top_pairs=top_pairs, prototypes_per_pair=prototypes_per_pair, batch_size=batch_size,
-            trainer_kwargs=dict(trainer_kwargs or {}),
+            trainer_kwargs=dict(trainer_kwargs or {}), prototypes=prototypes, penalty=penalty, penalty_ratio=penalty_ratio,
+            control=control,
         )
         self.run = run if isinstance(run, I2XRun) else I2XRun.load(run)
         if self.run.prototypes is None:
@@ -321,6 +396,22 @@ class PerturbationFinetuner:
         self.target_layer = config.target_layer
         self.cam = config.cam if config.cam in CAM_METHODS else "gradcam"
         self.cam_target = config.probe_pass.cam_target
+        self.penalty, self.penalty_ratio, self.control = o.penalty, o.penalty_ratio, o.control
+        if self.penalty == "gradcam" and reshape_transform is not None:
+            raise ValueError("penalty='gradcam' needs a target layer with (B, D, h, w) maps; with a reshape_transform "
+                             "use penalty='input_gradient'")
+        self.target_prototypes: list[int] | None = None
+        if o.prototypes == "suspects":
+            from .suspects import run_suspects
+
+            self.target_prototypes = run_suspects(self.run)  # I2XRunError naming what to do when there is no reliance
+        elif o.prototypes is not None:
+            k = self.run.num_prototypes
+            unknown = [p for p in o.prototypes if not 0 <= p < k]
+            if unknown:
+                raise ValueError(f"prototypes {unknown} are not prototypes of the run; its prototypes are 0..{k - 1}")
+            self.target_prototypes = list(o.prototypes)
+        self.control_model: pl.LightningModule | None = None
 
     @property
     def explanation(self) -> Explanation:
@@ -332,6 +423,8 @@ class PerturbationFinetuner:
     # -- what to target ---------------------------------------------------------------------------
     def targets(self) -> dict[Pair, list[int]]:
         """{pair: its uncertain prototypes} for the pairs targeted (an empty dict when there are none)."""
+        if self.target_prototypes is not None:
+            return {ANY_CLASS: list(self.target_prototypes)}
         expl = self.explanation
         pairs = self.pairs if self.pairs is not None else expl.uncertain_pairs()[: self.top_pairs]
         targets = pair_prototypes(expl.uncertain, pairs)
@@ -427,6 +520,8 @@ class PerturbationFinetuner:
                 raise ValueError("every training sample contains an uncertain prototype: the curated set would be empty")
             return Subset(dataset, kept.tolist())
         regions = {int(i): r for i, r, f in zip(selection.indices, selection.regions, selection.flagged) if f}
+        if self.mode == "penalise":
+            return Subset(_RegionDataset(dataset, regions), selection.indices.tolist())
         masked = MaskedDataset(dataset, regions, self.mask_fill, seed=self.seed, baseline=self.mask_baseline)
         return Subset(masked, selection.indices.tolist())
 
@@ -464,10 +559,17 @@ class PerturbationFinetuner:
         self._check_layer(model, x0.unsqueeze(0).expand(2, *x0.shape).clone())
 
         targets = self.targets() if selection is None else dict(selection.prototypes)
-        base = dict(pairs=list(targets), class_names=self.class_names, mode=self.mode, schedule=self.schedule,
-                    prototypes=targets, seed=self.seed, lr=self.lr, mask_fill=self.mask_fill if self.mode == "mask" else None)
+        by_prototype = ANY_CLASS in targets
+        base = dict(pairs=[] if by_prototype else list(targets), class_names=self.class_names, mode=self.mode, schedule=self.schedule,
+                    prototypes={} if by_prototype else targets, seed=self.seed, lr=self.lr,
+                    mask_fill=self.mask_fill if self.mode == "mask" else None,
+                    penalty=self.penalty if self.mode == "penalise" else None,
+                    target_prototypes=list(targets.get(ANY_CLASS, [])))
         if not targets or not any(targets.values()):
-            if self.pairs is None:
+            if by_prototype:
+                reason = ("the run has no shortcut suspect (run_suspects found none): nothing to target"
+                          if self.options.prototypes == "suspects" else "no prototype to target")
+            elif self.pairs is None:
                 reason = (f"the run has no uncertain prototype (min_flips={self.explain.min_flips}, tau={self.explain.tau!r}); "
                           "pass pairs=... or record more checkpoints")
             else:
@@ -480,7 +582,7 @@ class PerturbationFinetuner:
                               "uncertain prototype in the run; no sample is removed or masked for it", RuntimeWarning, stacklevel=2)
 
         m = self.run.num_classes
-        pairs = list(targets)
+        pairs = [] if by_prototype else list(targets)
         t0 = time.perf_counter()
         labels, pred_before = self.evaluate(model, val_loader)
         seconds = {"evaluate_before": time.perf_counter() - t0}
@@ -495,11 +597,34 @@ class PerturbationFinetuner:
         full = Subset(ds, idx.tolist())
         curated = self.curated_dataset(ds, selection) if needs_curated else None
         n_curated = None if curated is None else len(curated)
-        loaders = [self._loader_like(train_loader, curated if phase == "curated" else full, e) for e, phase in enumerate(self.schedule)]
+        penalised = self.mode == "penalise"
+        full_phase = Subset(_RegionDataset(ds, {}), idx.tolist()) if penalised else full
+        loaders = [self._loader_like(train_loader, curated if phase == "curated" else full_phase, e)
+                   for e, phase in enumerate(self.schedule)]
+        control = None
+        if self.control:
+            control = _detached_copy(model)
+            self.control_model = control
 
         t0 = time.perf_counter()
-        self._train(model, loaders)
+        weight = None
+        if penalised:
+            layer = self._check_layer(model, x0.unsqueeze(0).expand(2, *x0.shape).clone()) if self.penalty == "gradcam" else None
+            wrapper = _Penalised(model, self.penalty, self.penalty_ratio, layer, self.forward_fn)
+            self._train(wrapper, loaders, inner=model)
+            weight = wrapper.weight
+        else:
+            self._train(model, loaders)
         seconds["train"] = time.perf_counter() - t0
+        control_fields: dict[str, Any] = {}
+        if control is not None:
+            t0 = time.perf_counter()
+            self._train(control, [self._loader_like(train_loader, full, e) for e in range(len(self.schedule))])
+            _, pred_control = self.evaluate(control, val_loader)
+            cmc = _confusion_matrix(labels, pred_control, m)
+            control_fields = dict(control_accuracy_after=_accuracy(labels, pred_control, m),
+                                  control_confusions_after=_pair_confusions(cmc, pairs), control_confusion_matrix_after=cmc)
+            seconds["control"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels_after, pred_after = self.evaluate(model, val_loader)
         seconds["evaluate_after"] = time.perf_counter() - t0
@@ -508,9 +633,11 @@ class PerturbationFinetuner:
 
         cm0, cm1 = _confusion_matrix(labels, pred_before, m), _confusion_matrix(labels, pred_after, m)
         counts = selection.counts() if selection is not None else {p: 0 for p in pairs}
+        flagged = counts.get(ANY_CLASS) if by_prototype and needs_curated else (0 if by_prototype else None)
+        counts.pop(ANY_CLASS, None)
         seconds["total"] = time.perf_counter() - t_start
         result = FinetuneResult(
-            **base,
+            **base, **control_fields, flagged=flagged, penalty_weight=weight,
             removed_or_masked=counts if needs_curated else {p: 0 for p in pairs},
             num_train_samples=int(idx.size), num_curated_samples=n_curated, num_val_samples=int(labels.size),
             accuracy_before=_accuracy(labels, pred_before, m), accuracy_after=_accuracy(labels, pred_after, m),
@@ -521,8 +648,11 @@ class PerturbationFinetuner:
         self._save(result, labels, pred_before, pred_after, selection)
         return result
 
-    def _train(self, model: pl.LightningModule, loaders: list[DataLoader]) -> None:
-        device = self._device(model)
+    def _train(self, model: pl.LightningModule, loaders: list[DataLoader], inner: pl.LightningModule | None = None) -> None:
+        """Fit ``model`` on the loaders, one epoch each; ``inner``: the user's module inside a
+        ``_Penalised`` wrapper (its trainer reference is put back the same way)."""
+        owner = inner if inner is not None else model
+        device = self._device(owner)
         kw: dict[str, Any] = dict(
             logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=self.progress,
             num_sanity_val_steps=0, limit_val_batches=0,
@@ -535,7 +665,7 @@ class PerturbationFinetuner:
             kw.update(accelerator="cpu", devices=1)
         kw.update(self.trainer_kwargs)
         callbacks = [_SetLearningRate(float(self.lr))] if self.lr is not None else []
-        previous = getattr(model, "_trainer", None)
+        previous = getattr(owner, "_trainer", None)
         with preserved_rng(), _quiet_lightning(self.progress):
             trainer = pl.Trainer(max_epochs=len(loaders), reload_dataloaders_every_n_epochs=1, callbacks=callbacks, **kw)
             torch.manual_seed(self.seed)
@@ -546,8 +676,8 @@ class PerturbationFinetuner:
                     warnings.filterwarnings("ignore", ".*validation_step.*no `val_dataloader`.*")
                     trainer.fit(model, datamodule=_PhaseData(loaders))
             finally:
-                model._trainer = previous  # an outer Trainer (auto_finetune) keeps its module
-        model.to(device)
+                owner._trainer = previous  # an outer Trainer (auto_finetune) keeps its module
+        owner.to(device)
 
     def _save(self, result: FinetuneResult, labels, pred_before, pred_after, selection: Selection | None) -> None:
         out = self.out_dir
@@ -559,6 +689,84 @@ class PerturbationFinetuner:
                              pairs=np.asarray(selection.pairs, dtype=np.int64).reshape(-1, 2),
                              flags=selection.flags.astype(np.uint8), labels=selection.labels.astype(np.int64))
         atomic.write_json(out / "result.json", result.to_dict())
+
+
+# -- penalise mode ----------------------------------------------------------------------------------
+class _RegionDataset(Dataset):
+    """(image, label, mask) samples: ``mask`` (H, W) float32, 1 on the pixels of the flagged
+    region of that sample (``regions``: dataset index -> (h, w) location mask), 0 elsewhere."""
+
+    def __init__(self, dataset: Dataset, regions: dict[int, np.ndarray]):
+        self.dataset = dataset
+        self.regions = {int(k): np.asarray(v, dtype=bool) for k, v in regions.items()}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, rest = split_item(self.dataset[index], "the training Dataset")
+        size = tuple(x.shape[-2:])
+        region = self.regions.get(int(index))
+        mask = (torch.from_numpy(pixel_mask(region, size)).float() if region is not None and region.any()
+                else torch.zeros(size, dtype=torch.float32))
+        return x, rest[0], mask
+
+
+class _Penalised(pl.LightningModule):
+    """The user's classifier trained with ``cross_entropy(forward(x), y) + weight * penalty`` on the
+    flagged regions (``mode="penalise"``). Assumes what the targeting assumes: a classifier whose
+    forward gives (B, M) scores and whose loss is the cross-entropy on (x, y) batches; its own
+    ``training_step`` is not called (its optimisers, from ``configure_optimizers``, are used). The
+    weight is ``balance_weight`` on the first batch holding a flagged region: both terms start alike."""
+
+    def __init__(self, module: pl.LightningModule, penalty: str, ratio: float, layer: torch.nn.Module | None,
+                 forward_fn: ForwardFn | None):
+        super().__init__()
+        self.module = module
+        self.penalty, self.ratio, self.forward_fn = penalty, float(ratio), forward_fn
+        self.__dict__["layer"] = layer  # a submodule of ``module``: not registered twice
+        self.weight: float | None = None
+
+    def forward(self, x):
+        return (self.forward_fn or default_forward)(self.module, x)
+
+    def training_step(self, batch, _idx):
+        x, y, mask = batch
+        if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
+            raise TypeError("mode='penalise' trains with the cross-entropy on (image, integer label) samples; "
+                            f"got labels {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+        if bool(mask.any()):
+            if self.penalty == "gradcam":
+                pen, logits = gradcam_penalty(self.module, x, y, mask, self.layer, forward_fn=self.forward_fn, return_logits=True)
+            else:
+                pen, logits = input_gradient_penalty(self.module, x, y, mask, forward_fn=self.forward_fn, return_logits=True)
+        else:
+            logits, pen = self(x), None
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise TypeError(f"mode='penalise' needs a classifier returning (B, M) scores, got {tuple(getattr(logits, 'shape', ()))}")
+        ce = F.cross_entropy(logits.float(), y)
+        loss = ce
+        if pen is not None:
+            if self.weight is None and float(pen.detach()) > 0:
+                self.weight = balance_weight(ce, pen, self.ratio)
+            if self.weight is not None:
+                loss = ce + self.weight * pen
+        self.log("finetune_loss", loss.detach(), prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        self.module._trainer = self._trainer  # a configure_optimizers that reads self.trainer (schedulers) works
+        return self.module.configure_optimizers()
+
+
+def _detached_copy(model: pl.LightningModule) -> pl.LightningModule:
+    """A deep copy of the module without its Trainer (which must not be copied)."""
+    previous = getattr(model, "_trainer", None)
+    model._trainer = None
+    try:
+        return copy.deepcopy(model)
+    finally:
+        model._trainer = previous
 
 
 # -- the end of a fit, and reporting -------------------------------------------------------------------
@@ -595,6 +803,11 @@ def log_finetune(sink, result: FinetuneResult, step: int, prefix: str = "i2x/fin
     if result.skipped:
         return
     scalars = {f"{prefix}/accuracy_before": result.accuracy_before, f"{prefix}/accuracy_after": result.accuracy_after}
+    if result.has_control:
+        scalars[f"{prefix}/control_accuracy_after"] = result.control_accuracy_after
+        scalars[f"{prefix}/targeting_gain"] = result.targeting_gain
+    if result.flagged is not None:
+        scalars[f"{prefix}/flagged"] = result.flagged
     names = result.class_names
     for when, conf in (("before", result.confusions_before), ("after", result.confusions_after)):
         for (a, b), (ab, ba) in conf.items():

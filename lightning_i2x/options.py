@@ -277,7 +277,14 @@ class FinetuneOptions(_Options):
     """Step 7, targeted fine-tuning (``PerturbationFinetuner``); see its docstring for each option.
 
     pairs: class pairs to target (indices or names); None: the ``top_pairs`` best uncertain pairs.
-    mode: ``"remove"`` (the paper) or ``"mask"``.
+    prototypes: prototype ids to target in every class, or ``"suspects"`` (the run's shortcut
+        suspects, ``lightning_i2x.suspects.run_suspects``); exclusive with ``pairs``.
+    mode: ``"remove"`` (the paper), ``"mask"`` or ``"penalise"`` (an explanation penalty on the
+        flagged regions).
+    penalty: ``"input_gradient"`` (RRR) or ``"gradcam"``: the penalty of ``mode="penalise"``.
+    penalty_ratio: the penalty's weight makes it start at this multiple of the cross-entropy.
+    control: also fine-tune a copy of the model on the full set for the same epochs, to tell the
+        targeting's gain from more training's.
     schedule: the epochs in order, each ``"curated"`` or ``"full"``.
     lr: learning rate of the fine-tuning; None keeps the module's optimiser settings.
     max_samples: a seeded subset of the training set of this size; None: all of it.
@@ -289,7 +296,7 @@ class FinetuneOptions(_Options):
     """
 
     pairs: tuple[tuple[int | str, int | str], ...] | None = None
-    mode: FinetuneMode = "remove"
+    mode: FinetuneMode | Literal["penalise"] = "remove"
     schedule: tuple[Phase, ...] = ("curated", "full")
     lr: float | None = None
     max_samples: int | None = None
@@ -301,14 +308,28 @@ class FinetuneOptions(_Options):
     prototypes_per_pair: int | None = None
     batch_size: int | None = None
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    prototypes: tuple[int, ...] | Literal["suspects"] | None = None
+    penalty: Literal["input_gradient", "gradcam"] = "input_gradient"
+    penalty_ratio: float = 1.0
+    control: bool = False
 
     def __post_init__(self):
+        if self.prototypes is not None and self.prototypes != "suspects":
+            p = self.prototypes
+            if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or not p or not all(_is_int(k) and k >= 0 for k in p):
+                _fail(self, "prototypes", 'a non-empty list of prototype ids, "suspects" or None', p)
+            _set(self, "prototypes", tuple(dict.fromkeys(int(k) for k in p)))
+        if self.prototypes is not None and self.pairs is not None:
+            _fail(self, "prototypes", "None when pairs are given (target pairs or prototypes, not both)", self.prototypes)
+        _choice(self, "penalty", ("input_gradient", "gradcam"))
+        _number(self, "penalty_ratio", strict=True)
+        _bool(self, "control")
         if self.pairs is not None:
             if isinstance(self.pairs, (str, bytes)) or not isinstance(self.pairs, Sequence) or not all(
                     isinstance(p, Sequence) and not isinstance(p, (str, bytes)) and len(p) == 2 for p in self.pairs) or not self.pairs:
                 _fail(self, "pairs", "a non-empty list of class pairs (a, b), or None", self.pairs)
             _set(self, "pairs", tuple(tuple(p) for p in self.pairs))
-        _choice(self, "mode", get_args(FinetuneMode))
+        _choice(self, "mode", (*get_args(FinetuneMode), "penalise"))
         sched = self.schedule
         if isinstance(sched, str) or not isinstance(sched, Sequence) or not sched or any(s not in get_args(Phase) for s in sched):
             _fail(self, "schedule", f"a non-empty sequence of {get_args(Phase)} (one epoch each)", sched)

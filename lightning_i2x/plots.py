@@ -143,8 +143,12 @@ def _heat_map(values: np.ndarray, row_labels: list[str], col_labels: list[str], 
 def prototype_gallery(run, prototypes: Sequence[int] | None = None, *, n: int = 8, context: float = 1.0,
                       columns: int = 6, dpi: int = DEFAULT_DPI) -> Figure:
     """Each prototype as the input patches of its n locations nearest the centroid (one per probe
-    image), a grid per prototype under its id; needs the run's probe images."""
+    image), a grid per prototype under its id; needs the run's probe images. When the run holds
+    the model's reliance on its current prototypes (``RelianceMeasure``), each id is followed by
+    it ("rel +0.21": hiding the prototype costs the true class 0.21 probability beyond hiding as
+    much of the image at random), and the shortcut suspects (``run_suspects``) are marked "suspect"."""
     ids = list(range(run.num_prototypes)) if prototypes is None else [int(k) for k in prototypes]
+    reliance, suspects = _gallery_reliance(run)
     if run.images is None or run.reference is None or not ids:
         return _note(_figure(6, 1.5, dpi), "no gallery: the run holds no probe images (store_probe_images=False or probe over 64 MiB)"
                      if run.images is None else "no gallery: no prototypes yet")
@@ -170,10 +174,30 @@ def prototype_gallery(run, prototypes: Sequence[int] | None = None, *, n: int = 
     ax.imshow(canvas, interpolation="nearest", aspect="auto")
     ax.axis("off")
     for idx, k in enumerate(ids):
-        ax.text((idx % cols) * cell_w, (idx // cols) * cell_h + band * 0.85, f"P-{k}" + ("" if items[k][1] else " (no locations)"),
-                fontsize=8, fontweight="bold", va="bottom")
+        label = f"P-{k}" + ("" if items[k][1] else " (no locations)")
+        if reliance is not None and np.isfinite(reliance[k]):
+            label += f"  rel {reliance[k]:+.2f}" + ("  suspect" if k in suspects else "")
+        ax.text((idx % cols) * cell_w, (idx // cols) * cell_h + band * 0.85, label,
+                fontsize=8, fontweight="bold", va="bottom", color="#b00020" if k in suspects else "black")
     fig.suptitle(f"prototypes: the input patches nearest each centroid (checkpoint T{run.reference})", fontsize=9, y=0.999, va="top")
     return fig
+
+
+def _gallery_reliance(run) -> tuple[np.ndarray | None, set[int]]:
+    """(the stored reliance per prototype or None, the suspects) for the gallery's labels."""
+    from .reliance import load_reliance
+    from .suspects import run_suspects
+
+    try:
+        rel = load_reliance(run) if hasattr(run, "attachment") else None
+    except Exception:  # a damaged attachment must not cost the gallery
+        return None, set()
+    if rel is None:
+        return None, set()
+    try:
+        return rel.reliance, set(run_suspects(run))
+    except Exception:
+        return rel.reliance, set()
 
 
 # -- class views --------------------------------------------------------------------------------------

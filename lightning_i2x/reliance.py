@@ -30,7 +30,10 @@ import torch
 
 from .perturb import FILLS, ForwardFn, apply_mask, default_sigma, fill_values, target_probabilities
 
-__all__ = ["Reliance", "prototype_reliance", "random_locations"]
+__all__ = ["Reliance", "prototype_reliance", "random_locations", "RelianceMeasure", "reliance_of_run", "load_reliance", "ATTACHMENT"]
+
+ATTACHMENT = "reliance"
+"""The name the reliance is stored under in a run (``run.attachment("reliance")``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +73,10 @@ class Reliance:
         return self.class_drop - self.class_random_drop
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for ``np.savez`` (the settings as 0-d arrays)."""
+        """Plain numeric arrays for ``np.savez`` and ``run.save_attachment`` (the settings as 0-d
+        arrays; the fill as its index in ``perturb.FILLS``)."""
         out = {k: np.asarray(getattr(self, k)) for k in self._ARRAYS}
-        out.update(fill=np.asarray(self.fill), n_random=np.asarray(self.n_random), seed=np.asarray(self.seed))
+        out.update(fill=np.asarray(FILLS.index(self.fill)), n_random=np.asarray(self.n_random), seed=np.asarray(self.seed))
         return out
 
     @classmethod
@@ -83,8 +87,13 @@ class Reliance:
             raise ValueError(f"reliance arrays lack {missing}")
         return cls(
             **{k: np.asarray(arrays[k]) for k in cls._ARRAYS},
-            fill=str(np.asarray(arrays["fill"])), n_random=int(np.asarray(arrays["n_random"])), seed=int(np.asarray(arrays["seed"])),
+            fill=_fill_name(np.asarray(arrays["fill"])), n_random=int(np.asarray(arrays["n_random"])), seed=int(np.asarray(arrays["seed"])),
         )
+
+
+def _fill_name(value: np.ndarray) -> str:
+    """The fill stored by ``to_arrays`` (an index into FILLS; older files hold the name)."""
+    return FILLS[int(value)] if value.dtype.kind in "iu" else str(value)
 
 
 def random_locations(seed: int, image: int, prototype: int, area: int, n_random: int, num_locations: int) -> np.ndarray:
@@ -220,3 +229,124 @@ def prototype_reliance(
         class_drop=class_drop.reshape(k_count, m), class_random_drop=class_random.reshape(k_count, m),
         class_count=class_count.reshape(k_count, m), area=mean_area, fill=fill, n_random=int(n_random), seed=int(seed),
     )
+
+
+# -- on a run: a measure the callback runs, and the same thing by hand ----------------------------------
+def _check_options(owner: str, fill, n_random, seed, max_images_per_prototype, batch_size) -> None:
+    def fail(field: str, what: str, value) -> None:
+        raise ValueError(f"{owner}.{field} must be {what}, got {value!r}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if fill not in FILLS:
+        fail("fill", f"one of {FILLS}", fill)
+    if not is_int(n_random) or n_random < 1:
+        fail("n_random", "an integer >= 1", n_random)
+    if not is_int(seed) or seed < 0:
+        fail("seed", "an integer >= 0", seed)
+    if max_images_per_prototype is not None and (not is_int(max_images_per_prototype) or max_images_per_prototype < 1):
+        fail("max_images_per_prototype", "an integer >= 1 or None", max_images_per_prototype)
+    if not is_int(batch_size) or batch_size < 1:
+        fail("batch_size", "an integer >= 1", batch_size)
+
+
+def reliance_of_run(
+    run,
+    model: torch.nn.Module,
+    *,
+    fill: str = "blur",
+    n_random: int = 4,
+    seed: int = 0,
+    max_images_per_prototype: int | None = 64,
+    batch_size: int = 256,
+    forward_fn: ForwardFn | None = None,
+    store: bool = True,
+) -> Reliance:
+    """Measure ``model``'s reliance on each of the run's prototypes over the run's own probe images
+    (``prototype_reliance`` with ``run.assignment()``) and, with ``store``, keep it in the run as
+    the attachment ``"reliance"`` tied to the latest checkpoint (``load_reliance`` reads it back;
+    ``lightning_i2x.suspects.run_suspects`` needs it).
+
+    ``model`` should be the model the run's prototypes come from (the latest record: at the end of
+    fit, the trained model). Cost: ``N + P (1 + n_random)`` forwards without autograd, with ``P``
+    the measured (image, prototype) pairs, at most ``K * max_images_per_prototype``: with the
+    defaults (K = 32, 64 images each, 4 random draws) at most ``N + 10240`` forwards, about
+    ``1/3 + 3400 / N`` probe passes (a probe pass is a forward and a backward per image), e.g.
+    about 7 probe passes for a 500-image probe and 2 for a 2000-image one.
+
+    Raises I2XRunError when the run has no prototypes or holds no probe images (recorded with
+    ``ProbePassOptions(store_images=False)`` or a probe over 64 MiB), ValueError on a bad option.
+    """
+    from .run import I2XRunError
+
+    _check_options("reliance_of_run", fill, n_random, seed, max_images_per_prototype, batch_size)
+    if run.prototypes is None:
+        raise I2XRunError(f"{run.path} has no prototypes yet (no checkpoint recorded): nothing to measure")
+    if run.images is None:
+        raise I2XRunError(f"{run.path} holds no probe images (recorded with store_images=False or a probe over 64 MiB): "
+                          "reliance hides parts of those images; record the run with ProbePassOptions(store_images=True)")
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    images = torch.as_tensor(np.asarray(run.images), dtype=torch.float32, device=device)
+    rel = prototype_reliance(
+        model, images, torch.as_tensor(run.labels), run.assignment(), run.num_prototypes, fill=fill, n_random=n_random,
+        seed=seed, batch_size=batch_size, max_images_per_prototype=max_images_per_prototype, num_classes=run.num_classes,
+        forward_fn=forward_fn,
+    )
+    if store:
+        run.save_attachment(ATTACHMENT, arrays={**rel.to_arrays(), "reference": np.asarray(-1 if run.reference is None else run.reference)})
+    return rel
+
+
+def load_reliance(run) -> Reliance | None:
+    """The reliance stored in the run, or None when there is none or it was measured on other
+    prototypes than the run's current ones (the prototypes are refitted at every record)."""
+    stored = run.attachment(ATTACHMENT)
+    if stored is None:
+        return None
+    arrays, _checkpoint = stored
+    ref = int(np.asarray(arrays.get("reference", -1)))
+    rel = Reliance.from_arrays(arrays)
+    if ref != (-1 if run.reference is None else run.reference) or rel.num_prototypes != run.num_prototypes:
+        return None
+    return rel
+
+
+@dataclasses.dataclass(frozen=True)
+class RelianceMeasure:
+    """The reliance of the model on each prototype, as a measure of ``I2XCallback(measures=[...])``:
+    stored in the run as the attachment ``"reliance"`` (``Reliance.to_arrays()``), which
+    ``run_suspects`` and the targeted fine-tuning's ``prototypes="suspects"`` read.
+
+    when: ``"end"`` (default: once, at the end of fit, on the final model and prototypes) or
+        ``"record"`` (after every record: the reliance history, at that cost each time).
+    fill, n_random, seed, max_images_per_prototype, batch_size: as ``reliance_of_run``.
+
+    Cost per run of it: ``N + P (1 + n_random)`` forwards (no backward), P at most
+    ``K * max_images_per_prototype``; with the defaults about 7 probe passes for a 500-image probe.
+    Needs the probe images in the run (``ProbePassOptions.store_images``, the default).
+    """
+
+    name: str = "reliance"
+    when: str = "end"
+    fill: str = "blur"
+    n_random: int = 4
+    seed: int = 0
+    max_images_per_prototype: int | None = 64
+    batch_size: int = 256
+
+    def __post_init__(self):
+        if self.when not in ("record", "end"):
+            raise ValueError(f"RelianceMeasure.when must be one of ('record', 'end'), got {self.when!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"RelianceMeasure.name must be a non-empty string, got {self.name!r}")
+        _check_options("RelianceMeasure", self.fill, self.n_random, self.seed, self.max_images_per_prototype, self.batch_size)
+
+    def __call__(self, model, run, evidence=None, explanation=None, *, forward_fn: ForwardFn | None = None) -> None:
+        rel = reliance_of_run(run, model, fill=self.fill, n_random=self.n_random, seed=self.seed,
+                              max_images_per_prototype=self.max_images_per_prototype, batch_size=self.batch_size,
+                              forward_fn=forward_fn)
+        finite = rel.reliance[np.isfinite(rel.reliance)]
+        if finite.size:
+            run.record_metrics({"reliance_max": float(finite.max())})

@@ -24,6 +24,7 @@ from .prototypes import Prototypes
 
 __all__ = [
     "Pair",
+    "ANY_CLASS",
     "Selection",
     "MaskedDataset",
     "resolve_pairs",
@@ -38,6 +39,10 @@ MASK_FILLS = FILLS
 MASK_REGIONS = ("salient", "all")
 
 Pair = tuple[int, int]
+
+ANY_CLASS: Pair = (-1, -1)
+"""A key of ``flag_samples``'s ``pair_protos`` whose prototypes flag samples of every class (the
+targeting by prototypes, ``PerturbationFinetuner(prototypes=...)``)."""
 
 
 # -- pure functions: which samples, which pixels ---------------------------------------------------
@@ -100,7 +105,9 @@ def flag_samples(
 
     assignment (B, L) prototype id of every location; salient (B, L) bool; labels (B,).
     Sample i is flagged for pair (a, b) when its label is a or b and one of its salient locations is
-    assigned to an uncertain prototype of (a, b).
+    assigned to an uncertain prototype of (a, b); for the key ``ANY_CLASS``, whatever its label,
+    and with ``region="all"`` when any of its locations (salient or not) is: a shortcut is hidden
+    wherever it is, else the model goes on learning it from the images where GradCAM missed it.
 
     Returns flags (P, B) bool (pairs in the order of ``pair_protos``) and regions (B, L) bool: the
     locations of flagged samples to perturb in mask mode, the union over the pairs the sample is
@@ -120,9 +127,9 @@ def flag_samples(
         if len(protos) == 0:
             continue
         holds = np.isin(a, np.asarray(list(protos), dtype=a.dtype))
-        in_pair = (y == ca) | (y == cb)
+        in_pair = np.ones(y.shape, dtype=bool) if (ca, cb) == ANY_CLASS else (y == ca) | (y == cb)
         hit = holds & s
-        flags[p] = in_pair & hit.any(axis=1)
+        flags[p] = in_pair & (holds if region == "all" and (ca, cb) == ANY_CLASS else hit).any(axis=1)
         regions[flags[p]] |= (hit if region == "salient" else holds)[flags[p]]
     return flags, regions
 
