@@ -439,6 +439,8 @@ class I2XCallback(pl.Callback):
                                    torch.from_numpy(self._run.latest_confidences().copy()), None, self._images, self._labels)
             with preserved_rng():
                 self._measure("end", trainer, pl_module, latest)
+            # what the measures stored (a reliance: the suspects) belongs in the final explanation
+            self.explanation = self._guarded("explain", trainer, self._recorder.explain_run, self._run) or self.explanation
             if sink:
                 self._guarded("views", trainer, self._log_summary, sink, trainer.global_step)
             self._budget.pending = True  # draw the views again: they show what the measures found

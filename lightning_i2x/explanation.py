@@ -52,6 +52,7 @@ class Explanation:
     intensities: np.ndarray | None = field(default=None, repr=False)  # (T, N, K), NaN where absent
     _uncertain: list = field(default_factory=list, repr=False)
     _order: list = field(default_factory=list, repr=False)
+    suspects: tuple[int, ...] | None = None  # likely shortcuts (lightning_i2x.suspects); None: no reliance measured
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -147,7 +148,7 @@ class Explanation:
     def to_dict(self) -> dict:
         """A JSON-serialisable view of the explanation."""
         classes = range(self.num_classes)
-        return {
+        out = {
             "class_names": list(self.class_names),
             "num_intervals": self.num_intervals,
             "num_prototypes": self.num_prototypes,
@@ -163,6 +164,9 @@ class Explanation:
             ],
             "learning_order": [{"classes": list(s.classes), "interval": s.interval} for s in self._order],
         }
+        if self.suspects is not None:
+            out["suspects"] = list(self.suspects)
+        return out
 
     def to_markdown(self, classes: Sequence[int | str] | None = None, max_uncertain: int = 10) -> str:
         """A human summary: per class shared/specialised prototypes and edges, then uncertain
@@ -175,6 +179,10 @@ class Explanation:
                 lines.append(f"| P-{u.prototype} | {name[u.classes[0]]} <-> {name[u.classes[1]]} | {u.flips} | {u.score:.3g} |")
         else:
             lines.append(f"none (needs >= {self.params['min_flips']} sign flips; {self.num_intervals} intervals recorded)")
+        if self.suspects is not None:
+            lines += ["", "## Suspected shortcuts", "",
+                      (_fmt_protos(list(self.suspects)) + ": relied on, salient, and at the same few places at the image's edge"
+                       if self.suspects else "none (no prototype the model relies on sits at a fixed place at the edge)")]
         lines += ["", "## Classes", ""]
         for c in range(self.num_classes) if classes is None else [self.class_index(c) for c in classes]:
             edges = self.edges(c)

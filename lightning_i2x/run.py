@@ -24,6 +24,7 @@ explains as it did.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -533,7 +534,7 @@ class I2XRun:
                 raise ValueError(f"run.explain got unknown option(s) {unknown}; ExplainOptions has {sorted(options.to_dict())}")
             options = ExplainOptions(**{**options.to_dict(), **params})
         kw = options.analysis_kwargs()
-        return explain(
+        expl = explain(
             self.intensities(),
             self.confidences(),
             self.labels,
@@ -543,6 +544,26 @@ class I2XRun:
             saliency_threshold=options.saliency_threshold,
             **kw,
         )
+        return self._with_suspects(expl)
+
+    def _with_suspects(self, expl: Explanation) -> Explanation:
+        """The explanation with its ``suspects`` when the run holds a reliance of its current
+        prototypes (``lightning_i2x.suspects.run_suspects``); unchanged otherwise."""
+        from .reliance import load_reliance
+        from .suspects import run_suspects
+
+        if load_reliance(self) is None:
+            return expl
+        return dataclasses.replace(expl, suspects=tuple(run_suspects(self, expl)))
+
+    def reliance(self, model, **kw):
+        """How much ``model`` relies on each prototype (``lightning_i2x.reliance.reliance_of_run``:
+        each prototype's locations hidden in the probe images against random locations of equal
+        area), stored in the run; ``explain()`` then names the suspects. Needs the run's probe
+        images (``ProbePassOptions(store_images=True)``)."""
+        from .reliance import reliance_of_run
+
+        return reliance_of_run(self, model, **kw)
 
     def plot_gallery(self, prototypes: Sequence[int] | None = None, **kw):
         """Each prototype as the probe patches nearest its centroid (a matplotlib figure; see

@@ -5,7 +5,6 @@ mask fill, the explanation penalty, the same-budget control and the errors."""
 from __future__ import annotations
 
 import copy
-import inspect
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -54,15 +53,10 @@ class FlatCNN(TinyCNN):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10))
 
 
-def callback_runs_measures() -> bool:
-    """The callback passes forward_fn to the measures (main's callback at this commit does not yet)."""
-    return "kw" in inspect.signature(I2XCallback._guarded).parameters
-
-
-def record(root, data, measures=(), epochs=3, through_callback=None):
-    """A TinyCNN run; the measures run at the end of fit by the callback, or, where it cannot yet
-    pass them forward_fn, called right after fit exactly as the callback calls them."""
-    through = callback_runs_measures() if through_callback is None else through_callback
+def record(root, data, measures=(), epochs=3, through_callback=True):
+    """A TinyCNN run; the measures run at the end of fit by the callback (or, with
+    ``through_callback=False``, called right after fit exactly as the callback calls them)."""
+    through = through_callback
     pl.seed_everything(0, verbose=False)
     model = FlatCNN()
     cb = I2XCallback(data[1], num_prototypes=8, run_dir=root / "run", explain=EXPLAIN, views=False,
@@ -104,10 +98,13 @@ def test_reliance_measure_stores_what_prototype_reliance_computes(decoy_run):
     np.testing.assert_allclose(again.reliance, stored.reliance, atol=1e-6, equal_nan=True)
 
 
-@pytest.mark.skipif(not callback_runs_measures(), reason="the callback does not pass forward_fn to measures yet")
 def test_reliance_measure_runs_in_the_callback(tmp_path, digits):
     _, run = record(tmp_path, digits, [RelianceMeasure(n_random=1)], epochs=1, through_callback=True)
     assert isinstance(load_reliance(run), Reliance)
+    # the run's explanation now names its suspects (a tuple, possibly empty: the rule found no shortcut)
+    expl = run.explain()
+    assert isinstance(expl.suspects, tuple) and list(expl.suspects) == run_suspects(run)
+    assert "## Suspected shortcuts" in expl.to_markdown() and expl.to_dict()["suspects"] == list(expl.suspects)
 
 
 def test_reliance_measure_options_are_checked():
@@ -158,6 +155,7 @@ def planted_run(path, relied_on_corner: bool) -> I2XRun:
 def test_run_suspects_flag_the_planted_shortcut(tmp_path):
     assert run_suspects(planted_run(tmp_path / "decoy", True)) == [0]
     assert run_suspects(I2XRun.load(tmp_path / "decoy")) == [0]  # read back from disk
+    assert I2XRun.load(tmp_path / "decoy").explain().suspects == (0,)  # Explanation.suspects
 
 
 def test_run_suspects_flag_nothing_on_the_planted_clean_case(tmp_path):
