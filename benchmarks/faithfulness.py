@@ -58,7 +58,7 @@ from demo_models import SmallCNN
 STEPS = 64
 MNIST_IMAGES, MNIST_IGOS_IMAGES, MNIST_IGOS = 96, 12, dict(iterations=10, ig_iter=10)
 CIFAR_IMAGES, CIFAR_IGOS_IMAGES, CIFAR_IGOS = 16, 4, dict(iterations=5, ig_iter=5)
-MNIST_BATCH = 32  # 1 epoch on 12,000 images: test accuracy 0.66 at batch 128, 0.81 at 64, 0.86 at 32 (this loop, seed 0)
+MNIST_BATCH = 32  # 1 epoch on 12,000 images, seed 0, this loop: test accuracy 0.66 at batch 128, 0.88 at 32 (0.81 / 0.86 at 64 / 32 on the first 2,000 test images)
 CHEAP = ["gradcam", "gradcam++", "eigencam"]
 IGOS = ["igos", "igos++"]
 
