@@ -6,19 +6,22 @@ GradCAM++, EigenCAM, I-GOS, iGOS++ and a random order, on two small trained mode
 Protocol (CPU, everything seeded):
 
   models   SmallCNN (examples/demo_models.py, target layer ``features``, 7x7 maps) trained 1 epoch
-           (Adam 3e-3, batch 128, torch seed 0) on 10,000 MNIST training images (1,000 a class,
-           ``balanced_indices`` seed 0); torchvision ResNet-18 adapted to 32 px (conv1 3x3 stride 1,
-           max-pool kept, so layer3 gives 4x4 maps and is the target layer) trained 1 epoch (Adam
-           1e-3, batch 128, seed 0) on 2,000 of the CIFAR-10 subset's training images (seeded
-           permutation 0): a weak model, but what a shared 2-core CPU affords.
+           (Adam at its default lr 1e-3, batch 32, torch seed 0) on 12,000 MNIST training images
+           (1,200 a class, ``balanced_indices`` seed 0); torchvision ResNet-18 adapted to 32 px
+           (conv1 3x3 stride 1, max-pool kept, so layer3 gives 4x4 maps and is the target layer)
+           trained 1 epoch (Adam 1e-3, batch 128, seed 0) on 2,000 of the CIFAR-10 subset's
+           training images (seeded permutation 0): weak models, but what a shared, loaded 2-core
+           CPU affords.
   images   the first N correctly classified test images in a seeded (0) permutation of the test
-           set; N = 16 (MNIST) and 6 (CIFAR-10 subset); the target is the label.
+           set, N = 96 (MNIST) and 16 (CIFAR-10 subset); I-GOS and iGOS++ run on the first 12 and
+           4 of them and every method is also reported on those alone, with the paired difference
+           iGOS++ - GradCAM; the target is the label.
   maps     every method at the target layer's resolution, as I2X's probe pass uses them: native
            GradCAM (lightning_i2x.cam.native_gradcam), GradCAM++ and EigenCAM (pytorch-grad-cam via
            lightning_i2x.cam.library_cam), I-GOS and iGOS++ (lightning_i2x.igos.igos_maps, mask =
-           feature resolution, the authors' defaults except ``iterations`` / ``ig_iter``, lowered
-           from 15 / 20 to 10 / 10 (SmallCNN) and 5 / 5 (ResNet-18) to fit the CPU budget); random
-           = a seeded random pixel order (lightning_i2x.faithfulness.random_baseline, seed 0).
+           feature resolution, the authors' defaults except ``iterations`` / ``ig_iter`` 10 / 10
+           (SmallCNN) and 5 / 5 (ResNet-18) instead of 15 / 20, to fit the CPU budget); random = a seeded random pixel order
+           (lightning_i2x.faithfulness.random_baseline, seed 0).
   metric   lightning_i2x.faithfulness.deletion_insertion, 64 steps, blurred-copy fill (sigma 0.22 of
            the image side, the iGOS++ code's 50 px at 224 px), target softmax probability,
            trapezoid AUC over the pixel fraction.
@@ -29,7 +32,8 @@ Protocol (CPU, everything seeded):
 
 Last line: igos_pp_vs_gradcam_deletion and igos_pp_vs_gradcam_insertion (ratio of mean AUCs, the
 worse of the two models: the max for deletion, where lower is better, the min for insertion), then
-batched_vs_loop (min over models of loop time / batched time) and metric_probe_passes (max).
+min_gap_over_random (the smallest (insertion - deletion) of a method minus random's, over methods
+and models: above 0 means every method beats chance), batched_vs_loop (min over models of loop time / batched time) and metric_probe_passes (max).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch.nn.functional as F
 import torchvision
 
 from lightning_i2x.cam import library_cam, native_gradcam
-from lightning_i2x.faithfulness import default_blur_sigma, deletion_insertion, pixel_ranks, random_baseline
+from lightning_i2x.faithfulness import FaithfulnessResult, default_blur_sigma, deletion_insertion, pixel_ranks, random_baseline
 from lightning_i2x.igos import igos_maps
 from lightning_i2x.perturb import fill_values
 
@@ -52,6 +56,11 @@ from demo_data import balanced_indices, load_cifar10_subset, load_mnist
 from demo_models import SmallCNN
 
 STEPS = 64
+MNIST_IMAGES, MNIST_IGOS_IMAGES, MNIST_IGOS = 96, 12, dict(iterations=10, ig_iter=10)
+CIFAR_IMAGES, CIFAR_IGOS_IMAGES, CIFAR_IGOS = 16, 4, dict(iterations=5, ig_iter=5)
+MNIST_BATCH = 32  # 1 epoch on 12,000 images, seed 0, this loop: test accuracy 0.66 at batch 128, 0.88 at 32 (0.81 / 0.86 at 64 / 32 on the first 2,000 test images)
+CHEAP = ["gradcam", "gradcam++", "eigencam"]
+IGOS = ["igos", "igos++"]
 
 
 def log(msg: str) -> None:
@@ -94,15 +103,16 @@ def resnet18_32px():
 def setups(quick: bool):
     t0 = time.perf_counter()
     mn_train = load_mnist(True)
-    idx = balanced_indices(mn_train.tensors[1], 100 if quick else 1000, seed=0)
+    idx = balanced_indices(mn_train.tensors[1], 100 if quick else 1200, seed=0)
     torch.manual_seed(0)
-    cnn = train(SmallCNN(), mn_train.tensors[0][idx], mn_train.tensors[1][idx], epochs=1, lr=3e-3)
+    cnn = SmallCNN()
+    cnn = train(cnn, mn_train.tensors[0][idx], mn_train.tensors[1][idx], epochs=1, lr=cnn.hparams.lr, batch=MNIST_BATCH)
     xt, yt = load_mnist(False).tensors
     acc = accuracy(cnn, xt, yt)
-    x, y = correct_subset(cnn, xt, yt, 4 if quick else 16)
+    x, y = correct_subset(cnn, xt, yt, 8 if quick else MNIST_IMAGES)
     log(f"SmallCNN trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.3f}")
-    yield dict(name="SmallCNN / MNIST", model=cnn, layer=cnn.features, x=x, y=y, acc=acc, igos=dict(iterations=10, ig_iter=10),
-               loop_images=4, train=f"1 epoch on {len(idx)} images")
+    yield dict(name="SmallCNN / MNIST", model=cnn, layer=cnn.features, x=x, y=y, acc=acc, n_igos=4 if quick else MNIST_IGOS_IMAGES,
+               igos=MNIST_IGOS, loop_images=4, train=f"1 epoch on {len(idx)} images (Adam {cnn.hparams.lr:g}, batch {MNIST_BATCH})")
 
     t0 = time.perf_counter()
     c_train = load_cifar10_subset(True)
@@ -114,23 +124,29 @@ def setups(quick: bool):
     net = train(resnet18_32px(), xc, yc, epochs=1, lr=1e-3)
     xt, yt = load_cifar10_subset(False).tensors
     acc = accuracy(net, xt, yt)
-    x, y = correct_subset(net, xt, yt, 3 if quick else 6)
+    x, y = correct_subset(net, xt, yt, 3 if quick else CIFAR_IMAGES)
     log(f"ResNet-18 trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.3f}")
-    yield dict(name="ResNet-18 / CIFAR-10 subset", model=net, layer=net.layer3, x=x, y=y, acc=acc,
-               igos=dict(iterations=5, ig_iter=5), loop_images=1, train=f"1 epoch on {xc.shape[0]} images")
+    yield dict(name="ResNet-18 / CIFAR-10 subset", model=net, layer=net.layer3, x=x, y=y, acc=acc, n_igos=2 if quick else CIFAR_IGOS_IMAGES,
+               igos=CIFAR_IGOS, loop_images=1, train=f"1 epoch on {xc.shape[0]} images (Adam 1e-3)")
 
 
-def method_maps(name, case, quick):
-    m, layer, x, y = case["model"], case["layer"], case["x"], case["y"]
-    kw = dict(case["igos"])
-    if quick:
-        kw = dict(iterations=2, ig_iter=3)
+def method_maps(name, case, x, y, quick):
+    m, layer = case["model"], case["layer"]
+    kw = dict(iterations=2, ig_iter=3) if quick else dict(case["igos"])
     if name == "gradcam":
         return native_gradcam(m, layer, x, y).cams
     if name in ("gradcam++", "eigencam"):
         return library_cam(m, layer, x, y, method=name).cams
     h, w = native_gradcam(m, layer, x[:1], y[:1]).cams.shape[-2:]
     return igos_maps(m, x, y, method=name, size=(h, w), **kw)
+
+
+def mean_sd(v: torch.Tensor) -> str:
+    return f"{v.mean():.3f} ± {v.std():.3f}"
+
+
+def mean_se(v: torch.Tensor) -> str:
+    return f"{v.mean():+.3f} ± {v.std() / max(len(v), 1) ** 0.5:.3f}"
 
 
 def loop_metric(model, x, y, maps, steps=STEPS):
@@ -160,38 +176,60 @@ def main() -> None:
     _common.set_threads(args.threads)
     info = _common.machine()
     repeats = args.repeats or 1
-    methods = ["gradcam", "gradcam++", "eigencam", "igos", "igos++"]
-    rows, speed_rows, ratios = [], [], {}
-    dels, inss, loop_ratio, probe_cost = [], [], [], []
+    rows, igos_rows, paired_rows, speed_rows, ratios = [], [], [], [], {}
+    dels, inss, loop_ratio, probe_cost, gaps = [], [], [], [], []
     for case in setups(args.quick):
         model, x, y = case["model"], case["x"], case["y"]
-        res = {}
-        for name in methods:
+        n_igos = min(case["n_igos"], x.shape[0])
+        res, maps_of = {}, {}
+        for name in CHEAP:  # every image
             t0 = time.perf_counter()
-            maps = method_maps(name, case, args.quick)
+            maps_of[name] = method_maps(name, case, x, y, args.quick)
             dt = time.perf_counter() - t0
-            res[name] = (deletion_insertion(model, x, y, maps, steps=STEPS), dt, maps)
-            log(f"{case['name']}: {name} del {res[name][0].mean_deletion_auc:.3f} ins {res[name][0].mean_insertion_auc:.3f} ({dt:.1f} s)")
-        res["random"] = (random_baseline(model, x, y, seed=0, steps=STEPS), 0.0, None)
-        for name, (r, dt, _) in res.items():
-            d, i = r.deletion_auc, r.insertion_auc
-            rows.append([case["name"], name, f"{d.mean():.3f} ± {d.std():.3f}", f"{i.mean():.3f} ± {i.std():.3f}",
-                         f"{i.mean() - d.mean():.3f}", "-" if name == "random" else _common.fmt_s(dt / x.shape[0])])
-        g, p = res["gradcam"][0], res["igos++"][0]
+            res[name] = (deletion_insertion(model, x, y, maps_of[name], steps=STEPS), dt / x.shape[0])
+        res["random"] = (random_baseline(model, x, y, seed=0, steps=STEPS), None)
+        for name, (r, per) in res.items():
+            log(f"{case['name']}: {name} del {r.mean_deletion_auc:.3f} ins {r.mean_insertion_auc:.3f}")
+            rows.append([case["name"], name, x.shape[0], mean_sd(r.deletion_auc), mean_sd(r.insertion_auc),
+                         f"{r.mean_insertion_auc - r.mean_deletion_auc:.3f}", "-" if per is None else _common.fmt_s(per)])
+        rand_gap = res["random"][0].mean_insertion_auc - res["random"][0].mean_deletion_auc
+        gaps += [res[n][0].mean_insertion_auc - res[n][0].mean_deletion_auc - rand_gap for n in CHEAP]
+
+        # I-GOS and iGOS++ on the first n_igos images, beside the others' results on the same images
+        xs, ys = x[:n_igos], y[:n_igos]
+        sub = {name: (FaithfulnessResult(r.fractions, r.deletion_curves[:n_igos], r.insertion_curves[:n_igos],
+                                          r.deletion_auc[:n_igos], r.insertion_auc[:n_igos]), per) for name, (r, per) in res.items()}
+        for name in IGOS:
+            t0 = time.perf_counter()
+            maps = method_maps(name, case, xs, ys, args.quick)
+            dt = time.perf_counter() - t0
+            sub[name] = (deletion_insertion(model, xs, ys, maps, steps=STEPS), dt / n_igos)
+            log(f"{case['name']}: {name} del {sub[name][0].mean_deletion_auc:.3f} ins {sub[name][0].mean_insertion_auc:.3f} ({dt:.1f} s)")
+        sub_rand = sub["random"][0].mean_insertion_auc - sub["random"][0].mean_deletion_auc
+        for name in CHEAP + IGOS + ["random"]:
+            r, per = sub[name]
+            igos_rows.append([case["name"], name, n_igos, mean_sd(r.deletion_auc), mean_sd(r.insertion_auc),
+                              f"{r.mean_insertion_auc - r.mean_deletion_auc:.3f}", "-" if per is None else _common.fmt_s(per)])
+            if name in IGOS:
+                gaps.append(r.mean_insertion_auc - r.mean_deletion_auc - sub_rand)
+        g, p = sub["gradcam"][0], sub["igos++"][0]
+        dd, di = p.deletion_auc - g.deletion_auc, p.insertion_auc - g.insertion_auc
+        paired_rows.append([case["name"], n_igos, mean_se(dd), f"{int((dd < 0).sum())}/{n_igos}", mean_se(di),
+                            f"{int((di > 0).sum())}/{n_igos}"])
         dels.append(p.mean_deletion_auc / g.mean_deletion_auc)
         inss.append(p.mean_insertion_auc / g.mean_insertion_auc)
 
         # batched metric against the loop, on the same GradCAM maps; and its cost in probe passes
-        maps = res["gradcam"][2]
-        sub = slice(0, min(x.shape[0], case["loop_images"]))
-        batched = deletion_insertion(model, x[sub], y[sub], maps[sub], steps=STEPS)
-        d_loop, i_loop = loop_metric(model, x[sub], y[sub], maps[sub])
+        maps = maps_of["gradcam"]
+        sl = slice(0, min(x.shape[0], case["loop_images"]))
+        batched = deletion_insertion(model, x[sl], y[sl], maps[sl], steps=STEPS)
+        d_loop, i_loop = loop_metric(model, x[sl], y[sl], maps[sl])
         diff = max(np.abs(batched.deletion_curves.numpy() - d_loop).max(), np.abs(batched.insertion_curves.numpy() - i_loop).max())
         times = _common.interleaved(
             {
-                "batched": lambda: deletion_insertion(model, x[sub], y[sub], maps[sub], steps=STEPS),
-                "loop": lambda: loop_metric(model, x[sub], y[sub], maps[sub]),
-                "probe pass": lambda: native_gradcam(model, case["layer"], x[sub], y[sub]),
+                "batched": lambda: deletion_insertion(model, x[sl], y[sl], maps[sl], steps=STEPS),
+                "loop": lambda: loop_metric(model, x[sl], y[sl], maps[sl]),
+                "probe pass": lambda: native_gradcam(model, case["layer"], x[sl], y[sl]),
             },
             repeats,
             warmup=0,
@@ -199,10 +237,13 @@ def main() -> None:
         tb, tl, tp = (_common.median(times[k]) for k in ("batched", "loop", "probe pass"))
         loop_ratio.append(tl / tb)
         probe_cost.append(tb / tp)
-        speed_rows.append([case["name"], sub.stop, _common.fmt_s(tb), _common.fmt_s(tl), f"{tl / tb:.1f}x", f"{diff:.1e}",
+        speed_rows.append([case["name"], sl.stop, _common.fmt_s(tb), _common.fmt_s(tl), f"{tl / tb:.1f}x", f"{diff:.1e}",
                            _common.fmt_s(tp), f"{tb / tp:.0f}"])
-        summaries.append(f"{case['name']}: {case['train']}, test accuracy {case['acc']:.3f}, {x.shape[0]} correctly classified test images")
+        summaries.append(f"{case['name']}: {case['train']}, test accuracy {case['acc']:.3f}; {x.shape[0]} correctly classified"
+                         f" test images, I-GOS / iGOS++ on the first {n_igos} with iterations={case['igos']['iterations']},"
+                         f" ig_iter={case['igos']['ig_iter']}" + (" (--quick: 2 / 3)" if args.quick else ""))
 
+    header = ["model / data", "method", "images", "deletion AUC", "insertion AUC", "ins - del", "time / image"]
     body = "\n".join(
         [
             "Models and images:",
@@ -210,9 +251,20 @@ def main() -> None:
             *[f"- {c}" for c in summaries],
             "",
             f"Deletion (lower = more faithful) and insertion (higher) AUC, mean ± sd over images, {STEPS} steps, blurred-copy fill;"
-            " time = seconds per image to compute the maps (CPU).",
+            " time = seconds per image to compute the maps (CPU, shared and loaded: compare within a row group only).",
             "",
-            _common.table(["model / data", "method", "deletion AUC", "insertion AUC", "ins - del", "time / image"], rows),
+            "All methods on the images I-GOS and iGOS++ were run on:",
+            "",
+            _common.table(header, igos_rows),
+            "",
+            "iGOS++ minus GradCAM on the same images, paired (mean ± standard error; wins = images where iGOS++ has the lower"
+            " deletion / higher insertion AUC):",
+            "",
+            _common.table(["model / data", "images", "Δ deletion AUC", "iGOS++ wins", "Δ insertion AUC", "iGOS++ wins"], paired_rows),
+            "",
+            "The fast methods on every image:",
+            "",
+            _common.table(header, rows),
             "",
             "Batched metric against a per-image, per-step loop on the same GradCAM maps (median of the timed rounds), and the"
             " metric's cost in probe passes (one probe pass = native GradCAM forward + backward over the same images):",
@@ -228,6 +280,7 @@ def main() -> None:
     )
     ratios["igos_pp_vs_gradcam_deletion"] = max(dels)
     ratios["igos_pp_vs_gradcam_insertion"] = min(inss)
+    ratios["min_gap_over_random"] = min(gaps)
     ratios["batched_vs_loop"] = min(loop_ratio)
     ratios["metric_probe_passes"] = max(probe_cost)
     _common.report("Deletion / insertion faithfulness of the saliency maps", body, ratios, args.out, info, args.quick)

@@ -27,6 +27,19 @@ from .guards import evaluation_mode, preserved_training_state
 
 __all__ = ["CAM_METHODS", "ProbeBatch", "probe_batches", "native_gradcam", "library_cam_class", "graph_from_layer"]
 
+class IGOSMethod:
+    """Stands for cam="igos" in ``CAM_METHODS``: not a pytorch-grad-cam class; the probe pass runs
+    ``lightning_i2x.igos.igos_probe_batch`` (imported when used: igos builds on this module)."""
+
+    method = "igos"
+
+
+class IGOSPlusPlusMethod(IGOSMethod):
+    """Stands for cam="igos++" in ``CAM_METHODS`` (see ``IGOSMethod``)."""
+
+    method = "igos++"
+
+
 CAM_METHODS: dict[str, type] = {
     "gradcam": pgc.GradCAM,
     "hirescam": pgc.HiResCAM,
@@ -40,6 +53,8 @@ CAM_METHODS: dict[str, type] = {
     "fullgrad": pgc.FullGrad,
     "gradcamelementwise": pgc.GradCAMElementWise,
     "kpcacam": pgc.KPCA_CAM,
+    "igos": IGOSMethod,  # optimised masks (lightning_i2x.igos), at the authors' defaults
+    "igos++": IGOSPlusPlusMethod,
 }
 
 ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
@@ -241,6 +256,11 @@ def _probe_batches(model, layer, images, labels, cam, cam_target, batch_size, re
         targets = labels[start : start + batch_size] if cam_target == "label" else None
         if cam == "gradcam":
             yield native_gradcam(model, layer, x, targets, reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=normalise)
+        elif isinstance(CAM_METHODS.get(cam), type) and issubclass(CAM_METHODS[cam], IGOSMethod):
+            from .igos import igos_probe_batch
+
+            yield igos_probe_batch(model, layer, x, targets, method=CAM_METHODS[cam].method, reshape_transform=reshape_transform,
+                                   forward_fn=forward_fn, normalise=normalise)
         else:
             if forward_fn is not default_forward:
                 raise ValueError("forward_fn is only supported with cam='gradcam' (pytorch-grad-cam calls model(x))")

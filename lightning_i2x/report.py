@@ -20,6 +20,7 @@ import markdown
 from tqdm.auto import tqdm
 
 from . import atomic, plots
+from ._faithfulness_plot import faithfulness_figure, has_faithfulness
 from .explanation import Explanation
 from .run import I2XRun
 from .sag import stored_sags
@@ -91,6 +92,11 @@ def build_report(
         ("overview", "confidence", "confidence", "mean probability of the true class, per class, over the checkpoints",
          lambda: plots.confidence_curves(run, dpi=dpi)),
     ]
+    metrics = run.metrics()
+    if has_faithfulness(metrics):
+        tasks.append(("overview", "faithfulness", "faithfulness",
+                      "deletion and insertion areas of the maps over the checkpoints (FaithfulnessMeasure); dashed: a random order",
+                      lambda: faithfulness_figure(metrics, dpi=dpi)))
     if has_images and gallery_patches:
         tasks.append(("overview", "gallery", "gallery", f"each prototype as the {gallery_patches} probe patches nearest its centroid",
                       lambda: plots.prototype_gallery(run, n=gallery_patches, dpi=dpi)))

@@ -130,3 +130,10 @@ def test_the_report_opens_in_chromium_without_errors(run, tmp_path):
     assert rgb.shape == (3000, 1200, 3)
     top, lower = rgb[:600], rgb[1200:]
     assert top.std() > 10 and lower.std() > 10  # text at the top, figures further down
+
+
+def test_report_leaves_out_the_faithfulness_figure_when_nothing_was_measured(run):
+    """A run without FaithfulnessMeasure has no such figure (the fit with it, drawn, is in
+    tests/test_faithfulness_measure.py)."""
+    assert "faithfulness/deletion_auc" not in run.metrics()
+    assert 'data-view="faithfulness"' not in build_report(run, classes=[0], max_pairs=0, gallery_patches=0)
