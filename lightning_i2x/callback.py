@@ -177,7 +177,11 @@ class I2XCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed fit needs to continue the same run: where it is, how many records the
-        Lightning checkpoint covers, and the prototypes current at that moment."""
+        Lightning checkpoint covers, and the prototypes current at that moment. The analysis in
+        flight is waited for first, so the state is consistent (Lightning asks for it before
+        ``on_save_checkpoint``)."""
+        if self._worker is not None:
+            self._worker.join()
         run = self._run
         state: dict[str, Any] = {
             "run_dir": None if run is None else str(run.path),
@@ -327,11 +331,13 @@ class I2XCallback(pl.Callback):
         the copy of its results), else here."""
         self._ensure_run(trainer)
         self._report_worker_failures(trainer)
+        evidence.images, evidence.labels = self._images, self._labels
         at = _At(trainer.current_epoch, trainer.global_step, f" on rank {trainer.global_rank}" if trainer.world_size > 1 else "")
         sink = LogSink(trainer.loggers)
         if self.async_analysis and not any(m.when == "record" for m in self.measures):
             copy = lambda t: None if t is None else t.detach().to("cpu", copy=True)  # noqa: E731
-            host = ProbeEvidence(copy(evidence.activations), copy(evidence.cams), copy(evidence.confidences), evidence.stream)
+            host = ProbeEvidence(copy(evidence.activations), copy(evidence.cams), copy(evidence.confidences), evidence.stream,
+                                 self._images, self._labels)
             self._get_worker().submit("record", self._analyse, host, at, sink, None, [])
         else:
             failures = self._analyse(evidence, at, sink, pl_module, None)
@@ -431,8 +437,10 @@ class I2XCallback(pl.Callback):
         self._join(trainer)
         sink = LogSink(trainer.loggers)
         if self._run is not None and self.explanation is not None and any(m.when == "end" for m in self.measures):
+            latest = ProbeEvidence(None, torch.from_numpy(self._run.cams()[-1].copy()),
+                                   torch.from_numpy(self._run.latest_confidences().copy()), None, self._images, self._labels)
             with preserved_rng():
-                self._measure("end", trainer, pl_module, None)
+                self._measure("end", trainer, pl_module, latest)
             if sink:
                 self._guarded("views", trainer, self._log_summary, sink, trainer.global_step)
             self._budget.pending = True  # draw the views again: they show what the measures found

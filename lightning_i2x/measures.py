@@ -2,9 +2,11 @@
 
 A measure is a small object with a ``name``, ``when`` it runs (``"record"``: after every record;
 ``"end"``: once, at the end of fit) and a ``__call__(model, run, evidence, explanation,
-forward_fn=None)`` that stores what it found in the run: scalars with ``run.record_metrics`` (the
-callback logs every metric of the latest checkpoint to the loggers as ``i2x/<metric>``) and larger
-results with ``run.save_attachment``. The callback runs each one guarded: a failing measure is
+forward_fn=None)`` that stores what it found in the run. ``evidence`` is the record's
+``ProbeEvidence`` (maps, confidences, and the probe's ``images`` and ``labels`` on the CPU); at
+the end of fit, the latest checkpoint's maps and confidences with the probe (no features). It
+stores scalars with ``run.record_metrics`` (the callback logs every metric of the latest
+checkpoint to the loggers as ``i2x/<metric>``) and larger results with ``run.save_attachment``. The callback runs each one guarded: a failing measure is
 warned about and recorded, training goes on. The measures shipped: ``lightning_i2x.faithfulness``
 (deletion/insertion), ``lightning_i2x.sag`` (minimal sufficient explanations) and
 ``lightning_i2x.reliance`` (how much the model relies on each prototype).

@@ -59,6 +59,8 @@ class ProbeEvidence:
     cams: torch.Tensor
     confidences: torch.Tensor
     stream: PrototypeStream | None = None
+    images: torch.Tensor | None = None  # the probe images (N, C, H, W) and labels (N,) on the CPU, for measures
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.cams.shape[0])

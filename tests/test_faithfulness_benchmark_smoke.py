@@ -1,0 +1,34 @@
+"""Smoke test of benchmarks/faithfulness.py: it runs with --quick in its own process, writes its
+table and ends with its ratios as ``name=value`` pairs. No number is asserted beyond being finite
+and positive (a --quick run measures nothing)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = ("igos_pp_vs_gradcam_deletion", "igos_pp_vs_gradcam_insertion", "batched_vs_loop", "metric_probe_passes")
+
+
+@pytest.mark.slow
+def test_faithfulness_benchmark_quick_run(tmp_path):
+    out = tmp_path / "faithfulness.md"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "faithfulness.py"), "--quick", "--threads", "1", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
+    pairs = dict(token.split("=", 1) for token in last.split())
+    assert tuple(pairs) == EXPECTED, last
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in pairs.values()), last
+    text = out.read_text()
+    assert "| " in text and "command: `python benchmarks/faithfulness.py" in text and "--quick" in text
+    assert "igos++" in text and "random" in text

@@ -1,0 +1,165 @@
+"""I-GOS and iGOS++: the mass lands on the only region a planted model reads; masks in [0, 1] at the
+requested resolution; the probe-pass form; no side effects on the model or the RNG; clear errors."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_i2x.cam import ProbeBatch
+from lightning_i2x.igos import igos_maps, igos_probe_batch
+
+from .conftest import TinyCNN
+from .test_faithfulness import REGION, RegionModel, planted_images
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster than several fighting over shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _region_share(maps):
+    """Share of each map's mass on the planted region, at pixel resolution."""
+    up = F.interpolate(maps[:, None].double(), size=(28, 28), mode="bilinear", align_corners=False)[:, 0].clamp(min=0)
+    inside = up[:, REGION[0], REGION[1]].sum(dim=(1, 2))
+    return inside / up.sum(dim=(1, 2)).clamp(min=1e-12)
+
+
+@pytest.mark.parametrize("method", ["igos", "igos++"])
+def test_mass_on_the_planted_region(method):
+    model = RegionModel(gain=6.0).eval()
+    x = planted_images(n=4)
+    y = torch.zeros(4, dtype=torch.long)
+    maps = igos_maps(model, x, y, method=method, size=(14, 14), iterations=10, ig_iter=10)
+    assert maps.shape == (4, 14, 14) and maps.dtype == torch.float32
+    assert maps.min() >= 0 and maps.max() <= 1
+    share = _region_share(maps)
+    area = 36 / 784  # the region's share of the image: a uniform map would put this much there
+    assert (share > 6 * area).all(), share
+    # the most salient cell lies in the region (mask cells 4..6 x 8..10 cover pixels 8..13 x 16..21)
+    peak = maps.flatten(1).argmax(1)
+    assert ((peak // 14 >= 4) & (peak // 14 <= 6) & (peak % 14 >= 8) & (peak % 14 <= 10)).all()
+    inside = maps[:, 4:7, 8:11].mean(dim=(1, 2))
+    far = maps.clone()
+    far[:, 2:9, 6:13] = float("nan")  # the region and the blur of its border
+    assert (inside > 10 * far.flatten(1).nanmean(1)).all()
+
+
+@pytest.mark.parametrize("method", ["igos", "igos++"])
+def test_nag_and_predicted_targets(method):
+    model = RegionModel(gain=6.0).eval()
+    x = planted_images(n=3)
+    maps = igos_maps(model, x, None, method=method, size=(7, 7), iterations=8, ig_iter=8, opt="NAG", alpha=0.05)
+    same = igos_maps(model, x, torch.zeros(3, dtype=torch.long), method=method, size=(7, 7), iterations=8, ig_iter=8, opt="NAG", alpha=0.05)
+    assert torch.equal(maps, same)  # the model predicts class 0 and the noise is seeded
+    assert (_region_share(maps) > 0.3).all()
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = digits[0].tensors
+    for i in range(30):
+        sl = slice((i * 64) % 1400, (i * 64) % 1400 + 64)
+        opt.zero_grad()
+        F.cross_entropy(model(x[sl]), y[sl]).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["igos", "igos++"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_no_side_effects(digits, tiny, method, mode):
+    model = tiny
+    model.train(mode == "train")
+    model.features[1].eval()  # a mixed mode must survive
+    x, y = digits[1].tensors
+    F.cross_entropy(model(x[:8]), y[:8]).backward()  # gradients the optimiser has not used yet
+    model.head[3].weight.requires_grad_(False)  # a frozen parameter stays frozen, the others trainable
+    modes = [m.training for m in model.modules()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    req = [p.requires_grad for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    rec = igos_probe_batch(model, model.features, x[:6], y[:6], method=method, iterations=2, ig_iter=4)
+    assert torch.equal(torch.rand(2), expected[0]) and np.array_equal(np.random.rand(2), expected[1]) and random.random() == expected[2]
+    assert [m.training for m in model.modules()] == modes
+    for g, p in zip(grads, model.parameters()):
+        assert (g is None and p.grad is None) or torch.equal(g, p.grad)
+    assert [p.requires_grad for p in model.parameters()] == req
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # BatchNorm statistics too
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()) == hooks
+    # the probe batch: activations and confidences of the same eval forward, maps at feature resolution
+    assert isinstance(rec, ProbeBatch)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(rec.activations, model.features(x[:6]), atol=1e-6)
+        assert torch.allclose(rec.confidences, torch.softmax(model(x[:6]), 1), atol=1e-6)
+    assert rec.cams.shape == (6, 4, 4) and rec.cams.min() >= 0 and rec.cams.max() <= 1
+    again = igos_probe_batch(model, model.features, x[:6], y[:6], method=method, iterations=2, ig_iter=4)
+    assert torch.equal(rec.cams, again.cams)  # seeded: reproducible
+    raw = igos_probe_batch(model, model.features, x[:6], y[:6], method=method, iterations=2, ig_iter=4, normalise=False)
+    assert torch.equal(raw.cams, igos_maps(model, x[:6], y[:6], method=method, size=(4, 4), iterations=2, ig_iter=4))
+    model.head[3].weight.requires_grad_(True)
+    for p in model.parameters():
+        p.grad = None
+
+
+def test_inside_no_grad_and_inference_mode(digits, tiny):
+    x, y = digits[1].tensors
+    ref = igos_maps(tiny, x[:3], y[:3], size=(4, 4), iterations=2, ig_iter=3)
+    with torch.no_grad():
+        assert torch.equal(igos_maps(tiny, x[:3], y[:3], size=(4, 4), iterations=2, ig_iter=3), ref)
+    with torch.inference_mode():
+        xi = x[:3].clone()
+        out = igos_maps(tiny, xi, y[:3], size=(4, 4), iterations=2, ig_iter=3)
+    assert torch.equal(out, ref)
+
+
+def test_batch_size_does_not_change_the_maps_without_noise(digits, tiny):
+    x, y = digits[1].tensors
+    a = igos_maps(tiny, x[:5], y[:5], method="igos++", size=(4, 4), iterations=3, ig_iter=3, noise=0.0, batch_size=5)
+    b = igos_maps(tiny, x[:5], y[:5], method="igos++", size=(4, 4), iterations=3, ig_iter=3, noise=0.0, batch_size=2)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bad_input_errors(digits, tiny):
+    x, y = digits[1].tensors
+    x, y = x[:2], y[:2]
+    with pytest.raises(ValueError, match="method"):
+        igos_maps(tiny, x, y, method="gradcam")
+    with pytest.raises(ValueError, match="images must be"):
+        igos_maps(tiny, x[:, 0], y)
+    with pytest.raises(ValueError, match="targets"):
+        igos_maps(tiny, x, y[:1])
+    with pytest.raises(ValueError, match="targets"):
+        igos_maps(tiny, x, y.float())
+    with pytest.raises(ValueError, match="size"):
+        igos_maps(tiny, x, y, size=(0, 4))
+    with pytest.raises(ValueError, match="larger"):
+        igos_maps(tiny, x, y, size=(16, 16))
+    with pytest.raises(ValueError, match="iterations"):
+        igos_maps(tiny, x, y, iterations=0)
+    with pytest.raises(ValueError, match="ig_iter"):
+        igos_maps(tiny, x, y, ig_iter=0)
+    with pytest.raises(ValueError, match="opt"):
+        igos_maps(tiny, x, y, opt="adam")
+    with pytest.raises(ValueError, match="images must be"):
+        igos_probe_batch(tiny, tiny.features, x[0], y, method="igos")
