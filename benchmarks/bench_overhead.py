@@ -78,10 +78,12 @@ class ClockedI2X(I2XCallback):
         self.record_seconds: list[float] = []
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        before = self.run.num_checkpoints if self.run is not None else 0
+        # whether this hook records, asked before it runs: with async_analysis the checkpoint is
+        # appended by the background worker, so the run's count may not have grown on return
+        due = not trainer.sanity_checking and self._due(trainer)
         t0 = time.perf_counter()
         super().on_validation_epoch_end(trainer, pl_module)
-        if self.run is not None and self.run.num_checkpoints > before:
+        if due:
             self.record_seconds.append(time.perf_counter() - t0)
 
 
