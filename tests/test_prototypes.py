@@ -173,3 +173,37 @@ def test_stream_clear_errors():
         stream.fit()
     with pytest.raises(ValueError, match="sample_locations"):
         PrototypeStream(3, n_components=64, sample_locations=10)
+
+
+def test_stream_subspace_products_equal_the_centred_computation():
+    """The batch-by-batch product with the mean taken out algebraically equals the centred Gram
+    product of the concatenated rows, also when the mean dwarfs the spread (ReLU-like features)."""
+    from lightning_i2x.prototypes import _centred_gram_times
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(m, 48, generator=g, dtype=torch.float64) * 0.1 + 5.0 for m in (30, 7, 64, 1)]
+    q = torch.randn(48, 6, generator=g, dtype=torch.float64)
+    x = torch.cat(batches)
+    mean = x.mean(0)
+    want = (x - mean).T @ ((x - mean) @ q)
+    torch.testing.assert_close(_centred_gram_times(batches, mean, q), want, rtol=1e-10, atol=1e-10)
+    got32 = _centred_gram_times([b.float() for b in batches], mean.float(), q.float())
+    torch.testing.assert_close(got32.double(), want, rtol=1e-3, atol=1e-3 * want.abs().max().item())
+
+
+def test_stream_fits_the_subspace_on_every_buffered_row_without_copies():
+    """The subspace is fitted on the first batches (all their rows, >= sample_locations), the raw
+    buffer is dropped right after and the kept rows equal (x - mean) @ basis."""
+    x, _ = _activation_like(16 * 16 * 10, seed=3)
+    batches = _as_batches(x)  # 16 images x 16 locations = 256 rows a batch
+    stream = PrototypeStream(8, n_components=16, sample_locations=600, seed=0)
+    for b in batches[:2]:
+        stream.add(b)
+    assert stream._basis is None and stream._pending_rows == 512
+    stream.add(batches[2])  # 768 >= 600: fitted on all 768 rows
+    assert stream._pending == [] and len(stream._kept) == 3
+    first = torch.from_numpy(x[:768])
+    torch.testing.assert_close(stream._mean, first.mean(0), rtol=1e-5, atol=1e-5)
+    q = stream._basis
+    torch.testing.assert_close(q.T @ q, torch.eye(q.shape[1]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat(stream._kept), (first - first.mean(0)) @ q, rtol=1e-4, atol=1e-4)
