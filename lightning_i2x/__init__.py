@@ -4,18 +4,22 @@ The data flow, one module a step: ``probe`` (the fixed probe set) -> ``cam`` (th
 activations, maps, confidences) -> ``record`` (the pipeline: evidence appended to the run,
 prototypes refitted, explanation rebuilt) -> ``run`` (the store) -> ``analysis`` /
 ``explanation`` (Steps 3-6, pure NumPy) -> ``views`` + ``sinks`` (what every logger gets),
-``plots``, ``report`` and ``finetune`` / ``selection`` (Step 7). ``options`` holds the typed option
-groups, ``callback`` the Lightning glue.
+``plots``, ``report`` and ``finetune`` / ``selection`` (Step 7). ``measures`` are the further
+model-dependent measures (``faithfulness``, ``sag``, ``reliance``); ``options`` holds the typed
+option groups, ``callback`` the Lightning glue.
 """
 
 from .analysis import prototype_intensity, ridge
 from .callback import I2XCallback
 from .explanation import Explanation, LearningStep, UncertainPrototype, explain
+from .faithfulness import FaithfulnessMeasure
 from .finetune import FinetuneResult, PerturbationFinetuner
 from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
-from .prototypes import Prototypes, fit_prototypes
+from .prototypes import Prototypes, PrototypeStream, fit_prototypes
 from .record import ProbeEvidence, Recorder, probe_pass
+from .reliance import RelianceMeasure
 from .run import I2XRun, I2XRunError
+from .sag import SAGMeasure
 from .sinks import LogSink
 
 __version__ = "0.2.0"
@@ -34,6 +38,9 @@ __all__ = [
     "probe_pass",
     "Recorder",
     "LogSink",
+    "FaithfulnessMeasure",
+    "SAGMeasure",
+    "RelianceMeasure",
     "PerturbationFinetuner",
     "FinetuneResult",
     "Explanation",
@@ -42,6 +49,7 @@ __all__ = [
     "explain",
     "Prototypes",
     "fit_prototypes",
+    "PrototypeStream",
     "prototype_intensity",
     "ridge",
 ]

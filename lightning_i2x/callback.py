@@ -235,9 +235,9 @@ class I2XCallback(pl.Callback):
             raise ValueError(f"ViewOptions.classes {unknown} are not classes of this model; its classes are {self._names} (or indices 0..{m - 1})")
         if trainer.world_size > 1 and self.cam != "gradcam":
             raise ValueError(
-                f"cam={self.cam!r} cannot run in {trainer.world_size} processes: pytorch-grad-cam backpropagates "
-                "into every parameter, which DDP would reduce across ranks; use cam='gradcam' (the native path "
-                "stops at the target layer)"
+                f"cam={self.cam!r} cannot run in {trainer.world_size} processes: only cam='gradcam' runs under DDP "
+                "(pytorch-grad-cam and I-GOS backpropagate into every parameter, which DDP would reduce across "
+                "ranks; the native path stops at the target layer)"
             )
         if self.auto_finetune:
             if trainer.world_size > 1:

@@ -394,7 +394,9 @@ class PerturbationFinetuner:
         self.device = None if device is None else torch.device(device)
         self.progress = progress
         self.target_layer = config.target_layer
-        self.cam = config.cam if config.cam in CAM_METHODS else "gradcam"
+        # the search runs over the whole training set: an optimised saliency (igos) there would cost
+        # thousands of passes per image, so those runs are searched with the native GradCAM
+        self.cam = config.cam if config.cam in CAM_METHODS and not config.cam.startswith("igos") else "gradcam"
         self.cam_target = config.probe_pass.cam_target
         self.penalty, self.penalty_ratio, self.control = o.penalty, o.penalty_ratio, o.control
         if self.penalty == "gradcam" and reshape_transform is not None:
