@@ -76,3 +76,26 @@ def tiny_model():
     torch.manual_seed(0)
     return TinyCNN()
 
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster than several fighting over shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def trained_tiny_cnn(digits, steps: int) -> TinyCNN:
+    """A TinyCNN after ``steps`` SGD steps of 64 real digits (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = digits[0].tensors
+    for i in range(steps):
+        sl = slice((i * 64) % 1400, (i * 64) % 1400 + 64)
+        opt.zero_grad()
+        F.cross_entropy(model(x[sl]), y[sl]).backward()
+        opt.step()
+    return model.eval()

@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from lightning_i2x.cam import CAM_METHODS, library_cam, native_gradcam, probe_batches
 
-from .conftest import TinyCNN
+from .conftest import TinyCNN, trained_tiny_cnn
 
 _TRAINED: dict = {}
 
@@ -22,17 +22,9 @@ def _trained_model(digits, steps=60):
         model = TinyCNN()
         model.load_state_dict(_TRAINED["state"])
         return model.eval()
-    torch.manual_seed(0)
-    model = TinyCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = digits[0].tensors
-    for i in range(steps):
-        sl = slice((i * 64) % 1400, (i * 64) % 1400 + 64)
-        opt.zero_grad()
-        F.cross_entropy(model(x[sl]), y[sl]).backward()
-        opt.step()
+    model = trained_tiny_cnn(digits, steps)
     _TRAINED["state"] = {k: v.clone() for k, v in model.state_dict().items()}
-    return model.eval()
+    return model
 
 
 def _library_gradcam_at_feature_resolution(model, layer, x, targets):

@@ -20,18 +20,14 @@ from lightning_i2x.faithfulness import (
 )
 from lightning_i2x.perturb import fill_values
 
-from .conftest import TinyCNN
+from .conftest import trained_tiny_cnn
 
 REGION = (slice(8, 14), slice(16, 22))  # the only pixels the planted model reads (28 x 28 images)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than several fighting over shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 class RegionModel(nn.Module):
@@ -97,16 +93,7 @@ def brute_force(model, images, targets, maps, steps, fill="blur", sigma=None):
 
 @pytest.fixture(scope="module")
 def trained_tiny(digits):
-    torch.manual_seed(0)
-    model = TinyCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = digits[0].tensors
-    for i in range(40):
-        sl = slice((i * 64) % 1400, (i * 64) % 1400 + 64)
-        opt.zero_grad()
-        F.cross_entropy(model(x[sl]), y[sl]).backward()
-        opt.step()
-    return model.eval()
+    return trained_tiny_cnn(digits, 40)
 
 
 @pytest.mark.parametrize("steps,map_size,fill", [(7, (4, 4), "blur"), (10, (8, 8), "baseline"), (1, (2, 3), "blur")])

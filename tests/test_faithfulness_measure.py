@@ -30,12 +30,9 @@ from .test_faithfulness import REGION, RegionModel, planted_images
 KEYS = ("deletion_auc", "insertion_auc", "deletion_auc_random", "insertion_auc_random")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 
 
 class FakeRun:

@@ -13,17 +13,12 @@ import torch.nn.functional as F
 from lightning_i2x.cam import ProbeBatch
 from lightning_i2x.igos import igos_maps, igos_probe_batch
 
-from .conftest import TinyCNN
+from .conftest import trained_tiny_cnn
 from .test_faithfulness import REGION, RegionModel, planted_images
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than several fighting over shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _region_share(maps):
@@ -65,16 +60,7 @@ def test_nag_and_predicted_targets(method):
 
 @pytest.fixture(scope="module")
 def tiny(digits):
-    torch.manual_seed(0)
-    model = TinyCNN()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = digits[0].tensors
-    for i in range(30):
-        sl = slice((i * 64) % 1400, (i * 64) % 1400 + 64)
-        opt.zero_grad()
-        F.cross_entropy(model(x[sl]), y[sl]).backward()
-        opt.step()
-    return model.eval()
+    return trained_tiny_cnn(digits, 30)
 
 
 @pytest.mark.parametrize("method", ["igos", "igos++"])

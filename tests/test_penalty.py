@@ -10,14 +10,9 @@ from torch import nn
 
 from lightning_i2x.penalty import balance_weight, gradcam_penalty, input_gradient_penalty
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def test_input_gradient_penalty_closed_form_on_linear_model():

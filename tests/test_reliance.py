@@ -13,14 +13,9 @@ from torch import nn
 from lightning_i2x.perturb import blur, default_sigma, pixel_mask
 from lightning_i2x.reliance import Reliance, prototype_reliance, random_locations
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 class CornerModel(nn.Module):
