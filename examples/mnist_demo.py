@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     )
     trainer.fit(
         SmallCNN(),
-        DataLoader(train_set, batch_size=128, shuffle=True),
+        DataLoader(train_set, batch_size=64, shuffle=True),
         DataLoader(val, batch_size=500),
     )
 
