@@ -29,9 +29,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $I2X_DATA_DIR, ../shared/data, or download)")
     ap.add_argument("--out", default="i2x_demo", help="where TensorBoard logs and the I2X run go")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-size", type=int, default=60000, help="training images per epoch")
-    ap.add_argument("--val-checks-per-epoch", type=int, default=4, help="I2X checkpoints per epoch")
+    ap.add_argument("--val-checks-per-epoch", type=int, default=3, help="I2X checkpoints per epoch")
     ap.add_argument("--probe-per-class", type=int, default=100)
     ap.add_argument("--num-prototypes", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
         deterministic=True,
     )
     trainer.fit(
-        SmallCNN(),
+        SmallCNN(lr=1e-2),  # the one-cycle peak: warm-up to 1e-2, then annealed over the fit
         DataLoader(train_set, batch_size=64, shuffle=True),
         DataLoader(val, batch_size=500),
     )
