@@ -17,8 +17,8 @@ Protocol (CPU, everything seeded):
            4 of them and every method is also reported on those alone, with the paired difference
            iGOS++ - GradCAM; the target is the label.
   maps     every method at the target layer's resolution, as I2X's probe pass uses them: native
-           GradCAM (lightning_i2x.cam.native_gradcam), GradCAM++ and EigenCAM (pytorch-grad-cam via
-           lightning_i2x.cam.library_cam), I-GOS and iGOS++ (lightning_i2x.igos.igos_maps, mask =
+           GradCAM (native_gradcam in lightning_i2x.cam), GradCAM++ and EigenCAM (pytorch-grad-cam via
+           library_cam in lightning_i2x.cam), I-GOS and iGOS++ (igos_maps in lightning_i2x.igos, mask =
            feature resolution, the authors' defaults except ``iterations`` / ``ig_iter`` 10 / 10
            (SmallCNN) and 5 / 5 (ResNet-18) instead of 15 / 20, to fit the CPU budget); random = a seeded random pixel order
            (lightning_i2x.faithfulness.random_baseline, seed 0).

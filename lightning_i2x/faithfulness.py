@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .guards import preserved_rng
-from .perturb import FILLS, apply_mask, fill_values, target_probabilities
+from .perturb import FILLS, apply_mask, fill_values, hiding_sigma, target_probabilities
 
 __all__ = ["FaithfulnessMeasure", "plot_faithfulness", "FaithfulnessResult", "default_blur_sigma", "pixel_ranks", "deletion_insertion", "random_maps", "random_baseline"]
 
@@ -70,7 +70,7 @@ class FaithfulnessResult:
 def default_blur_sigma(image_size: tuple[int, int]) -> float:
     """The iGOS++ code's blur scaled to the image: sigma 50 px at 224 px, i.e. 0.22 of the larger
     side (6.25 px at 28 px): strong enough to wipe out the object, not just its edges."""
-    return 50.0 / 224.0 * max(int(image_size[0]), int(image_size[1]))
+    return hiding_sigma(image_size, 50.0 / 224.0)
 
 
 def _check_inputs(images, targets, maps, steps) -> torch.Tensor:

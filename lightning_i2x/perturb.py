@@ -31,6 +31,7 @@ __all__ = [
     "Fill",
     "pixel_mask",
     "default_sigma",
+    "hiding_sigma",
     "perturb",
     "blur",
     "fill_values",
@@ -68,6 +69,12 @@ def pixel_mask(regions: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 def default_sigma(image_size: tuple[int, int], feature_shape: tuple[int, int]) -> float:
     """Half a feature location's block of pixels (at least 1): enough to wipe out what it showed."""
     return max(1.0, 0.5 * max(image_size[0] / feature_shape[0], image_size[1] / feature_shape[1]))
+
+
+def hiding_sigma(image_size: tuple[int, int], fraction: float) -> float:
+    """A blur that hides an image's content rather than its edges: sigma = ``fraction`` of the
+    image's larger side, at least 1 px (the iGOS++ code blurs 224 px images with sigma 50, 0.22)."""
+    return max(1.0, float(fraction) * max(int(image_size[0]), int(image_size[1])))
 
 
 def perturb(

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .guards import preserved_rng
-from .perturb import apply_mask, fill_values, pixel_mask, target_probabilities
+from .perturb import apply_mask, fill_values, hiding_sigma, pixel_mask, target_probabilities
 
 __all__ = [
     "SAG",
@@ -81,11 +81,11 @@ DEFAULT_SIZE_SLACK = 2
 
 # -- regions ------------------------------------------------------------------------------------------
 def default_blur_sigma(image_size: tuple[int, int]) -> float:
-    """The blur that hides what is not shown: sigma = ``DEFAULT_BLUR`` (0.2) x the image's shorter
-    side (at least 1 px), near the authors' 50 px on 224 px images (0.22). A lighter blur (half a
+    """The blur that hides what is not shown: sigma = ``DEFAULT_BLUR`` (0.2) x the image's side
+    (``perturb.hiding_sigma``), near the authors' 50 px on 224 px images (0.22). A lighter blur (half a
     region cell) leaves a digit legible: the demo CNN kept most of its confidence on the fully
     blurred image, so the empty set was "sufficient" and no region mattered."""
-    return max(1.0, DEFAULT_BLUR * min(int(image_size[0]), int(image_size[1])))
+    return hiding_sigma(image_size, DEFAULT_BLUR)
 
 
 def default_grid_size(image_size: tuple[int, int]) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import sys
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,3 +102,13 @@ def trained_tiny_cnn(digits, steps: int) -> TinyCNN:
         F.cross_entropy(model(x[sl]), y[sl]).backward()
         opt.step()
     return model.eval()
+
+
+@contextlib.contextmanager
+def global_rng_untouched():
+    """Assert that the code inside draws nothing from the torch, NumPy and Python global generators."""
+    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    assert torch.equal(torch.get_rng_state(), torch_state), "the torch generator moved"
+    assert np.array_equal(np.random.get_state()[1], np_state[1]) and np.random.get_state()[2] == np_state[2], "NumPy's moved"
+    assert random.getstate() == py_state, "Python's random moved"

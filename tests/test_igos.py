@@ -3,9 +3,6 @@ requested resolution; the probe-pass form; no side effects on the model or the R
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +10,7 @@ import torch.nn.functional as F
 from lightning_i2x.cam import ProbeBatch
 from lightning_i2x.igos import igos_maps, igos_probe_batch
 
-from .conftest import trained_tiny_cnn
+from .conftest import global_rng_untouched, trained_tiny_cnn
 from .test_faithfulness import REGION, RegionModel, planted_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -77,15 +74,8 @@ def test_no_side_effects(digits, tiny, method, mode):
     req = [p.requires_grad for p in model.parameters()]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-    torch.manual_seed(7)
-    np.random.seed(7)
-    random.seed(7)
-    expected = (torch.rand(2), np.random.rand(2), random.random())
-    torch.manual_seed(7)
-    np.random.seed(7)
-    random.seed(7)
-    rec = igos_probe_batch(model, model.features, x[:6], y[:6], method=method, iterations=2, ig_iter=4)
-    assert torch.equal(torch.rand(2), expected[0]) and np.array_equal(np.random.rand(2), expected[1]) and random.random() == expected[2]
+    with global_rng_untouched():
+        rec = igos_probe_batch(model, model.features, x[:6], y[:6], method=method, iterations=2, ig_iter=4)
     assert [m.training for m in model.modules()] == modes
     for g, p in zip(grads, model.parameters()):
         assert (g is None and p.grad is None) or torch.equal(g, p.grad)
