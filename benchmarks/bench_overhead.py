@@ -163,7 +163,7 @@ def record_breakdown(part1, root: Path, repeats: int, ref: str) -> list[list[str
 
     from lightning_i2x import Recorder, probe_pass
     from lightning_i2x.record import open_run
-    from lightning_i2x.views import log_summary
+    from lightning_i2x.viz import log_summary
 
     try:
         old = import_baseline(ref, root)
@@ -175,8 +175,8 @@ def record_breakdown(part1, root: Path, repeats: int, ref: str) -> list[list[str
     i2x, model = part1["last"]
     model.eval()
     layer = i2x.run.config.target_layer
-    from lightning_i2x.layers import resolve_target_layer
-    from lightning_i2x.probe import materialise_probe
+    from lightning_i2x.record import materialise_probe
+    from lightning_i2x.saliency import resolve_target_layer
 
     images, labels, _ = materialise_probe(i2x.probe)
     target = resolve_target_layer(model, layer, images[:2], forward_fn=lambda m, x: m(x))

@@ -9,7 +9,7 @@ fit (PCA to 64, K = 32 k-means, the callback's defaults). Two paths, same model 
   old  the previous implementation, reproduced here: the input requires grad (autograd records
        the whole network), every batch's activations are kept, concatenated, flattened to an
        (N*h*w, d) float32 array and handed to fit_prototypes
-  new  lightning_i2x.cam.probe_batches (autograd records from the target layer on) feeding each
+  new  lightning_i2x.saliency.probe_batches (autograd records from the target layer on) feeding each
        batch's activations to lightning_i2x.prototypes.PrototypeStream, which keeps only their
        projection; stream.fit() at the end
 
@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torchvision
 
-from lightning_i2x.cam import normalise_maps, probe_batches
 from lightning_i2x.prototypes import PrototypeStream, fit_prototypes
+from lightning_i2x.saliency import normalise_maps, probe_batches
 
 import _common
 

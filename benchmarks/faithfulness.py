@@ -17,12 +17,12 @@ Protocol (CPU, everything seeded):
            4 of them and every method is also reported on those alone, with the paired difference
            iGOS++ - GradCAM; the target is the label.
   maps     every method at the target layer's resolution, as I2X's probe pass uses them: native
-           GradCAM (native_gradcam in lightning_i2x.cam), GradCAM++ and EigenCAM (pytorch-grad-cam via
-           library_cam in lightning_i2x.cam), I-GOS and iGOS++ (igos_maps in lightning_i2x.igos, mask =
+           GradCAM (native_gradcam in lightning_i2x.saliency), GradCAM++ and EigenCAM (pytorch-grad-cam via
+           library_cam in lightning_i2x.saliency), I-GOS and iGOS++ (igos_maps in lightning_i2x.saliency, mask =
            feature resolution, the authors' defaults except ``iterations`` / ``ig_iter`` 10 / 10
            (SmallCNN) and 5 / 5 (ResNet-18) instead of 15 / 20, to fit the CPU budget); random = a seeded random pixel order
-           (lightning_i2x.faithfulness.random_baseline, seed 0).
-  metric   lightning_i2x.faithfulness.deletion_insertion, 64 steps, blurred-copy fill (sigma 0.22 of
+           (lightning_i2x.measures.random_baseline, seed 0).
+  metric   lightning_i2x.measures.deletion_insertion, 64 steps, blurred-copy fill (sigma 0.22 of
            the image side, the iGOS++ code's 50 px at 224 px), target softmax probability,
            trapezoid AUC over the pixel fraction.
   speed    the batched metric against a per-image, per-step loop (one forward per perturbed image)
@@ -46,10 +46,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from lightning_i2x.cam import library_cam, native_gradcam
-from lightning_i2x.faithfulness import FaithfulnessResult, default_blur_sigma, deletion_insertion, pixel_ranks, random_baseline
-from lightning_i2x.igos import igos_maps
-from lightning_i2x.perturb import fill_values
+from lightning_i2x.measures import FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline
+from lightning_i2x.perturb import default_blur_sigma, fill_values
+from lightning_i2x.saliency import igos_maps, library_cam, native_gradcam
 
 import _common
 from demo_data import balanced_indices, load_cifar10_subset, load_mnist

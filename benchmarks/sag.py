@@ -1,4 +1,4 @@
-"""Structured attention graphs (lightning_i2x.sag) on real data: how often a correctly classified
+"""Structured attention graphs (lightning_i2x.measures) on real data: how often a correctly classified
 test image has more than one minimal sufficient explanation (MSE), how large MSEs are, and what one
 image's SAG costs.
 
@@ -16,7 +16,7 @@ Protocol (seeds 0 throughout):
   images   a class-balanced seeded sample of test images; only the correctly classified ones count
   sag()    the library defaults = the authors' code's: fraction 0.9, beam width 3, at most 10 MSEs
            searched, no size cap, roots overlap <= 1 region, 3 roots shown, floor 0.4; ours: blur
-           sigma = 0.2 x the image side (default_blur_sigma), size_slack 2
+           sigma = 0.2 x the image side (sag_blur_sigma), size_slack 2
   blur     the fully blurred image's target probability against the full image's, old default
            (half a region cell) against the new one (0.2 x side), on the drawn images
   slack    the beam search (lock step, mse_stats' path) with size_slack 0, 1, 2 and None (no bound):
@@ -46,21 +46,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_i2x.cam import native_gradcam
-from lightning_i2x.perturb import fill_values, target_probabilities
-from lightning_i2x.plots import to_png
-from lightning_i2x.prototypes import fit_prototypes
-from lightning_i2x.sag import (
+from lightning_i2x.measures import (
     DEFAULT_SIZE_SLACK,
     SAGMeasure,
     _mses_many,
-    default_blur_sigma,
     diverse_mses,
     grid_regions,
     mse_stats,
     sag,
+    sag_blur_sigma,
     stored_sags,
 )
+from lightning_i2x.perturb import fill_values, target_probabilities
+from lightning_i2x.prototypes import fit_prototypes
+from lightning_i2x.saliency import native_gradcam
+from lightning_i2x.viz import to_png
 
 import _common
 
@@ -106,7 +106,7 @@ def run_sags(model, x, y, regions_of, name):
 
 
 def summarise(name, secs, graphs, acc):
-    from lightning_i2x.sag import diverse_mses
+    from lightning_i2x.measures import diverse_mses
 
     n = len(graphs)
     found = [g for g in graphs if g.all_mses]
@@ -177,11 +177,11 @@ def main(argv=None) -> None:
     full_p = target_probabilities(cnn, xc, yc)
     blur_rows = []
     for label, sig in (("half a 4x4 cell (old default, 3.5 px)", 3.5), ("half a 7x7 cell (old default, 2 px)", 2.0),
-                       (f"0.2 x side (new default, {default_blur_sigma((28, 28)):.1f} px)", default_blur_sigma((28, 28)))):
+                       (f"0.2 x side (new default, {sag_blur_sigma((28, 28)):.1f} px)", sag_blur_sigma((28, 28)))):
         pb = target_probabilities(cnn, fill_values(xc, "blur", sigma=sig), yc)
         blur_rows.append([label, f"{float(pb.mean()):.3f}", f"{float((pb / full_p).median()):.2f}",
                           f"{float((pb >= 0.9 * full_p).float().mean()):.2f}"])
-    pb_new = target_probabilities(cnn, fill_values(xc, "blur", sigma=default_blur_sigma((28, 28))), yc)
+    pb_new = target_probabilities(cnn, fill_values(xc, "blur", sigma=sag_blur_sigma((28, 28))), yc)
 
     # size_slack: the search with and without the bound
     slack_rows, slack_saved = [], {}
@@ -205,8 +205,8 @@ def main(argv=None) -> None:
         _log(f"  slack sweep {rname} done")
 
     # SAGMeasure on a recorded run, against one probe pass over its probe
-    from lightning_i2x.layers import resolve_target_layer
     from lightning_i2x.record import Recorder, open_run, probe_pass
+    from lightning_i2x.saliency import resolve_target_layer
 
     pidx = torch.as_tensor(balanced_indices(ys, 20 if args.quick else 100, 1))
     px, py = xs[pidx], ys[pidx]

@@ -13,7 +13,7 @@ each from a copy of the decoy-trained model and for --finetune-epochs epochs (sa
 batch and data):
 
 - full -> full: plain training, the same budget (what any gain must beat);
-- I2X automatic, ``prototypes="suspects"`` (``run_suspects``: no ground truth), mode mask with a
+- I2X automatic, ``prototypes="suspects"`` (``I2XRun.suspects``: no ground truth), mode mask with a
   blur fill, mask with a random fill, and penalise (RRR's input-gradient penalty on the flagged
   regions, weight balanced on the first batch);
 - I2X with the prototypes a user would pick from the gallery: those whose probe locations lie
@@ -60,10 +60,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_i2x import I2XCallback, PerturbationFinetuner, PrototypeOptions
-from lightning_i2x.cam import probe_batches
-from lightning_i2x.penalty import balance_weight, input_gradient_penalty
-from lightning_i2x.reliance import RelianceMeasure, load_reliance
-from lightning_i2x.suspects import prototype_geometry, run_suspects
+from lightning_i2x.analysis import prototype_geometry
+from lightning_i2x.finetune import balance_weight, input_gradient_penalty
+from lightning_i2x.measures import RelianceMeasure
+from lightning_i2x.saliency import probe_batches
 
 import _common  # puts the repository and examples/ on sys.path
 from decoy_data import load_decoy
@@ -117,7 +117,7 @@ def swatch_mass(model, x, y, cells) -> float:
 
 def callback_passes_forward_fn() -> bool:
     """The callback at this commit calls measures with forward_fn only once its guard forwards keywords."""
-    from lightning_i2x.callback import I2XCallback as C
+    from lightning_i2x.callbacks import I2XCallback as C
 
     return "kw" in inspect.signature(C._guarded).parameters
 
@@ -193,7 +193,7 @@ def one_seed(name: str, seed: int, args, tmp: Path, gallery_out: Path | None):
     decoy_model, decoy_run = train(decoy, seed, args, tmp / f"{name}-decoy-{seed}")
     t_train = time.perf_counter() - t0
     rows = {"clean-trained (ceiling)": measure(clean_model), "plain model on decoy data": measure(decoy_model)}
-    suspects = run_suspects(decoy_run)
+    suspects = decoy_run.suspects()
     sus_on = on_swatch(decoy_run, probe_cells, suspects)
     picked = [k for k, v in on_swatch(decoy_run, probe_cells, range(K)).items() if v > 0.5]
     if gallery_out is not None:
@@ -239,14 +239,14 @@ def one_seed(name: str, seed: int, args, tmp: Path, gallery_out: Path | None):
         rows[PICK] = rows["plain model on decoy data"]
         notes[PICK] = "no prototype on the swatch"
     rows["RRR oracle (true swatch masks)"] = measure(rrr(decoy_model, d_train, train_masks, fe, seed))
-    clean_sus = run_suspects(clean_run)
+    clean_sus = clean_run.suspects()
     if clean_sus:
         m, res, _ = finetune(clean_run, clean_model, clean[0], prototypes=clean_sus, mode="mask", mask_fill="random", mask_region="all")
         rows["control: automatic rule on the clean model"] = measure(m)
     else:
         rows["control: automatic rule on the clean model"] = rows["clean-trained (ceiling)"]
     notes["control: automatic rule on the clean model"] = f"suspects {clean_sus}" if clean_sus else "no suspect: unchanged"
-    rel = load_reliance(decoy_run)
+    rel = decoy_run.stored_reliance()
     geo = prototype_geometry(decoy_run.assignment(), K)
     inten = np.nanmean(decoy_run.intensities()[-1], axis=0)
     median = np.nanmedian(inten)

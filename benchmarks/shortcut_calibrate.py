@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_i2x import I2XCallback
-from lightning_i2x.penalty import balance_weight, input_gradient_penalty
-from lightning_i2x.reliance import Reliance, prototype_reliance
-from lightning_i2x.suspects import suspect_prototypes
+from lightning_i2x import I2XCallback, Reliance
+from lightning_i2x.analysis import suspect_prototypes
+from lightning_i2x.finetune import balance_weight, input_gradient_penalty
+from lightning_i2x.measures import prototype_reliance
 
 import _common  # puts the repository and examples/ on sys.path
 from decoy_data import load_decoy
@@ -121,7 +121,7 @@ def train_one(name, decoy, seed, args, workdir: Path):
     rel = prototype_reliance(model, x, y, run.assignment(), K, n_random=args.n_random, seed=seed, num_classes=10)
     t_rel = time.perf_counter() - t0
     # cost of one probe pass, for the reliance cost in probe passes
-    from lightning_i2x.cam import probe_batches
+    from lightning_i2x.saliency import probe_batches
     t_probe = []
     for _ in range(2):  # the first is a warm-up
         t0 = time.perf_counter()

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
-from lightning_i2x.report import write_report
+from lightning_i2x.viz import write_report
 
 from demo_data import balanced_indices, load_mnist
 from demo_models import SmallCNN

@@ -1,28 +1,28 @@
 """lightning_i2x: I2X structured explanations of image classifiers, recorded while they train.
 
-The data flow, one module a step: ``probe`` (the fixed probe set) -> ``cam`` (the probe pass:
-activations, maps, confidences) -> ``record`` (the pipeline: evidence appended to the run,
-prototypes refitted, explanation rebuilt) -> ``run`` (the store) -> ``analysis`` /
-``explanation`` (Steps 3-6, pure NumPy) -> ``views`` + ``sinks`` (what every logger gets),
-``plots``, ``report`` and ``finetune`` / ``selection`` (Step 7). ``measures`` are the further
-model-dependent measures (``faithfulness``, ``sag``, ``reliance``); ``options`` holds the typed
-option groups, ``callback`` the Lightning glue.
+The subpackages follow the data flow (the README's "Map of the house" draws the allowed import
+order, which an import contract in ``make test`` enforces): ``saliency`` (the probe pass's maps) and
+``prototypes`` -> ``analysis`` (Steps 3-6, pure NumPy) -> ``store`` (the run directory) ->
+``measures`` (faithfulness, reliance, SAG) -> ``record`` (the pipeline without a Trainer) ->
+``finetune`` (Step 7) -> ``viz`` (figures, loggers, report) -> ``callbacks`` (the Lightning glue).
+``options`` holds the typed option groups, ``perturb`` the fills, ``errors`` the errors.
 """
 
-from .analysis import prototype_intensity, ridge
-from .callback import I2XCallback
-from .explanation import Explanation, LearningStep, UncertainPrototype, explain
-from .faithfulness import FaithfulnessMeasure
+from . import _deprecated
+from .analysis import Explanation, LearningStep, Reliance, UncertainPrototype, explain, prototype_intensity, ridge
+from .callbacks import I2XCallback
+from .errors import I2XRunError, OptionsError
 from .finetune import FinetuneResult, PerturbationFinetuner
+from .measures import FaithfulnessMeasure, Measure, RelianceMeasure, SAGMeasure, reliance_of_run
 from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
 from .prototypes import Prototypes, PrototypeStream, fit_prototypes
 from .record import ProbeEvidence, Recorder, probe_pass
-from .reliance import RelianceMeasure
-from .run import I2XRun, I2XRunError
-from .sag import SAGMeasure
-from .sinks import LogSink
+from .store import I2XRun
+from .viz import LogSink
 
-__version__ = "0.2.0"
+_deprecated.install()
+
+__version__ = "0.3.0"
 
 __all__ = [
     "I2XCallback",
@@ -34,13 +34,17 @@ __all__ = [
     "RunConfig",
     "I2XRun",
     "I2XRunError",
+    "OptionsError",
     "ProbeEvidence",
     "probe_pass",
     "Recorder",
     "LogSink",
+    "Measure",
     "FaithfulnessMeasure",
     "SAGMeasure",
     "RelianceMeasure",
+    "reliance_of_run",
+    "Reliance",
     "PerturbationFinetuner",
     "FinetuneResult",
     "Explanation",

@@ -9,20 +9,18 @@ import sys
 
 import numpy as np
 
-from .run import I2XRun, I2XRunError
+from .errors import I2XRunError
+from .store import I2XRun
 
 
 def reliance_summary(run: I2XRun, top: int = 8) -> str:
     """The stored reliance (``RelianceMeasure``): the most relied-on prototypes and the shortcut
     suspects, or how to measure it when the run holds none."""
-    from .reliance import load_reliance
-    from .suspects import run_suspects
-
-    rel = load_reliance(run)
+    rel = run.stored_reliance()
     if rel is None:
         return ("## Reliance\n\nNot measured: add `RelianceMeasure()` to `I2XCallback(measures=[...])` or call "
-                "`lightning_i2x.reliance.reliance_of_run(run, model)`.\n")
-    suspects = run_suspects(run)
+                "`lightning_i2x.reliance_of_run(run, model)`.\n")
+    suspects = run.suspects(rel)
     order = [int(k) for k in np.argsort(-np.nan_to_num(rel.reliance, nan=-np.inf), kind="stable") if np.isfinite(rel.reliance[k])]
     lines = ["## Reliance", "",
              "Drop of the true class's probability when a prototype is hidden, beyond hiding as much of the image at random "
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"i2x: {e}", file=sys.stderr)
         return 2
     if args.command == "report":
-        from .report import write_report
+        from .viz import write_report
 
         classes = None if not args.classes else tuple(int(c) if c.isdigit() else c for c in args.classes)
         try:

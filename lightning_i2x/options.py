@@ -23,6 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from ._core import check_bool, check_choice, check_fraction, check_int, check_number, fail, is_int
+from .errors import OptionsError
+
 __all__ = [
     "CamTarget",
     "ProbePassOptions",
@@ -32,68 +35,37 @@ __all__ = [
     "FinetuneOptions",
     "RunConfig",
     "OptionsError",
+    "FILLS",
 ]
 
 CamTarget = Literal["label", "predicted"]
 FinetuneMode = Literal["remove", "mask"]
 MaskFill = Literal["blur", "noise", "baseline", "random"]
+FILLS: tuple[str, ...] = get_args(MaskFill)
+"""The fills that hide pixels (``lightning_i2x.perturb``), in the order a stored reliance indexes them."""
 MaskRegion = Literal["salient", "all"]
 Phase = Literal["curated", "full"]
 
 
-class OptionsError(ValueError):
-    """A stored configuration that is missing values or has unknown ones."""
-
-
-# -- one way to check a value ------------------------------------------------------------------------
-def _fail(obj: Any, name: str, what: str, value: Any) -> None:
-    raise ValueError(f"{type(obj).__name__}.{name} must be {what}, got {value!r}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
+# -- the checks of _core, reading the field by name -----------------------------------------------------
 def _int(obj: Any, name: str, low: int = 1, high: int | None = None, optional: bool = False) -> None:
-    v = getattr(obj, name)
-    if optional and v is None:
-        return
-    if not _is_int(v) or v < low or (high is not None and v > high):
-        rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        _fail(obj, name, rng + (" or None" if optional else ""), v)
+    check_int(obj, name, getattr(obj, name), low, high, optional)
 
 
 def _fraction(obj: Any, name: str, optional: bool = False, closed_low: bool = False) -> None:
-    v = getattr(obj, name)
-    if optional and v is None:
-        return
-    ok = _is_number(v) and (0 <= v if closed_low else 0 < v) and v <= 1
-    if not ok:
-        _fail(obj, name, ("a fraction in [0, 1]" if closed_low else "a fraction in (0, 1]") + (" or None" if optional else ""), v)
+    check_fraction(obj, name, getattr(obj, name), optional, closed_low)
 
 
 def _number(obj: Any, name: str, low: float = 0.0, strict: bool = False, optional: bool = False) -> None:
-    v = getattr(obj, name)
-    if optional and v is None:
-        return
-    if not _is_number(v) or (v <= low if strict else v < low):
-        _fail(obj, name, f"a finite number {'>' if strict else '>='} {low:g}" + (" or None" if optional else ""), v)
+    check_number(obj, name, getattr(obj, name), low, strict, optional)
 
 
 def _choice(obj: Any, name: str, choices: Sequence[str]) -> None:
-    v = getattr(obj, name)
-    if v not in choices:
-        _fail(obj, name, f"one of {tuple(choices)}", v)
+    check_choice(obj, name, getattr(obj, name), choices)
 
 
 def _bool(obj: Any, name: str) -> None:
-    v = getattr(obj, name)
-    if not isinstance(v, bool):
-        _fail(obj, name, "True or False", v)
+    check_bool(obj, name, getattr(obj, name))
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -214,7 +186,7 @@ class ExplainOptions(_Options):
         _int(self, "min_cluster_size", low=2, optional=True)
         _int(self, "max_cluster_samples", low=2, optional=True)
         _fraction(self, "saliency_threshold")
-        if _is_int(self.tau):
+        if is_int(self.tau):
             _set(self, "tau", float(self.tau))
 
     def analysis_kwargs(self) -> dict[str, Any]:
@@ -263,7 +235,7 @@ class ViewOptions(_Options):
         if self.classes is not None:
             classes = (self.classes,) if isinstance(self.classes, (str, int)) else tuple(self.classes)
             if not classes or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
-                _fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
+                fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
             _set(self, "classes", classes)
         for name in ("max_classes", "max_pairs", "overlay_samples", "gallery_patches", "gallery_prototypes", "scalar_prototypes"):
             _int(self, name, low=0)
@@ -316,23 +288,23 @@ class FinetuneOptions(_Options):
     def __post_init__(self):
         if self.prototypes is not None and self.prototypes != "suspects":
             p = self.prototypes
-            if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or not p or not all(_is_int(k) and k >= 0 for k in p):
-                _fail(self, "prototypes", 'a non-empty list of prototype ids, "suspects" or None', p)
+            if isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or not p or not all(is_int(k) and k >= 0 for k in p):
+                fail(self, "prototypes", 'a non-empty list of prototype ids, "suspects" or None', p)
             _set(self, "prototypes", tuple(dict.fromkeys(int(k) for k in p)))
         if self.prototypes is not None and self.pairs is not None:
-            _fail(self, "prototypes", "None when pairs are given (target pairs or prototypes, not both)", self.prototypes)
+            fail(self, "prototypes", "None when pairs are given (target pairs or prototypes, not both)", self.prototypes)
         _choice(self, "penalty", ("input_gradient", "gradcam"))
         _number(self, "penalty_ratio", strict=True)
         _bool(self, "control")
         if self.pairs is not None:
             if isinstance(self.pairs, (str, bytes)) or not isinstance(self.pairs, Sequence) or not all(
                     isinstance(p, Sequence) and not isinstance(p, (str, bytes)) and len(p) == 2 for p in self.pairs) or not self.pairs:
-                _fail(self, "pairs", "a non-empty list of class pairs (a, b), or None", self.pairs)
+                fail(self, "pairs", "a non-empty list of class pairs (a, b), or None", self.pairs)
             _set(self, "pairs", tuple(tuple(p) for p in self.pairs))
         _choice(self, "mode", (*get_args(FinetuneMode), "penalise"))
         sched = self.schedule
         if isinstance(sched, str) or not isinstance(sched, Sequence) or not sched or any(s not in get_args(Phase) for s in sched):
-            _fail(self, "schedule", f"a non-empty sequence of {get_args(Phase)} (one epoch each)", sched)
+            fail(self, "schedule", f"a non-empty sequence of {get_args(Phase)} (one epoch each)", sched)
         _set(self, "schedule", tuple(sched))
         _number(self, "lr", strict=True, optional=True)
         _int(self, "max_samples", optional=True)
@@ -344,10 +316,10 @@ class FinetuneOptions(_Options):
         _int(self, "prototypes_per_pair", optional=True)
         _int(self, "batch_size", optional=True)
         if not isinstance(self.trainer_kwargs, dict):
-            _fail(self, "trainer_kwargs", "a dict of pl.Trainer arguments", self.trainer_kwargs)
+            fail(self, "trainer_kwargs", "a dict of pl.Trainer arguments", self.trainer_kwargs)
         reserved = sorted(set(self.trainer_kwargs) & {"max_epochs", "min_epochs", "max_steps", "reload_dataloaders_every_n_epochs", "callbacks"})
         if reserved:
-            _fail(self, "trainer_kwargs", "free of the keys the schedule sets (max_epochs, callbacks, ...)", reserved)
+            fail(self, "trainer_kwargs", "free of the keys the schedule sets (max_epochs, callbacks, ...)", reserved)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -380,7 +352,7 @@ class RunConfig(_Options):
         unknown, missing = sorted(set(values) - names), sorted(names - set(values))
         if unknown or missing:
             raise OptionsError(f"RunConfig: unknown {unknown}, missing {missing}")
-        if not isinstance(values["target_layer"], str) or not isinstance(values["cam"], str) or not _is_int(values["every_n_epochs"]):
+        if not isinstance(values["target_layer"], str) or not isinstance(values["cam"], str) or not is_int(values["every_n_epochs"]):
             raise OptionsError(f"RunConfig: target_layer and cam must be strings, every_n_epochs an integer: {values!r}")
         return cls(
             values["target_layer"], values["cam"], values["every_n_epochs"],

@@ -18,13 +18,12 @@ interactive learning literature).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
-
 import numpy as np
 import torch
 
-from .guards import evaluation_mode
+from ._core import ForwardFn, default_forward, evaluation_mode, model_device
+from .options import FILLS
+from .options import MaskFill as Fill
 
 __all__ = [
     "FILLS",
@@ -32,6 +31,7 @@ __all__ = [
     "pixel_mask",
     "default_sigma",
     "hiding_sigma",
+    "default_blur_sigma",
     "perturb",
     "blur",
     "fill_values",
@@ -39,8 +39,6 @@ __all__ = [
     "target_probabilities",
 ]
 
-Fill = Literal["blur", "noise", "baseline", "random"]
-FILLS: tuple[str, ...] = ("blur", "noise", "baseline", "random")
 
 
 def _check_fill(fill: str) -> None:
@@ -75,6 +73,13 @@ def hiding_sigma(image_size: tuple[int, int], fraction: float) -> float:
     """A blur that hides an image's content rather than its edges: sigma = ``fraction`` of the
     image's larger side, at least 1 px (the iGOS++ code blurs 224 px images with sigma 50, 0.22)."""
     return max(1.0, float(fraction) * max(int(image_size[0]), int(image_size[1])))
+
+
+def default_blur_sigma(image_size: tuple[int, int]) -> float:
+    """The iGOS++ code's blur scaled to the image: sigma 50 px at 224 px, i.e. 0.22 of the larger
+    side (6.25 px at 28 px): strong enough to wipe out the object, not just its edges. The baseline
+    of I-GOS/iGOS++ and of the deletion/insertion metric."""
+    return hiding_sigma(image_size, 50.0 / 224.0)
 
 
 def perturb(
@@ -184,9 +189,6 @@ def apply_mask(images: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -
     return images * (1 - m) + values * m
 
 
-ForwardFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
-
-
 def target_probabilities(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -198,8 +200,8 @@ def target_probabilities(
     """(B,) softmax probability of ``targets[i]`` for each image, in eval mode without autograd,
     ``batch_size`` images per forward; the model's modes are put back afterwards. Results stay on
     the model's device (one host copy per call is the caller's choice)."""
-    forward_fn = forward_fn or (lambda mdl, x: mdl(x))
-    device = next(model.parameters()).device
+    forward_fn = forward_fn or default_forward
+    device = model_device(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     targets = torch.as_tensor(targets, device=device).reshape(-1)
     if targets.shape[0] != images.shape[0]:

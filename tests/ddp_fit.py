@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lightning_i2x.record as record_module  # noqa: E402
+import lightning_i2x.record._pipeline as record_module  # noqa: E402
 from lightning_i2x import I2XCallback, ProbePassOptions  # noqa: E402
 from tests.conftest import TinyCNN  # noqa: E402
 

@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_i2x.record as record_module
+import lightning_i2x.record._pipeline as record_module
 from lightning_i2x import I2XCallback, I2XRun, ProbePassOptions, ViewOptions
 
 from .conftest import TinyCNN, trainer_kwargs

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from lightning_i2x.cam import CAM_METHODS, library_cam, native_gradcam, probe_batches
+from lightning_i2x.saliency import CAM_METHODS, library_cam, native_gradcam, probe_batches
 
 from .conftest import TinyCNN, trained_tiny_cnn
 
@@ -163,7 +163,7 @@ def _full_graph_gradcam(model, layer, x, y):
     finally:
         handle.remove()
     acts, grad = captured[-1].detach().float(), grad.float()
-    from lightning_i2x.cam import normalise_maps
+    from lightning_i2x.saliency import normalise_maps
 
     return normalise_maps(torch.relu((grad.mean(dim=(2, 3))[:, :, None, None] * acts).sum(dim=1)))
 

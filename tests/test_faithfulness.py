@@ -9,14 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_i2x.faithfulness import (
+from lightning_i2x.measures import (
     FaithfulnessResult,
-    default_blur_sigma,
     deletion_insertion,
     random_baseline,
     random_maps,
 )
-from lightning_i2x.perturb import fill_values
+from lightning_i2x.perturb import default_blur_sigma, fill_values
 
 from .conftest import global_rng_untouched, trained_tiny_cnn
 

@@ -17,12 +17,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_i2x import I2XCallback, I2XRun, ProbePassOptions
-from lightning_i2x.cam import CAM_METHODS, probe_batches
-from lightning_i2x.faithfulness import FaithfulnessMeasure, deletion_insertion, plot_faithfulness, random_maps
-from lightning_i2x.igos import igos_probe_batch
-from lightning_i2x.measures import Measure
+from lightning_i2x.measures import FaithfulnessMeasure, Measure, deletion_insertion, random_maps
 from lightning_i2x.record import ProbeEvidence
-from lightning_i2x.report import build_report
+from lightning_i2x.saliency import CAM_METHODS, igos_probe_batch, probe_batches
+from lightning_i2x.viz import build_report, plot_faithfulness
 
 from .conftest import TinyCNN, trainer_kwargs
 from .test_faithfulness import REGION, RegionModel, planted_images
@@ -165,7 +163,7 @@ def test_fit_logs_the_four_scalars_keeps_them_in_the_run_and_the_report_draws_th
 def small_igos(monkeypatch):
     """igos_probe_batch at 2 iterations of 3 path points (the probe pass runs the authors' 15 x 20,
     too slow for a unit test); records the methods it was called for."""
-    import lightning_i2x.igos as igos
+    import lightning_i2x.saliency._batches as igos
 
     calls, real = [], igos.igos_probe_batch
 

@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lightning_i2x import ExplainOptions, FinetuneOptions, I2XCallback, I2XRun, PerturbationFinetuner
+from lightning_i2x.analysis import resolve_pairs
 from lightning_i2x.analysis import salient_mask as salient_locations
-from lightning_i2x.finetune import FinetuneResult
+from lightning_i2x.finetune import FinetuneResult, MaskedDataset, flag_samples
 from lightning_i2x.perturb import perturb, pixel_mask
-from lightning_i2x.selection import MaskedDataset, flag_samples, resolve_pairs
 
 from .conftest import TinyCNN, trainer_kwargs
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_i2x.cam import ProbeBatch
-from lightning_i2x.igos import igos_maps, igos_probe_batch
+from lightning_i2x.saliency import ProbeBatch, igos_maps, igos_probe_batch
 
 from .conftest import global_rng_untouched, trained_tiny_cnn
 from .test_faithfulness import REGION, RegionModel, planted_images

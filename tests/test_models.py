@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import VisionTransformer, resnet18
 
 from lightning_i2x import I2XCallback
-from lightning_i2x.cam import library_cam
+from lightning_i2x.saliency import library_cam
 
 from .conftest import trainer_kwargs
 
@@ -97,8 +97,12 @@ from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from torchvision.models import SwinTransformer  # noqa: E402
 
-from lightning_i2x.cam import native_gradcam  # noqa: E402
-from lightning_i2x.layers import TokensToMap, infer_reshape_transform, resolve_target_layer  # noqa: E402
+from lightning_i2x.saliency import (  # noqa: E402
+    TokensToMap,
+    infer_reshape_transform,
+    native_gradcam,  # noqa: E402
+    resolve_target_layer,
+)
 
 
 def _doc_vit_reshape(tensor, height=4, width=4):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_i2x.penalty import balance_weight, gradcam_penalty, input_gradient_penalty
+from lightning_i2x.finetune import balance_weight, gradcam_penalty, input_gradient_penalty
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

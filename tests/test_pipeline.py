@@ -30,9 +30,9 @@ from lightning_i2x import (
     ViewOptions,
     probe_pass,
 )
-from lightning_i2x.layers import resolve_target_layer
 from lightning_i2x.options import OptionsError
 from lightning_i2x.record import open_run
+from lightning_i2x.saliency import resolve_target_layer
 
 from .conftest import TinyCNN, trainer_kwargs
 
@@ -209,7 +209,7 @@ def test_every_logger_gets_the_views(tmp_path, digits):
 
 
 def test_a_csv_only_fit_draws_nothing_but_logs_the_scalars(tmp_path, digits, monkeypatch):
-    import lightning_i2x.callback as callback_module
+    import lightning_i2x.callbacks._i2x as callback_module
 
     drawn = []
     monkeypatch.setattr(callback_module, "log_figures", lambda *a, **k: drawn.append(1))

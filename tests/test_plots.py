@@ -1,4 +1,4 @@
-"""The figures (lightning_i2x.plots) on planted explanations, and the patches behind the gallery."""
+"""The figures (lightning_i2x.viz) on planted explanations, and the patches behind the gallery."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import pytest
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
-from lightning_i2x import I2XRun, I2XRunError, plots
-from lightning_i2x.analysis import salient_mask
-from lightning_i2x.explanation import Explanation, LearningStep, UncertainPrototype
-from lightning_i2x.patches import display_images, extract_patch, nearest_locations, patch_box, prototype_patches
+from lightning_i2x import I2XRun, I2XRunError
+from lightning_i2x import viz as plots
+from lightning_i2x.viz import _figures
+from lightning_i2x.analysis import Explanation, LearningStep, UncertainPrototype, salient_mask
 from lightning_i2x.prototypes import Prototypes, fit_prototypes
+from lightning_i2x.viz import display_images, extract_patch, nearest_locations, patch_box, prototype_patches
 
 NAMES = ["zero", "one", "two"]
 
@@ -43,7 +44,7 @@ def _cell_rgb(fig, ax, row: int, col: int) -> np.ndarray:
 
 
 def _heat_axes(fig):
-    return next(ax for ax in fig.axes if any(isinstance(im, AxesImage) and im.get_cmap().name == plots.CMAP for im in ax.images))
+    return next(ax for ax in fig.axes if any(isinstance(im, AxesImage) and im.get_cmap().name == _figures.CMAP for im in ax.images))
 
 
 def test_evolution_grid_colours_follow_the_sign_of_beta_and_name_the_competitor():
@@ -76,7 +77,7 @@ def test_checkpoint_graph_labels_edges_with_their_prototypes():
     assert {"T0", "T1", "T2", "P-0", "P-2", "P-1, P-2", "one", "two"} <= set(texts)
     assert any("lost confidence to it" in t for t in texts)
     # narrow and large enough to read at TensorBoard's card width (about 350 px): every text >= 8.5 pt
-    assert fig.get_size_inches()[0] <= plots.GRAPH_WIDTH_IN
+    assert fig.get_size_inches()[0] <= _figures.GRAPH_WIDTH_IN
     assert min(t.get_fontsize() for t in fig.axes[0].texts) >= 8.5
     assert plots.to_rgb(fig).std() > 10
 

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-import lightning_i2x.atomic as atomic_module
+import lightning_i2x._core._atomic as atomic_module
 from lightning_i2x import I2XCallback, I2XRun, ViewOptions
 
 from .conftest import TinyCNN, trainer_kwargs

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_i2x import Reliance
+from lightning_i2x.measures import prototype_reliance, random_locations
 from lightning_i2x.perturb import blur, default_sigma, pixel_mask
-from lightning_i2x.reliance import Reliance, prototype_reliance, random_locations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

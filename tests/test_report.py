@@ -1,4 +1,4 @@
-"""The HTML report (lightning_i2x.report) and ``i2x report``: self-contained, every view embedded,
+"""The HTML report (lightning_i2x.viz) and ``i2x report``: self-contained, every view embedded,
 and it opens in headless Chromium without errors."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from lightning_i2x import I2XCallback, I2XRun
 from lightning_i2x.__main__ import main as cli
-from lightning_i2x.report import build_report
-from lightning_i2x.views import ViewOptions, select_pairs
+from lightning_i2x.options import ViewOptions
+from lightning_i2x.viz import build_report, drawn_pairs
 
 from .browser import require_chromium, screenshot_module
 from .conftest import TinyCNN, trainer_kwargs
@@ -67,7 +67,7 @@ def test_the_report_embeds_every_view_and_loads_nothing_from_outside(run):
     html = build_report(run)
     p = _parse(html)
     names = run.class_names
-    pairs = select_pairs(run, run.explain(), ViewOptions(max_pairs=3))
+    pairs = drawn_pairs(run, run.explain(), ViewOptions(max_pairs=3))
     assert len(pairs) == 3
     expected = {"view-confidence", "view-gallery", "view-beta"} | {f"view-pair-{names[a]}-{names[b]}" for a, b in pairs}
     expected |= {f"view-{v}-{c}" for c in names for v in ("evolution", "graph", "overlay")}

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_i2x.measures import SAG, diverse_mses, grid_regions, minimal_sufficient_explanations, mse_stats, sag, sag_blur_sigma
 from lightning_i2x.perturb import apply_mask, fill_values, pixel_mask, target_probabilities
-from lightning_i2x.plots import to_rgb
-from lightning_i2x.sag import SAG, default_blur_sigma, diverse_mses, grid_regions, minimal_sufficient_explanations, mse_stats, sag
+from lightning_i2x.viz import to_rgb
 
 from .conftest import TinyCNN
 
@@ -113,7 +113,7 @@ def _brute_probabilities(model, image, label, region_map, max_size):
     """Every subset of at most max_size regions scored directly (same fill code, no search)."""
     ids = [int(v) for v in np.unique(region_map)]
     masks = pixel_mask(region_map[None] == np.asarray(ids)[:, None, None], tuple(image.shape[1:]))
-    values = fill_values(image[None], "blur", sigma=default_blur_sigma(tuple(image.shape[1:])))
+    values = fill_values(image[None], "blur", sigma=sag_blur_sigma(tuple(image.shape[1:])))
     subsets = [frozenset(c) for k in range(max_size + 1) for c in itertools.combinations(range(len(ids)), k)]
     shown = torch.from_numpy(np.stack([masks[list(s)].any(0) if s else np.zeros(masks.shape[1:], bool) for s in subsets]))
     x = apply_mask(image[None].expand(len(subsets), -1, -1, -1), ~shown, values.expand(len(subsets), -1, -1, -1))
@@ -295,15 +295,15 @@ def test_no_side_effects(digits, mode):
     [
         (dict(image=torch.zeros(2, 1, 16, 16)), r"one \(C, H, W\)"),
         (dict(image=torch.zeros(16, 16)), r"one \(C, H, W\)"),
-        (dict(fraction=0.0), r"fraction must be in \(0, 1\]"),
-        (dict(fraction=1.5), r"fraction must be in \(0, 1\]"),
+        (dict(fraction=0.0), r"sag.fraction must be a fraction in \(0, 1\]"),
+        (dict(fraction=1.5), r"sag.fraction must be a fraction in \(0, 1\]"),
         (dict(regions=np.full((4, 4), -1)), "holds no region"),
         (dict(regions=np.zeros((0, 4), dtype=np.int64)), "holds no region"),
         (dict(regions=np.zeros((32, 32), dtype=np.int64)), "finer than the image"),
         (dict(regions=np.zeros((2, 4, 4), dtype=np.int64)), r"one \(h, w\) integer array"),
         (dict(regions=np.zeros((4, 4), dtype=bool)), "integer region ids"),
         (dict(regions="cells"), 'must be "grid"'),
-        (dict(floor=-0.1), "floor must be in"),
+        (dict(floor=-0.1), r"sag.floor must be a fraction in \[0, 1\]"),
         (dict(beam_width=0), "beam_width must be"),
         (dict(max_size=0), "max_size must be"),
         (dict(max_children=0), "max_children must be"),

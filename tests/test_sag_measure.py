@@ -16,11 +16,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from lightning_i2x import I2XCallback, I2XRun, Recorder, ViewOptions, probe_pass
-from lightning_i2x.layers import resolve_target_layer
+from lightning_i2x.measures import SAGMeasure, mse_stats, sag, stored_sags
 from lightning_i2x.record import open_run
-from lightning_i2x.report import build_report
-from lightning_i2x.sag import SAGMeasure, mse_stats, sag, stored_sags
-from lightning_i2x.views import log_figures, select_classes
+from lightning_i2x.saliency import resolve_target_layer
+from lightning_i2x.viz import build_report, drawn_classes, log_figures
 
 from .conftest import TinyCNN, trainer_kwargs
 from .test_sag import _trained
@@ -70,7 +69,7 @@ def test_sag_measure_in_a_fit_logs_stores_draws_and_reports(tmp_path, digits):
     # drawn in TensorBoard, one per drawn class slot
     acc = EventAccumulator(loggers[1].log_dir, size_guidance={"images": 0})
     acc.Reload()
-    drawn = select_classes(run, cb.explanation, cb.views)
+    drawn = drawn_classes(run, cb.explanation, cb.views)
     expected = {f"i2x/class{drawn.index(s.cls) + 1}/sag" for s in stored}
     assert expected and {t for t in acc.Tags()["images"] if t.endswith("/sag")} == expected
     # the report lists the roots as text

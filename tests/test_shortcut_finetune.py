@@ -15,12 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_i2x import ExplainOptions, FinetuneOptions, I2XCallback, I2XRun, PerturbationFinetuner
-from lightning_i2x.penalty import input_gradient_penalty
+from lightning_i2x.analysis import Reliance
+from lightning_i2x.errors import I2XRunError
+from lightning_i2x.finetune import ANY_CLASS, MaskedDataset, input_gradient_penalty
+from lightning_i2x.measures import RelianceMeasure, prototype_reliance, reliance_of_run
 from lightning_i2x.perturb import pixel_mask
-from lightning_i2x.reliance import Reliance, RelianceMeasure, load_reliance, prototype_reliance, reliance_of_run
-from lightning_i2x.run import I2XRunError
-from lightning_i2x.selection import ANY_CLASS, MaskedDataset
-from lightning_i2x.suspects import run_suspects
 
 from .conftest import TinyCNN, trainer_kwargs
 from .test_finetune import brute_force
@@ -87,7 +86,7 @@ def _model(state) -> FlatCNN:
 def test_reliance_measure_stores_what_prototype_reliance_computes(decoy_run):
     run = decoy_run.run
     assert "reliance" in run.attachments
-    stored = load_reliance(run)
+    stored = run.stored_reliance()
     x, y = decoy_run.data[1].tensors
     direct = prototype_reliance(decoy_run.model, x, y, run.assignment(), run.num_prototypes, n_random=2, num_classes=10,
                                 max_images_per_prototype=64)
@@ -100,10 +99,10 @@ def test_reliance_measure_stores_what_prototype_reliance_computes(decoy_run):
 
 def test_reliance_measure_runs_in_the_callback(tmp_path, digits):
     _, run = record(tmp_path, digits, [RelianceMeasure(n_random=1)], epochs=1, through_callback=True)
-    assert isinstance(load_reliance(run), Reliance)
+    assert isinstance(run.stored_reliance(), Reliance)
     # the run's explanation now names its suspects (a tuple, possibly empty: the rule found no shortcut)
     expl = run.explain()
-    assert isinstance(expl.suspects, tuple) and list(expl.suspects) == run_suspects(run)
+    assert isinstance(expl.suspects, tuple) and list(expl.suspects) == run.suspects()
     assert "## Suspected shortcuts" in expl.to_markdown() and expl.to_dict()["suspects"] == list(expl.suspects)
 
 
@@ -153,15 +152,15 @@ def planted_run(path, relied_on_corner: bool) -> I2XRun:
 
 
 def test_run_suspects_flag_the_planted_shortcut(tmp_path):
-    assert run_suspects(planted_run(tmp_path / "decoy", True)) == [0]
-    assert run_suspects(I2XRun.load(tmp_path / "decoy")) == [0]  # read back from disk
+    assert planted_run(tmp_path / "decoy", True).suspects() == [0]
+    assert I2XRun.load(tmp_path / "decoy").suspects() == [0]  # read back from disk
     assert I2XRun.load(tmp_path / "decoy").explain().suspects == (0,)  # Explanation.suspects
 
 
 def test_run_suspects_flag_nothing_on_the_planted_clean_case(tmp_path):
-    assert run_suspects(planted_run(tmp_path / "clean", False)) == []
+    assert planted_run(tmp_path / "clean", False).suspects() == []
     with pytest.raises(ValueError, match="unknown threshold"):
-        run_suspects(I2XRun.load(tmp_path / "clean"), min_relliance=0.1)
+        I2XRun.load(tmp_path / "clean").suspects(min_relliance=0.1)
 
 
 def corner_prototypes(run) -> list[int]:
@@ -173,7 +172,7 @@ def corner_prototypes(run) -> list[int]:
 def test_suspects_need_a_stored_reliance(tmp_path, digits):
     _, run = record(tmp_path, digits, [], epochs=2)
     with pytest.raises(I2XRunError, match=r"holds no reliance.*RelianceMeasure\(\).*reliance_of_run"):
-        run_suspects(run)
+        run.suspects()
     with pytest.raises(I2XRunError, match="holds no reliance"):
         PerturbationFinetuner(run.path, prototypes="suspects")
 
@@ -287,11 +286,11 @@ def test_stale_reliance_is_not_used(decoy_run, tmp_path):
     arrays = dict(arrays)
     arrays["reference"] = np.asarray(run.reference - 1)
     run.save_attachment("reliance", arrays=arrays)
-    assert load_reliance(run) is None
+    assert run.stored_reliance() is None
     with pytest.raises(I2XRunError, match="measured on earlier prototypes"):
-        run_suspects(run)
+        run.suspects()
     reliance_of_run(run, decoy_run.model, n_random=2)  # measured again: usable
-    assert isinstance(load_reliance(run), Reliance)
+    assert isinstance(run.stored_reliance(), Reliance)
 
 
 # -- what a user reads ---------------------------------------------------------------------------------
@@ -307,16 +306,16 @@ def test_summary_shows_reliance_and_suspects(tmp_path):
 
 
 def test_gallery_labels_reliance(decoy_run):
-    from lightning_i2x import plots
+    from lightning_i2x import viz as plots
 
-    rel = load_reliance(decoy_run.run)
+    rel = decoy_run.run.stored_reliance()
     fig = plots.prototype_gallery(decoy_run.run, [0, 1])
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any(t.startswith("P-0") and f"rel {rel.reliance[0]:+.2f}" in t for t in texts), texts
 
 
 def test_flag_samples_for_prototypes_by_hand():
-    from lightning_i2x.selection import flag_samples
+    from lightning_i2x.finetune import flag_samples
 
     a = np.array([[0, 1, 2, 3], [3, 3, 3, 3], [1, 1, 0, 0]])
     sal = np.array([[True, False, False, False], [True] * 4, [False, False, False, True]])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_i2x.reliance import Reliance
-from lightning_i2x.suspects import prototype_geometry, suspect_prototypes
+from lightning_i2x import Reliance
+from lightning_i2x.analysis import prototype_geometry, suspect_prototypes
 
 K = 4
 

@@ -1,4 +1,4 @@
-"""The TensorBoard views (lightning_i2x.views): written by the callback, read back from the event
+"""The TensorBoard views (lightning_i2x.viz): written by the callback, read back from the event
 files and from a real TensorBoard server."""
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_i2x import I2XCallback, I2XRun, plots, views
+from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x import viz as plots
+from lightning_i2x import viz as views
+from lightning_i2x.analysis import select_prototypes
+from lightning_i2x.options import ViewOptions
 from lightning_i2x.prototypes import fit_prototypes
-from lightning_i2x.views import ViewOptions, log_views, select_classes, select_pairs, select_prototypes
+from lightning_i2x.viz import drawn_classes, drawn_pairs, log_views
 
 from .browser import require_chromium, screenshot_module
 from .conftest import TinyCNN, trainer_kwargs
@@ -56,7 +60,7 @@ def fitted(tmp_path_factory, digits):
 def test_every_documented_tag_is_written_with_real_images(fitted):
     logdir, cb, acc, last_step = fitted
     run, expl, options = cb.run, cb.explanation, cb.views
-    classes, pairs = select_classes(run, expl, options), select_pairs(run, expl, options)
+    classes, pairs = drawn_classes(run, expl, options), drawn_pairs(run, expl, options)
     assert len(classes) == 3 and len(pairs) == 2
     expected = {views.TAG_GALLERY, views.TAG_BETA, views.TAG_PAIR.format(slot=1), views.TAG_PAIR.format(slot=2)}
     for slot in (1, 2, 3):
@@ -200,7 +204,7 @@ def test_view_arguments_are_validated():
 
 
 def test_a_failing_view_is_warned_and_training_goes_on(tmp_path, digits, monkeypatch):
-    import lightning_i2x.callback as callback_module
+    import lightning_i2x.callbacks._i2x as callback_module
 
     monkeypatch.setattr(callback_module, "log_figures", lambda *a, **k: 1 / 0)
     train, probe = digits
@@ -255,7 +259,7 @@ def test_a_tensorboard_server_serves_the_i2x_views(tmp_path):
     with shot.tensorboard_server(logdir) as base:
         image_tags = shot.i2x_image_tags(base)
         [(run_name, tags)] = image_tags.items()
-        assert len(select_classes(run, expl, options)) == 3
+        assert len(drawn_classes(run, expl, options)) == 3
         assert set(tags) == {"i2x/gallery", "i2x/beta", "i2x/pair1", "i2x/pair2"} | {
             f"i2x/class{n}/{v}" for n in (1, 2, 3) for v in ("evolution", "graph", "overlay")}
         for tag in ("i2x/gallery", "i2x/class1/evolution", "i2x/pair1"):
@@ -277,7 +281,7 @@ def test_a_tensorboard_server_serves_the_i2x_views(tmp_path):
         assert _not_blank(_png(png.read_bytes()))
         # the checkpoint graph reads at the card's default width: measure how large the browser draws it
         graph = shot.screenshot(shot.dashboard_url(base, "i2x/class1/graph$"), tmp_path / "graph.png", (1200, 900), 15000)
-        scale = _displayed_scale_of_graph(_png(graph.read_bytes()), select_classes(run, expl, options)[0], options.dpi)
+        scale = _displayed_scale_of_graph(_png(graph.read_bytes()), drawn_classes(run, expl, options)[0], options.dpi)
         smallest_pt = 8.5  # plots.checkpoint_graph's smallest text
         assert smallest_pt / 72 * options.dpi * scale >= 8.0, f"text drawn {smallest_pt / 72 * options.dpi * scale:.1f} px high"
 

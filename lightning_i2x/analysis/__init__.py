@@ -1,0 +1,31 @@
+"""The analysis core (Steps 3-6 of I2X), pure NumPy: prototype intensities, the ridge of
+confidence moves on intensity moves, learning groups, the structured explanation, the suspect rule
+on arrays, and choosing what is worth showing. Imports no torch, lightning, FAISS or matplotlib
+(an import contract keeps it so)."""
+
+from ._choose import Pair, pair_prototypes, resolve_pairs, select_classes, select_pairs, select_prototypes
+from ._explanation import Explanation, LearningStep, UncertainPrototype, explain
+from ._reliance import RELIANCE_ATTACHMENT, Reliance
+from ._steps import (
+    MAX_CLUSTER_SAMPLES,
+    SALIENCY_THRESHOLD,
+    default_min_cluster_size,
+    interval_deltas,
+    interval_thresholds,
+    learning_groups,
+    pair_flips,
+    prototype_counts,
+    prototype_intensity,
+    ridge,
+    salient_mask,
+    salient_presence,
+)
+from ._suspects import SUSPECT_RULE_OPTIONS, prototype_geometry, suspect_prototypes
+
+__all__ = [
+    "prototype_counts", "prototype_intensity", "interval_deltas", "ridge", "learning_groups", "default_min_cluster_size",
+    "MAX_CLUSTER_SAMPLES", "SALIENCY_THRESHOLD", "salient_mask", "salient_presence", "interval_thresholds", "pair_flips",
+    "Explanation", "UncertainPrototype", "LearningStep", "explain",
+    "Reliance", "RELIANCE_ATTACHMENT", "prototype_geometry", "suspect_prototypes", "SUSPECT_RULE_OPTIONS",
+    "Pair", "resolve_pairs", "pair_prototypes", "select_pairs", "select_classes", "select_prototypes",
+]

@@ -1,0 +1,33 @@
+"""Measures that need the model, run by ``I2XCallback(measures=[...])`` after a record or at the
+end of fit: faithfulness (deletion/insertion), reliance on each prototype, and SAG's minimal
+sufficient explanations. Each also works on its own, on a model and a run."""
+
+from ._faithfulness import FaithfulnessMeasure, FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline, random_maps
+from ._protocol import Measure, check_measures
+from ._reliance import RelianceMeasure, prototype_reliance, random_locations, reliance_of_run
+from ._sag import (
+    DEFAULT_BLUR,
+    DEFAULT_SIZE_SLACK,
+    SAG,
+    MSEResult,
+    SAGEdge,
+    SAGMeasure,
+    SAGNode,
+    StoredSAG,
+    default_grid_size,
+    diverse_mses,
+    grid_regions,
+    minimal_sufficient_explanations,
+    mse_stats,
+    sag,
+    sag_blur_sigma,
+    stored_sags,
+)
+
+__all__ = [
+    "Measure", "check_measures",
+    "FaithfulnessMeasure", "FaithfulnessResult", "deletion_insertion", "pixel_ranks", "random_baseline", "random_maps",
+    "RelianceMeasure", "prototype_reliance", "random_locations", "reliance_of_run",
+    "SAG", "SAGNode", "SAGEdge", "MSEResult", "SAGMeasure", "StoredSAG", "stored_sags", "sag", "minimal_sufficient_explanations",
+    "diverse_mses", "mse_stats", "grid_regions", "default_grid_size", "sag_blur_sigma", "DEFAULT_BLUR", "DEFAULT_SIZE_SLACK",
+]

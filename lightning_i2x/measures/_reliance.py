@@ -1,0 +1,263 @@
+"""How much the model relies on each prototype: a faithfulness check of the explanation.
+
+For every probe image that holds prototype k, the pixels of k's locations are filled (the same
+fills as the fine-tuning's mask mode, ``lightning_i2x.perturb``, default a Gaussian blur with
+``perturb.default_sigma``) and the drop of the true class's probability is measured; the same is
+done with ``n_random`` sets of random locations of the same area in the same image. Reliance is the
+difference of the two mean drops: what hiding k costs the model beyond what hiding that much of the
+image anywhere costs it. A prototype the model ignores has reliance near 0 however salient GradCAM
+says it is; a shortcut the model leans on (a decoy swatch) has a large one though it covers one
+location.
+
+Region: all of k's locations in the image, salient or not (GradCAM's salient region is what is
+being checked, so it is not used to choose what is hidden).
+
+Cost: one forward pass per probe image for the clean probabilities, plus ``1 + n_random`` per
+(image, present prototype) pair, i.e. ``N + P (1 + n_random)`` forwards with ``P`` the number of
+such pairs (at most ``N * min(K, h * w)``; ``max_images_per_prototype`` caps it at
+``K * max_images_per_prototype``). A forward is about a third of a probe pass (forward + backward
+per image), so the cost is about ``(N + P (1 + n_random)) / (3 N)`` probe passes; with 7x7 maps,
+K = 32 and n_random = 4, typically 15-25 probe passes. All of it runs without autograd in batches
+of ``batch_size`` images, in eval mode, the model's modes put back after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .._core import ForwardFn, check_choice, check_int, model_device
+from ..analysis import RELIANCE_ATTACHMENT, Reliance
+from ..errors import I2XRunError
+from ..perturb import FILLS, apply_mask, default_sigma, fill_values, target_probabilities
+
+__all__ = ["prototype_reliance", "random_locations", "RelianceMeasure", "reliance_of_run"]
+
+def random_locations(seed: int, image: int, prototype: int, area: int, n_random: int, num_locations: int) -> np.ndarray:
+    """(n_random, num_locations) bool: ``n_random`` sets of ``area`` distinct locations drawn
+    uniformly from the whole map (they may overlap the prototype's own), from a generator seeded
+    by ``(seed, image, prototype)``, so a draw depends neither on batching nor on which other
+    images or prototypes are measured."""
+    rng = np.random.default_rng([int(seed), int(image), int(prototype)])
+    out = np.zeros((n_random, num_locations), dtype=bool)
+    for r in range(n_random):
+        out[r, rng.permutation(num_locations)[:area]] = True
+    return out
+
+
+def _check(images, labels, assignment, num_prototypes, fill, n_random, batch_size, max_images_per_prototype, num_classes):
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise TypeError(f"images must be a (B, C, H, W) tensor, got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    for name, v, low in (("num_prototypes", num_prototypes, 1), ("n_random", n_random, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    if max_images_per_prototype is not None and (not isinstance(max_images_per_prototype, (int, np.integer)) or max_images_per_prototype < 1):
+        raise ValueError(f"max_images_per_prototype must be a positive integer or None, got {max_images_per_prototype!r}")
+    y = torch.as_tensor(labels).reshape(-1).long()
+    b = images.shape[0]
+    if y.shape[0] != b:
+        raise ValueError(f"{b} images but {y.shape[0]} labels")
+    a = np.asarray(assignment)
+    if a.ndim != 3 or a.shape[0] != b:
+        raise ValueError(f"assignment must be (B, h, w) with B={b} (the run's assignment() for these images), got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"assignment must hold integer prototype ids, got dtype {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() >= num_prototypes):
+        raise ValueError(f"assignment ids must lie in [0, {num_prototypes}), got [{a.min()}, {a.max()}]")
+    m = int(y.max()) + 1 if num_classes is None and b else int(num_classes or 1)
+    if b and (int(y.min()) < 0 or int(y.max()) >= m):
+        raise ValueError(f"labels must lie in [0, {m}), got [{int(y.min())}, {int(y.max())}]")
+    return y, a.astype(np.int64), m
+
+
+def prototype_reliance(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels,
+    assignment: np.ndarray,
+    num_prototypes: int,
+    *,
+    fill: str = "blur",
+    n_random: int = 4,
+    seed: int = 0,
+    batch_size: int = 256,
+    max_images_per_prototype: int | None = None,
+    num_classes: int | None = None,
+    sigma: float | None = None,
+    forward_fn: ForwardFn | None = None,
+) -> Reliance:
+    """Reliance of ``model`` on each of ``num_prototypes`` prototypes over the probe ``images``.
+
+    images (B, C, H, W), labels (B,) true classes, assignment (B, h, w) prototype id of every
+    feature location (``I2XRun.assignment()``, at feature resolution; upsampled to pixels with
+    ``perturb.pixel_mask``). Only images where k is present count for k; with
+    ``max_images_per_prototype`` a seeded subset of them. ``fill``: a ``perturb`` fill (``sigma``
+    for blur, default ``perturb.default_sigma``; noise and random values are drawn once per image
+    from a generator seeded by ``seed`` and shared by k's fill and the random fills).
+
+    Leaves the model's modes, gradients and the global RNGs as they were.
+    """
+    y, a, m = _check(images, labels, assignment, num_prototypes, fill, n_random, batch_size, max_images_per_prototype, num_classes)
+    b, _, big_h, big_w = images.shape
+    h, w = a.shape[1:]
+    k_count = int(num_prototypes)
+    locs = h * w
+    flat = a.reshape(b, locs)
+    area = np.zeros((b, k_count), dtype=np.int64)
+    np.add.at(area, (np.repeat(np.arange(b), locs), flat.ravel()), 1)
+
+    # the (image, prototype) pairs measured
+    pairs: list[tuple[int, int]] = []
+    for k in range(k_count):
+        imgs = np.flatnonzero(area[:, k])
+        if max_images_per_prototype is not None and imgs.size > max_images_per_prototype:
+            imgs = np.sort(np.random.default_rng([int(seed), k, 1]).choice(imgs, max_images_per_prototype, replace=False))
+        pairs.extend((int(i), k) for i in imgs)
+    pi = np.array([p[0] for p in pairs], dtype=np.int64)
+    pk = np.array([p[1] for p in pairs], dtype=np.int64)
+
+    # location masks: row j*(1+R) is pair j's prototype, the next R rows its random draws
+    rows = 1 + n_random
+    loc_masks = np.zeros((len(pairs) * rows, locs), dtype=bool)
+    for j, (i, k) in enumerate(pairs):
+        loc_masks[j * rows] = flat[i] == k
+        loc_masks[j * rows + 1 : (j + 1) * rows] = random_locations(seed, i, k, int(area[i, k]), n_random, locs)
+    job_image = np.repeat(pi, rows)
+
+    device = images.device
+    sig = default_sigma((big_h, big_w), (h, w)) if sigma is None else float(sigma)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    values = fill_values(images, fill, sigma=sig, generator=gen)
+    pix_rows = torch.as_tensor((np.arange(big_h) * h) // big_h, device=device)
+    pix_cols = torch.as_tensor((np.arange(big_w) * w) // big_w, device=device)
+    y_dev = y.to(device)
+
+    base = target_probabilities(model, images, y_dev, batch_size=batch_size, forward_fn=forward_fn).double().cpu().numpy()
+    probs = np.empty(len(job_image), dtype=np.float64)
+    for s in range(0, len(job_image), batch_size):
+        idx = torch.as_tensor(job_image[s : s + batch_size], device=device)
+        lm = torch.as_tensor(loc_masks[s : s + batch_size], device=device).view(-1, h, w)
+        pm = lm[:, pix_rows][:, :, pix_cols]  # nearest-neighbour upsampling, as perturb.pixel_mask
+        x = apply_mask(images[idx], pm, values[idx])
+        probs[s : s + batch_size] = target_probabilities(model, x, y_dev[idx], batch_size=batch_size, forward_fn=forward_fn).double().cpu().numpy()
+
+    drops = (base[job_image] - probs).reshape(len(pairs), rows)
+    own = drops[:, 0] if len(pairs) else np.zeros(0)
+    rand = drops[:, 1:].mean(axis=1) if len(pairs) else np.zeros(0)
+    yc = y.cpu().numpy()[pi] if len(pairs) else np.zeros(0, dtype=np.int64)
+
+    def mean_by(index: np.ndarray, size: int, values_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cnt = np.bincount(index, minlength=size).astype(np.int64)
+        tot = np.bincount(index, weights=values_, minlength=size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+        return mean, cnt
+
+    drop, count = mean_by(pk, k_count, own)
+    random_drop, _ = mean_by(pk, k_count, rand)
+    mean_area, _ = mean_by(pk, k_count, area[pi, pk].astype(np.float64) if len(pairs) else np.zeros(0))
+    cell = pk * m + yc
+    class_drop, class_count = mean_by(cell, k_count * m, own)
+    class_random, _ = mean_by(cell, k_count * m, rand)
+    return Reliance(
+        drop=drop, random_drop=random_drop, reliance=drop - random_drop, count=count,
+        class_drop=class_drop.reshape(k_count, m), class_random_drop=class_random.reshape(k_count, m),
+        class_count=class_count.reshape(k_count, m), area=mean_area, fill=fill, n_random=int(n_random), seed=int(seed),
+    )
+
+
+# -- on a run: a measure the callback runs, and the same thing by hand ----------------------------------
+def _check_options(owner: str, fill, n_random, seed, max_images_per_prototype, batch_size) -> None:
+    check_choice(owner, "fill", fill, FILLS)
+    check_int(owner, "n_random", n_random)
+    check_int(owner, "seed", seed, low=0)
+    check_int(owner, "max_images_per_prototype", max_images_per_prototype, optional=True)
+    check_int(owner, "batch_size", batch_size)
+
+
+def reliance_of_run(
+    run,
+    model: torch.nn.Module,
+    *,
+    fill: str = "blur",
+    n_random: int = 4,
+    seed: int = 0,
+    max_images_per_prototype: int | None = 64,
+    batch_size: int = 256,
+    forward_fn: ForwardFn | None = None,
+    store: bool = True,
+) -> Reliance:
+    """Measure ``model``'s reliance on each of the run's prototypes over the run's own probe images
+    (``prototype_reliance`` with ``run.assignment()``) and, with ``store``, keep it in the run as
+    the attachment ``"reliance"`` tied to the latest checkpoint (``load_reliance`` reads it back;
+    ``lightning_i2x.suspects.run_suspects`` needs it).
+
+    ``model`` should be the model the run's prototypes come from (the latest record: at the end of
+    fit, the trained model). Cost: ``N + P (1 + n_random)`` forwards without autograd, with ``P``
+    the measured (image, prototype) pairs, at most ``K * max_images_per_prototype``: with the
+    defaults (K = 32, 64 images each, 4 random draws) at most ``N + 10240`` forwards, about
+    ``1/3 + 3400 / N`` probe passes (a probe pass is a forward and a backward per image), e.g.
+    about 7 probe passes for a 500-image probe and 2 for a 2000-image one.
+
+    Raises I2XRunError when the run has no prototypes or holds no probe images (recorded with
+    ``ProbePassOptions(store_images=False)`` or a probe over 64 MiB), ValueError on a bad option.
+    """
+    _check_options("reliance_of_run", fill, n_random, seed, max_images_per_prototype, batch_size)
+    if run.prototypes is None:
+        raise I2XRunError(f"{run.path} has no prototypes yet (no checkpoint recorded): nothing to measure")
+    if run.images is None:
+        raise I2XRunError(f"{run.path} holds no probe images (recorded with store_images=False or a probe over 64 MiB): "
+                          "reliance hides parts of those images; record the run with ProbePassOptions(store_images=True)")
+    device = model_device(model)
+    images = torch.as_tensor(np.asarray(run.images), dtype=torch.float32, device=device)
+    rel = prototype_reliance(
+        model, images, torch.as_tensor(run.labels), run.assignment(), run.num_prototypes, fill=fill, n_random=n_random,
+        seed=seed, batch_size=batch_size, max_images_per_prototype=max_images_per_prototype, num_classes=run.num_classes,
+        forward_fn=forward_fn,
+    )
+    if store:
+        run.save_attachment(RELIANCE_ATTACHMENT, arrays={**rel.to_arrays(), "reference": np.asarray(-1 if run.reference is None else run.reference)})
+    return rel
+
+
+@dataclasses.dataclass(frozen=True)
+class RelianceMeasure:
+    """The reliance of the model on each prototype, as a measure of ``I2XCallback(measures=[...])``:
+    stored in the run as the attachment ``"reliance"`` (``Reliance.to_arrays()``), which
+    ``run_suspects`` and the targeted fine-tuning's ``prototypes="suspects"`` read.
+
+    when: ``"end"`` (default: once, at the end of fit, on the final model and prototypes) or
+        ``"record"`` (after every record: the reliance history, at that cost each time).
+    fill, n_random, seed, max_images_per_prototype, batch_size: as ``reliance_of_run``.
+
+    Cost per run of it: ``N + P (1 + n_random)`` forwards (no backward), P at most
+    ``K * max_images_per_prototype``; with the defaults about 7 probe passes for a 500-image probe.
+    Needs the probe images in the run (``ProbePassOptions.store_images``, the default).
+    """
+
+    name: str = "reliance"
+    when: str = "end"
+    fill: str = "blur"
+    n_random: int = 4
+    seed: int = 0
+    max_images_per_prototype: int | None = 64
+    batch_size: int = 256
+
+    def __post_init__(self):
+        if self.when not in ("record", "end"):
+            raise ValueError(f"RelianceMeasure.when must be one of ('record', 'end'), got {self.when!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"RelianceMeasure.name must be a non-empty string, got {self.name!r}")
+        _check_options("RelianceMeasure", self.fill, self.n_random, self.seed, self.max_images_per_prototype, self.batch_size)
+
+    def __call__(self, model, run, evidence=None, explanation=None, *, forward_fn: ForwardFn | None = None) -> None:
+        rel = reliance_of_run(run, model, fill=self.fill, n_random=self.n_random, seed=self.seed,
+                              max_images_per_prototype=self.max_images_per_prototype, batch_size=self.batch_size,
+                              forward_fn=forward_fn)
+        finite = rel.reliance[np.isfinite(rel.reliance)]
+        if finite.size:
+            run.record_metrics({"reliance_max": float(finite.max())})

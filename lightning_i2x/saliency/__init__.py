@@ -1,0 +1,18 @@
+"""Saliency: the methods by name with their capabilities, the native GradCAM, pytorch-grad-cam's
+methods (imported when first used), I-GOS/iGOS++, the probe pass in batches, and finding the
+target layer."""
+
+from ._batches import probe_batches
+from ._gradcam import ProbeBatch, graph_from_layer, native_gradcam, normalise_maps
+from ._igos import IGOS_METHODS, igos_maps, igos_probe_batch
+from ._layers import TargetLayer, TokensToMap, infer_reshape_transform, recommended_target_layer, resolve_target_layer
+from ._library import library_cam, library_cam_class
+from ._registry import CAM_METHODS, SaliencyMethod, saliency_method
+
+__all__ = [
+    "CAM_METHODS", "SaliencyMethod", "saliency_method",
+    "ProbeBatch", "probe_batches", "native_gradcam", "normalise_maps", "graph_from_layer",
+    "library_cam", "library_cam_class",
+    "IGOS_METHODS", "igos_maps", "igos_probe_batch",
+    "TargetLayer", "TokensToMap", "infer_reshape_transform", "recommended_target_layer", "resolve_target_layer",
+]
