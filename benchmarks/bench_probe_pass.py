@@ -29,7 +29,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from lightning_i2x import ProbePassOptions, probe_pass
-from lightning_i2x._core import preserved_rng
+from lightning_i2x._model import preserved_rng
 
 import _common
 from demo_models import SmallCNN

@@ -21,7 +21,7 @@ MOVED_MODULES: dict[str, str] = {
     "selection": "finetune", "penalty": "finetune",
     "plots": "viz", "patches": "viz", "views": "viz", "sinks": "viz", "report": "viz",
     "callback": "callbacks",
-    "guards": "_core", "atomic": "_core",
+    "guards": "_model", "atomic": "_core",
 }
 """Old module (under ``lightning_i2x.``) -> the subpackage that holds its public names now."""
 

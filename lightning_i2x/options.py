@@ -36,6 +36,7 @@ __all__ = [
     "RunConfig",
     "OptionsError",
     "FILLS",
+    "SALIENCY_THRESHOLD",
 ]
 
 CamTarget = Literal["label", "predicted"]
@@ -45,6 +46,9 @@ FILLS: tuple[str, ...] = get_args(MaskFill)
 """The fills that hide pixels (``lightning_i2x.perturb``), in the order a stored reliance indexes them."""
 MaskRegion = Literal["salient", "all"]
 Phase = Literal["curated", "full"]
+
+SALIENCY_THRESHOLD = 0.5
+"""The method's default: a location is salient when its min-max normalised saliency is >= 0.5."""
 
 
 # -- the checks of _core, reading the field by name -----------------------------------------------------
@@ -173,7 +177,7 @@ class ExplainOptions(_Options):
     specialised_frac: float = 0.5
     min_cluster_size: int | None = None
     max_cluster_samples: int | None = 2048
-    saliency_threshold: float = 0.5
+    saliency_threshold: float = SALIENCY_THRESHOLD
 
     def __post_init__(self):
         _number(self, "ridge_lambda")

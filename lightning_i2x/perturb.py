@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._core import ForwardFn, default_forward, evaluation_mode, model_device
+from ._model import ForwardFn, default_forward, evaluation_mode, model_device
 from .options import FILLS
 from .options import MaskFill as Fill
 

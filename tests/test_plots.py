@@ -9,10 +9,9 @@ from matplotlib.patches import Rectangle
 
 from lightning_i2x import I2XRun, I2XRunError
 from lightning_i2x import viz as plots
-from lightning_i2x.viz import _figures
 from lightning_i2x.analysis import Explanation, LearningStep, UncertainPrototype, salient_mask
 from lightning_i2x.prototypes import Prototypes, fit_prototypes
-from lightning_i2x.viz import display_images, extract_patch, nearest_locations, patch_box, prototype_patches
+from lightning_i2x.viz import _figures, display_images, extract_patch, nearest_locations, patch_box, prototype_patches
 
 NAMES = ["zero", "one", "two"]
 

@@ -10,6 +10,8 @@ import numpy as np
 from sklearn.cluster import HDBSCAN
 from sklearn.neighbors import NearestNeighbors
 
+from ..options import SALIENCY_THRESHOLD
+
 __all__ = [
     "prototype_counts",
     "prototype_intensity",
@@ -154,8 +156,6 @@ def learning_groups(
     return labels
 
 
-SALIENCY_THRESHOLD = 0.5
-"""The method's default: a location is salient when its min-max normalised saliency is >= 0.5."""
 
 
 def salient_mask(cams: np.ndarray, threshold: float = SALIENCY_THRESHOLD) -> np.ndarray:

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from .._core import ForwardFn, preserved_rng
+from .._model import ForwardFn, preserved_rng
 from ..analysis import Explanation, resolve_pairs
 from ..finetune import FinetuneResult, finetune_after_fit
 from ..measures import Measure, check_measures

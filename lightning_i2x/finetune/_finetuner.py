@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
-from .._core import ForwardFn, default_forward, evaluation_mode, preserved_rng, split_batch, split_item, write_json, write_npz
+from .._core import write_json, write_npz
+from .._model import ForwardFn, default_forward, evaluation_mode, preserved_rng, split_batch, split_item
 from ..analysis import Explanation, Pair, pair_prototypes, resolve_pairs
 from ..errors import I2XRunError
 from ..options import ExplainOptions, FinetuneOptions

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._core import ForwardFn
+from .._model import ForwardFn
 
 __all__ = ["input_gradient_penalty", "gradcam_penalty", "balance_weight"]
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .._core import ForwardFn, split_batch, split_item
-from ..analysis import Pair, salient_mask
+from .._model import ForwardFn, split_batch, split_item
+from ..analysis import SALIENCY_THRESHOLD, Pair, salient_mask
 from ..perturb import FILLS, default_sigma, perturb, pixel_mask
 from ..prototypes import Prototypes
 from ..saliency import probe_batches
@@ -155,7 +155,7 @@ def find_uncertain_samples(
     collate_fn: Callable | None = None,
     cam: str = "gradcam",
     cam_target: str = "label",
-    threshold: float = 0.5,
+    threshold: float = SALIENCY_THRESHOLD,
     region: str = "salient",
     forward_fn: ForwardFn | None = None,
     reshape_transform: Callable | None = None,

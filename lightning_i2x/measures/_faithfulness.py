@@ -35,7 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._core import ForwardFn, fail, is_int, model_device, preserved_rng
+from .._core import fail, is_int
+from .._model import ForwardFn, model_device, preserved_rng
 from ..perturb import FILLS, apply_mask, default_blur_sigma, fill_values, target_probabilities
 
 __all__ = ["FaithfulnessMeasure", "FaithfulnessResult", "pixel_ranks", "deletion_insertion", "random_maps", "random_baseline"]

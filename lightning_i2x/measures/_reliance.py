@@ -28,7 +28,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from .._core import ForwardFn, check_choice, check_int, model_device
+from .._core import check_choice, check_int
+from .._model import ForwardFn, model_device
 from ..analysis import RELIANCE_ATTACHMENT, Reliance
 from ..errors import I2XRunError
 from ..perturb import FILLS, apply_mask, default_sigma, fill_values, target_probabilities

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._core import ForwardFn
+from .._model import ForwardFn
 from ..analysis import Explanation
 from ..options import ExplainOptions, ProbePassOptions, PrototypeOptions, RunConfig
 from ..prototypes import Prototypes, PrototypeStream

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .._core import preserved_rng, split_item
+from .._model import preserved_rng, split_item
 
 __all__ = ["materialise_probe", "probe_fingerprint"]
 

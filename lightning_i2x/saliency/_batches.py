@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .._core import ForwardFn, default_forward, evaluation_mode
+from .._model import ForwardFn, default_forward, evaluation_mode
 from ._gradcam import ProbeBatch, native_gradcam
 from ._igos import igos_probe_batch
 from ._library import library_cam

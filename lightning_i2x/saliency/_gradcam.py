@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._core import ForwardFn, default_forward, model_device
+from .._model import ForwardFn, default_forward, model_device
 
 __all__ = ["ProbeBatch", "native_gradcam", "normalise_maps", "graph_from_layer", "grad_enabled_full_precision", "model_input"]
 

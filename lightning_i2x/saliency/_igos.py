@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .._core import ForwardFn, default_forward, evaluation_mode, model_device, preserved_rng
+from .._model import ForwardFn, default_forward, evaluation_mode, model_device, preserved_rng
 from ..perturb import default_blur_sigma, fill_values
 from ._gradcam import ProbeBatch, grad_enabled_full_precision, model_input, normalise_maps
 

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._core import model_device, preserved_rng, preserved_training_state
+from .._model import model_device, preserved_rng, preserved_training_state
 
 __all__ = ["TargetLayer", "TokensToMap", "infer_reshape_transform", "recommended_target_layer", "resolve_target_layer"]
 

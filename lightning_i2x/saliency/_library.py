@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from .._core import model_device, preserved_training_state, require
+from .._core import require
+from .._model import model_device, preserved_training_state
 from ._gradcam import ProbeBatch, grad_enabled_full_precision, graph_from_layer, model_input
 from ._registry import CAM_METHODS
 

@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from ..analysis import select_classes, select_pairs, select_prototypes
+from ..analysis import SALIENCY_THRESHOLD, select_classes, select_pairs, select_prototypes
 from ..measures import stored_sags
 from ..options import ViewOptions
 from . import _figures as plots
@@ -152,7 +152,7 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
     if expl.num_intervals:
         image(TAG_BETA, plots.ridge_heatmap(expl, dpi=options.dpi))
     thumbs = run if has_images else None
-    threshold = expl.params.get("saliency_threshold", 0.5)
+    threshold = expl.params.get("saliency_threshold", SALIENCY_THRESHOLD)
     for slot, c in enumerate(classes, 1):
         if expl.num_intervals:
             image(TAG_EVOLUTION.format(slot=slot), plots.evolution_grid(expl, c, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._core import ForwardFn
+from ..._model import ForwardFn
 from ...analysis import select_classes
 from ...errors import I2XRunError
 from ...options import ViewOptions, _choice, _fraction, _int, _number, _set, fail

@@ -40,7 +40,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..._core import ForwardFn, check_fraction, check_int, model_device, preserved_rng
+from ..._core import check_fraction, check_int
+from ..._model import ForwardFn, model_device, preserved_rng
 from ...perturb import fill_values, target_probabilities
 from ._graph import SAG, MSEResult, SAGEdge, SAGNode
 from ._regions import (
