@@ -19,6 +19,7 @@ I2X run and so the pair.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import statistics
 import sys
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from lightning_i2x import ExplainOptions, I2XCallback, PerturbationFinetuner, PrototypeOptions
+from lightning_i2x import ExplainOptions, FinetuneOptions, I2XCallback, PerturbationFinetuner, PrototypeOptions
 
 import _common  # puts the repository on sys.path
 from demo_data import balanced_indices, load_cifar10_subset, load_mnist
@@ -228,19 +229,20 @@ def main(argv=None) -> None:
             continue
         pair = pairs[0]
         model.load_state_dict(state)
-        common = dict(pairs=[pair], max_samples=n_ft if n_ft < len(train) else None, seed=seed, lr=args.finetune_lr,
-                      mask_fill=args.mask_fill, prototypes_per_pair=args.prototypes_per_pair, explain=ExplainOptions(min_flips=args.min_flips), progress=False, device=device,
-                      trainer_kwargs={"precision": args.precision})
+        options = FinetuneOptions(pairs=[pair], max_samples=n_ft if n_ft < len(train) else None, seed=seed, lr=args.finetune_lr,
+                                  mask_fill=args.mask_fill, prototypes_per_pair=args.prototypes_per_pair,
+                                  explain=ExplainOptions(min_flips=args.min_flips), trainer_kwargs={"precision": args.precision})
         t0 = time.perf_counter()
-        selection = PerturbationFinetuner(run, **common).select(model, train_loader)
-        row = {"seed": seed, "pair": pair, "names": tuple(run.class_names[c] for c in pair), "prototypes": selection.prototypes[pair],
+        selection = PerturbationFinetuner(run, options, progress=False, device=device).select(model, train_loader)
+        row = {"seed": seed, "pair": pair, "names": tuple(run.class_names[c] for c in pair), "prototypes": list(selection.targets[0].prototypes),
                "flagged": int(selection.flags[0].sum()), "searched": len(selection.indices),
                "pair_images": int(np.isin(selection.labels, pair).sum()), "search_s": time.perf_counter() - t0,
                "train_s": t_train, "variants": {}}
         for name, (mode, schedule) in VARIANTS.items():
             model.load_state_dict(state)
-            ft = PerturbationFinetuner(run, mode=mode, schedule=schedule, out_dir=run.path / f"finetune-seed{seed}-{mode}-{'-'.join(schedule)}",
-                                       **common)
+            out_dir = run.path / f"finetune-seed{seed}-{mode}-{'-'.join(schedule)}"
+            ft = PerturbationFinetuner(run, dataclasses.replace(options, mode=mode, schedule=schedule, out_dir=out_dir), progress=False,
+                                       device=device)
             t0 = time.perf_counter()
             res = ft.fit(model, train_loader, test_loader, selection=selection if "curated" in schedule else None)
             row["variants"][name] = res

@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from lightning_i2x.measures import (
     DEFAULT_SIZE_SLACK,
     SAGMeasure,
-    _mses_many,
     diverse_mses,
     grid_regions,
+    minimal_sufficient_explanations,
     mse_stats,
     sag,
     sag_blur_sigma,
@@ -188,7 +188,8 @@ def main(argv=None) -> None:
     for rname, maps in (("4x4 grid", [grid_regions((28, 28))] * len(xc)), (f"prototypes K={k}", list(assign))):
         res = {}
         for slack in (None, 0, 1, 2):
-            out, _, _ = _mses_many(cnn, xc, yc, maps, 0.9, 3, None, 10, slack, None, 256, None)
+            out = [minimal_sufficient_explanations(cnn, x, int(y), m, fraction=0.9, beam_width=3, max_roots=10, size_slack=slack)
+                   for x, y, m in zip(xc, yc, maps)]
             res[slack] = out
         ref = res[None]
         roots = lambda r: diverse_mses(r.mses, 1, 3)  # noqa: E731

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_i2x import I2XCallback, PerturbationFinetuner, PrototypeOptions
+from lightning_i2x import FinetuneOptions, I2XCallback, PerturbationFinetuner, PrototypeOptions
 from lightning_i2x.analysis import prototype_geometry
 from lightning_i2x.finetune import balance_weight, input_gradient_penalty
 from lightning_i2x.measures import RelianceMeasure
@@ -205,7 +205,7 @@ def one_seed(name: str, seed: int, args, tmp: Path, gallery_out: Path | None):
 
     def finetune(run, model, train_ds, **kw):
         m = copy.deepcopy(model)
-        ft = PerturbationFinetuner(run, schedule=("curated",) * fe, seed=seed, progress=False, out_dir=tmp / "ft", **kw)
+        ft = PerturbationFinetuner(run, FinetuneOptions(schedule=("curated",) * fe, seed=seed, out_dir=tmp / "ft", **kw), progress=False)
         res = ft.fit(m, DataLoader(train_ds, batch_size=64, shuffle=True), val_loader)
         return m, res, ft
 
@@ -227,7 +227,8 @@ def one_seed(name: str, seed: int, args, tmp: Path, gallery_out: Path | None):
             notes[label] = "no suspect: unchanged"
     if "full -> full, same budget" not in rows:
         ctrl = copy.deepcopy(decoy_model)
-        ft = PerturbationFinetuner(decoy_run, prototypes=[0], schedule=("full",) * fe, seed=seed, progress=False, out_dir=tmp / "ft")
+        ft = PerturbationFinetuner(decoy_run, FinetuneOptions(prototypes=[0], schedule=("full",) * fe, seed=seed, out_dir=tmp / "ft"),
+                                   progress=False)
         ft.fit(ctrl, DataLoader(d_train, batch_size=64, shuffle=True), val_loader)
         rows["full -> full, same budget"] = measure(ctrl)
     timings["auto"] = time.perf_counter() - t0

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_i2x import I2XCallback, Reliance
+from lightning_i2x import I2XCallback, PrototypeOptions, Reliance
 from lightning_i2x.analysis import suspect_prototypes
 from lightning_i2x.finetune import balance_weight, input_gradient_penalty
 from lightning_i2x.measures import prototype_reliance
@@ -106,7 +106,7 @@ def train_one(name, decoy, seed, args, workdir: Path):
     pl.seed_everything(seed, workers=True, verbose=False)
     model = SmallCNN()
     cb = I2XCallback(probe=probe.tensors, target_layer="features", num_prototypes=K, run_dir=workdir / f"{name}-{decoy}-{seed}",
-                     log_views=False, seed=seed)
+                     views=False, prototypes=PrototypeOptions(seed=seed))
     steps = -(-len(train) // args.batch_size)
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],

@@ -30,7 +30,7 @@ def reliance_summary(run: I2XRun, top: int = 8) -> str:
         lines.append(f"| P-{k} | {rel.reliance[k]:+.3f} | {rel.drop[k]:.3f} | {rel.random_drop[k]:.3f} | {int(rel.count[k])} | "
                      f"{'yes' if k in suspects else ''} |")
     lines += ["", "Shortcut suspects: " + (", ".join(f"P-{k}" for k in suspects) if suspects else "none") +
-              (" (fix: `PerturbationFinetuner(run, prototypes=\"suspects\", mode=\"mask\")`)" if suspects else ""), ""]
+              (" (fix: `PerturbationFinetuner(run, FinetuneOptions(prototypes=\"suspects\", mode=\"mask\"))`)" if suspects else ""), ""]
     return "\n".join(lines)
 
 

@@ -37,10 +37,12 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = f"lightning_i2x.{MOVED_MODULES[spec.name.partition('.')[2]]}"
         warnings.warn(f"{spec.name} moved in 0.3 and this path will be removed in 0.4; import from {new} (or lightning_i2x)",
                       FutureWarning, stacklevel=2)
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        self._spec = module.__spec__  # importlib sets the alias's spec on the module it is given
+        return module
 
     def exec_module(self, module):
-        pass
+        module.__spec__ = self._spec  # the module keeps its own name and spec
 
 
 def install() -> None:

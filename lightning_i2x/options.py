@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -37,6 +38,7 @@ __all__ = [
     "OptionsError",
     "FILLS",
     "SALIENCY_THRESHOLD",
+    "check_groups",
 ]
 
 CamTarget = Literal["label", "predicted"]
@@ -250,25 +252,48 @@ class ViewOptions(_Options):
 
 @dataclass(frozen=True)
 class FinetuneOptions(_Options):
-    """Step 7, targeted fine-tuning (``PerturbationFinetuner``); see its docstring for each option.
+    """Step 7, targeted fine-tuning: what ``PerturbationFinetuner(run, options)`` and
+    ``I2XCallback(auto_finetune=True, finetune=...)`` do.
 
-    pairs: class pairs to target (indices or names); None: the ``top_pairs`` best uncertain pairs.
-    prototypes: prototype ids to target in every class, or ``"suspects"`` (the run's shortcut
-        suspects, ``lightning_i2x.suspects.run_suspects``); exclusive with ``pairs``.
-    mode: ``"remove"`` (the paper), ``"mask"`` or ``"penalise"`` (an explanation penalty on the
-        flagged regions).
-    penalty: ``"input_gradient"`` (RRR) or ``"gradcam"``: the penalty of ``mode="penalise"``.
-    penalty_ratio: the penalty's weight makes it start at this multiple of the cross-entropy.
-    control: also fine-tune a copy of the model on the full set for the same epochs, to tell the
-        targeting's gain from more training's.
-    schedule: the epochs in order, each ``"curated"`` or ``"full"``.
-    lr: learning rate of the fine-tuning; None keeps the module's optimiser settings.
-    max_samples: a seeded subset of the training set of this size; None: all of it.
-    seed: seeds the subset, the shuffling, dropout and the mask noise.
-    mask_fill, mask_region, mask_baseline: how mask mode perturbs the flagged regions.
-    top_pairs, prototypes_per_pair: how many pairs and prototypes per pair ``pairs=None`` targets.
+    pairs: class pairs to target (indices or names); None: the ``top_pairs`` best uncertain pairs
+        of the explanation. Each pair's uncertain prototypes are targeted.
+    prototypes: prototype ids to target in samples of every class, or ``"suspects"`` (the run's
+        shortcut suspects, which need a stored reliance); exclusive with ``pairs``. With
+        ``mask_region="all"`` a sample is flagged wherever it holds one, the setting for a shortcut.
+    mode: ``"remove"`` (the paper: the curated set leaves out the flagged samples), ``"mask"``
+        (keeps them, perturbs the flagged regions' pixels) or ``"penalise"`` (keeps them, adds an
+        explanation penalty on the flagged regions to the cross-entropy).
+    penalty: ``mode="penalise"``'s term: ``"input_gradient"`` (RRR, double backpropagation: a step
+        costs about twice as much) or ``"gradcam"`` (the GradCAM share inside the region). Penalise
+        mode assumes a classifier trained with the cross-entropy of its forward's (B, M) scores on
+        (image, label) batches: the module's own ``training_step`` is not called (its
+        ``configure_optimizers`` is).
+    penalty_ratio: the penalty's weight makes it start at this multiple of the cross-entropy
+        (``balance_weight`` on the first flagged batch).
+    control: also fine-tune a copy of the starting weights with ``full`` epochs only, the same
+        number and seed, to tell the targeting's gain from more training's. Off by default: it
+        doubles the time and holds a second copy of the model.
+    schedule: the epochs in order, each ``"curated"`` or ``"full"``; ``("full", "full")`` is the
+        baseline. The optimizer (and its state) carries over from epoch to epoch.
+    lr: learning rate of the fine-tuning (set on every param group at the start); None keeps the
+        module's ``configure_optimizers``.
+    max_samples: a seeded random subset of this many training samples (the search and every
+        epoch); None: all of them.
+    seed: seeds the subset, the shuffling, dropout and the mask noise (the global RNG states are
+        restored afterwards).
+    mask_fill: ``"blur"``, ``"noise"``, ``"baseline"`` (``mask_baseline``, default the image's
+        per-channel mean) or ``"random"`` (``lightning_i2x.perturb``).
+    mask_region: ``"salient"``: the salient locations assigned to the targeted prototypes;
+        ``"all"``: every location assigned to them.
+    top_pairs, prototypes_per_pair: how many pairs ``pairs=None`` takes, and only the n
+        highest-ranked uncertain prototypes of each pair.
     batch_size: images per search batch; None: the training loader's batch size.
-    trainer_kwargs: extra ``pl.Trainer`` arguments for the fine-tuning.
+    trainer_kwargs: extra ``pl.Trainer`` arguments (precision, accelerator, ...); by default no
+        logger, no checkpoints, no validation loop, one device.
+    explain: ``ExplainOptions`` of the explanation the targets come from when the caller passes
+        none (None: the run's recorded ones); its ``saliency_threshold`` also decides which
+        training locations are salient.
+    out_dir: where the predictions and the result go; None: ``<run>/finetune``.
     """
 
     pairs: tuple[tuple[int | str, int | str], ...] | None = None
@@ -288,6 +313,8 @@ class FinetuneOptions(_Options):
     penalty: Literal["input_gradient", "gradcam"] = "input_gradient"
     penalty_ratio: float = 1.0
     control: bool = False
+    explain: ExplainOptions | None = None
+    out_dir: str | None = None
 
     def __post_init__(self):
         if self.prototypes is not None and self.prototypes != "suspects":
@@ -324,10 +351,19 @@ class FinetuneOptions(_Options):
         reserved = sorted(set(self.trainer_kwargs) & {"max_epochs", "min_epochs", "max_steps", "reload_dataloaders_every_n_epochs", "callbacks"})
         if reserved:
             fail(self, "trainer_kwargs", "free of the keys the schedule sets (max_epochs, callbacks, ...)", reserved)
+        if isinstance(self.explain, dict):  # read back from to_dict() or YAML
+            _set(self, "explain", ExplainOptions.from_dict(self.explain, strict=False))
+        if self.explain is not None and not isinstance(self.explain, ExplainOptions):
+            fail(self, "explain", "an ExplainOptions or None", self.explain)
+        if isinstance(self.out_dir, os.PathLike):
+            _set(self, "out_dir", os.fspath(self.out_dir))
+        if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
+            fail(self, "out_dir", "a directory path or None", self.out_dir)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         d["pairs"] = None if self.pairs is None else [list(p) for p in self.pairs]
+        d["explain"] = None if self.explain is None else self.explain.to_dict()
         return d
 
 
@@ -380,6 +416,14 @@ class RunConfig(_Options):
             )
         except KeyError as e:
             raise OptionsError(f"a version-1 config without {e}") from None
+
+
+def check_groups(owner: str, **groups: tuple[Any, type, bool]) -> None:
+    """TypeError naming the argument when a value is not its option group: ``name=(value, group,
+    none_allowed)``, e.g. ``check_groups("I2XCallback", views=(views, ViewOptions, False))``."""
+    for name, (value, group, optional) in groups.items():
+        if not (isinstance(value, group) or (optional and value is None)):
+            raise TypeError(f"{owner}.{name} must be a lightning_i2x.{group.__name__}{' or None' if optional else ''}, got {type(value).__name__}")
 
 
 def replace(options: Any, **changes: Any) -> Any:

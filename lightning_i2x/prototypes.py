@@ -13,7 +13,6 @@ import faiss
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import kmeans_plusplus
 
 __all__ = ["Prototypes", "PrototypeStream", "fit_prototypes", "gpu_available"]
 
@@ -141,6 +140,8 @@ def fit_prototypes(
 def _kmeans(y, projection, bias, num_prototypes, *, niter, seed, max_points_per_centroid, previous_assignment, use_gpu, return_distances):
     """k-means++ start and FAISS k-means on the (n, p) projected vectors ``y``, then the nearest
     prototype of every vector (searched in chunks) and the id matching to the previous assignment."""
+    from sklearn.cluster import kmeans_plusplus  # scikit-learn costs ~1 s to import: loaded at the first fit
+
     n, p = y.shape
     kmeans = faiss.Kmeans(
         p, num_prototypes, niter=niter, seed=seed, verbose=False,

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "bench_probe_pass": ("record_vs_forward", "gradcam_lib_vs_record"),
     "bench_prototypes": ("sklearn_vs_faiss_time", "faiss_vs_sklearn_inertia"),
+    "bench_import": ("import_ratio", "own_optional_imports"),
     "bench_overhead": ("epoch_overhead", "overhead_vs_probe_pass", "record_speedup_vs_0_1", "analysis_growth_exponent_T",
                        "analysis_growth_exponent_N"),
     "paper_protocol": ("confusions_curated_full_vs_full_full", "accuracy_delta_curated_full_vs_full_full",
@@ -31,7 +32,10 @@ ANY_SIGN_OVERHEAD = {"overhead_vs_probe_pass"}
 NAN_WITHOUT_HISTORY = {"record_speedup_vs_0_1"}
 # accuracy differences (percentage points) take any sign; a ratio of confusion counts may be 0
 ANY_SIGN = {"accuracy_delta_curated_full_vs_full_full", "accuracy_delta_mask_full_vs_full_full"}
-MAY_BE_ZERO = {"confusions_curated_full_vs_full_full", "confusions_mask_full_vs_full_full"}
+MAY_BE_ZERO = {"confusions_curated_full_vs_full_full", "confusions_mask_full_vs_full_full", "own_optional_imports"}
+# what a wrong number breaks even in a tiny run: importing lightning_i2x imports lightning, so it
+# cannot take much less time; lightning_i2x's own import loads none of grad-cam, cv2, matplotlib
+BOUNDS = {"import_ratio": (0.5, math.inf), "own_optional_imports": (0.0, 0.0)}
 
 
 def parse_ratios(line: str) -> dict[str, float]:
@@ -68,6 +72,8 @@ def test_benchmark_quick_run(name, tmp_path):
             assert "no baseline" in proc.stderr, f"{key} is NaN without saying why"
             continue
         assert math.isfinite(value), f"{key}={value}"
+        if key in BOUNDS:
+            assert BOUNDS[key][0] <= value <= BOUNDS[key][1], f"{key}={value} outside {BOUNDS[key]}"
         if key in ANY_SIGN_OVERHEAD:
             continue
         if key in MAY_BE_ZERO:

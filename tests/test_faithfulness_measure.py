@@ -5,6 +5,7 @@ report through a Lightning fit; cam="igos" / "igos++" through the probe pass and
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,8 +76,7 @@ def test_bad_options_fail_at_construction(kw, message):
 def test_is_a_measure_and_needs_the_probe_in_the_evidence():
     m = FaithfulnessMeasure()
     assert isinstance(m, Measure) and m.name == "faithfulness" and m.when == "record"
-    ev = planted_evidence(4)
-    ev.images = None
+    ev = dataclasses.replace(planted_evidence(4), images=None)
     with pytest.raises(ValueError, match="needs the probe images and labels"):
         m(RegionModel(), FakeRun(), ev, None)
 

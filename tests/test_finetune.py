@@ -4,6 +4,7 @@ numbers, each checked against a brute-force computation that shares no code with
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from lightning_i2x import ExplainOptions, FinetuneOptions, I2XCallback, I2XRun, PerturbationFinetuner
 from lightning_i2x.analysis import resolve_pairs
 from lightning_i2x.analysis import salient_mask as salient_locations
-from lightning_i2x.finetune import FinetuneResult, MaskedDataset, flag_samples
+from lightning_i2x.finetune import FinetuneResult, MaskedDataset, PairTarget, PrototypeTarget, flag_samples, target_from_dict
 from lightning_i2x.perturb import perturb, pixel_mask
 
 from .conftest import TinyCNN, trainer_kwargs
@@ -83,7 +84,7 @@ def brute_force(model: nn.Module, run: I2XRun, images: torch.Tensor, labels: tor
 @pytest.fixture(scope="module")
 def selection(digits_run, digits):
     model = _model(digits_run)
-    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False)
+    ft = PerturbationFinetuner(digits_run.path, FinetuneOptions(explain=EXPLAIN), progress=False)
     sel = ft.select(model, DataLoader(digits[0], batch_size=64, shuffle=True))
     x, y = digits[0].tensors
     bf = brute_force(model, digits_run.run, x, y, digits_run.pair, digits_run.protos)
@@ -93,7 +94,7 @@ def selection(digits_run, digits):
 # -- the curated set ---------------------------------------------------------------------------------
 def test_curated_set_is_the_brute_force_set(selection, digits_run, digits):
     ft, sel, (flagged, _, borderline) = selection
-    assert sel.pairs == [digits_run.pair] and sel.prototypes[digits_run.pair] == digits_run.protos
+    assert sel.targets == [PairTarget(digits_run.pair, digits_run.protos)]
     assert list(sel.indices) == list(range(len(digits[0])))  # searched in dataset order despite the shuffling loader
     assert 0 < flagged.sum() < len(flagged)
     differ = np.flatnonzero(sel.flagged != flagged)
@@ -105,22 +106,23 @@ def test_curated_set_is_the_brute_force_set(selection, digits_run, digits):
     assert set(curated.indices).isdisjoint(np.flatnonzero(flagged & ~borderline))
     # only samples of the two classes are ever removed
     assert set(np.unique(digits[0].tensors[1].numpy()[sel.flagged])) <= set(digits_run.pair)
-    assert sel.counts() == {digits_run.pair: int(sel.flagged.sum())}
+    assert sel.counts() == {PairTarget(digits_run.pair, digits_run.protos): int(sel.flagged.sum())}
 
 
 def test_max_samples_searches_a_seeded_subset(digits_run, digits):
-    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False, max_samples=300, seed=3)
+    options = FinetuneOptions(explain=EXPLAIN, max_samples=300, seed=3)
+    ft = PerturbationFinetuner(digits_run.path, options, progress=False)
     sel = ft.select(_model(digits_run), DataLoader(digits[0], batch_size=128))
-    again = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False, max_samples=300, seed=3)
+    again = PerturbationFinetuner(digits_run.path, options, progress=False)
     assert len(sel.indices) == 300 and len(set(sel.indices)) == 300
     np.testing.assert_array_equal(sel.indices, again.select(_model(digits_run), DataLoader(digits[0], batch_size=7)).indices)
 
 
 def test_prototypes_per_pair_keeps_the_best_ranked(digits_run):
-    ft = PerturbationFinetuner(digits_run.path, pairs=[digits_run.pair], explain=EXPLAIN, prototypes_per_pair=1)
-    assert ft.targets() == {digits_run.pair: digits_run.protos[:1]}
-    assert PerturbationFinetuner(digits_run.path, pairs=[digits_run.pair], explain=EXPLAIN).targets() == {
-        digits_run.pair: digits_run.protos}
+    ft = PerturbationFinetuner(digits_run.path, FinetuneOptions(pairs=[digits_run.pair], explain=EXPLAIN, prototypes_per_pair=1))
+    assert ft.targets() == [PairTarget(digits_run.pair, digits_run.protos[:1])]
+    assert PerturbationFinetuner(digits_run.path, FinetuneOptions(pairs=[digits_run.pair], explain=EXPLAIN)).targets() == [
+        PairTarget(digits_run.pair, digits_run.protos)]
 
 
 # -- the masks ---------------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_mask_changes_exactly_the_flagged_regions(selection, digits_run, digits,
     i = int(np.flatnonzero(sel.flagged)[0])
     assert torch.equal(masked[i][0], masked[i][0])
     # the fit path builds the same dataset: every searched sample, the flagged ones perturbed
-    mft = PerturbationFinetuner(digits_run.path, mode="mask", mask_fill=fill, seed=5, explain=EXPLAIN, progress=False)
+    mft = PerturbationFinetuner(digits_run.path, FinetuneOptions(mode="mask", mask_fill=fill, seed=5, explain=EXPLAIN), progress=False)
     cur = mft.curated_dataset(digits[0], sel)
     assert len(cur) == len(digits[0]) and torch.equal(cur[i][0], masked[i][0])
 
@@ -179,10 +181,10 @@ def test_flag_samples_and_salient_locations_by_hand():
     assignment = np.array([[0, 1, 2, 3], [2, 2, 2, 2], [0, 1, 2, 3]])
     salient = np.array([[0, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
     labels = np.array([4, 5, 6])
-    flags, regions = flag_samples(assignment, salient, labels, {(4, 5): [2], (5, 6): [3]})
+    flags, regions = flag_samples(assignment, salient, labels, [PairTarget((4, 5), [2]), PairTarget((5, 6), [3])])
     np.testing.assert_array_equal(flags, [[True, True, False], [False, False, True]])
     np.testing.assert_array_equal(regions, [[0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]])
-    _, all_regions = flag_samples(assignment, salient, labels, {(4, 5): [2]}, region="all")
+    _, all_regions = flag_samples(assignment, salient, labels, [PairTarget((4, 5), [2])], region="all")
     np.testing.assert_array_equal(all_regions[1], [1, 1, 1, 1])
 
 
@@ -191,8 +193,8 @@ def test_flag_samples_and_salient_locations_by_hand():
 def test_result_numbers_equal_the_saved_predictions(digits_run, digits, tmp_path):
     model = _model(digits_run)
     before = copy.deepcopy(model)
-    ft = PerturbationFinetuner(digits_run.run, pairs=[digits_run.pair], explain=EXPLAIN, progress=False,
-                               out_dir=tmp_path / "ft", lr=0.02, seed=1)
+    ft = PerturbationFinetuner(digits_run.run, FinetuneOptions(pairs=[digits_run.pair], explain=EXPLAIN, out_dir=tmp_path / "ft",
+                                                               lr=0.02, seed=1), progress=False)
     val = DataLoader(digits[1], batch_size=50)
     result = ft.fit(model, DataLoader(digits[0], batch_size=64, shuffle=True), val)
     assert isinstance(result, FinetuneResult) and not result.skipped
@@ -221,8 +223,8 @@ def test_result_numbers_equal_the_saved_predictions(digits_run, digits, tmp_path
     assert d["pairs"][0]["confusions_after"]["total"] == sum(result.confusions_after[(a, b)]) == result.targeted_confusions("after")
     # the same seed gives the same fine-tuning
     again = _model(digits_run)
-    ft2 = PerturbationFinetuner(digits_run.run, pairs=[digits_run.pair], explain=EXPLAIN, progress=False,
-                                out_dir=tmp_path / "ft2", lr=0.02, seed=1)
+    ft2 = PerturbationFinetuner(digits_run.run, FinetuneOptions(pairs=[digits_run.pair], explain=EXPLAIN, out_dir=tmp_path / "ft2",
+                                                                lr=0.02, seed=1), progress=False)
     ft2.fit(again, DataLoader(digits[0], batch_size=64, shuffle=True), val)
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
@@ -255,12 +257,62 @@ def test_auto_finetune_writes_its_tensorboard_tags(tmp_path, digits):
     assert "i2x/finetune/summary/text_summary" in acc.Tags()["tensors"]
 
 
+def test_target_layer_is_resolved_once_per_fit(digits_run, digits, tmp_path, monkeypatch):
+    """The layer check (a forward and a backward) runs once per fit, though the search and the
+    GradCAM penalty both use the layer; the result's typed targets come back from its JSON."""
+    from lightning_i2x.finetune import _layer
+
+    calls = []
+    resolve = _layer.resolve_target_layer
+    monkeypatch.setattr(_layer, "resolve_target_layer", lambda *a, **kw: calls.append(1) or resolve(*a, **kw))
+    options = FinetuneOptions(pairs=[digits_run.pair], explain=EXPLAIN, mode="penalise", penalty="gradcam", schedule=("curated", "full"),
+                              max_samples=200, out_dir=tmp_path / "ft")
+    ft = PerturbationFinetuner(digits_run.run, options, progress=False)
+    result = ft.fit(_model(digits_run), DataLoader(digits[0], batch_size=64, shuffle=True), DataLoader(digits[1], batch_size=100))
+    assert not result.skipped and len(calls) == 1
+    ft.select(_model(digits_run), DataLoader(digits[0], batch_size=64))
+    assert len(calls) == 2
+    d = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert [target_from_dict(t) for t in d["targets"]] == result.targets == [PairTarget(digits_run.pair, digits_run.protos)]
+
+
+def test_targets_are_typed_and_round_trip_through_the_result():
+    targets = [PairTarget((np.int64(2), 7), [np.int64(3), 1]), PrototypeTarget((4,))]
+    assert targets[0].classes == (2, 7) and targets[0].prototypes == (3, 1) and hash(targets[0]) == hash(PairTarget((2, 7), (3, 1)))
+    result = FinetuneResult(targets=targets, class_names=[f"d{c}" for c in range(10)], mode="remove", schedule=("curated",),
+                            skipped_reason="planted")
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["targets"] == [{"classes": [2, 7], "prototypes": [3, 1]}, {"classes": None, "prototypes": [4]}]
+    assert [target_from_dict(t) for t in d["targets"]] == targets
+    assert result.pairs == [(2, 7)] and result.target_prototypes == [4]
+    with pytest.raises(TypeError, match=r"a list of targets: \[PairTarget"):
+        flag_samples(np.zeros((1, 2), int), np.ones((1, 2), bool), np.zeros(1, int), {(0, 1): [0]})
+
+
+def test_the_constructor_takes_its_options_as_one_group(digits_run, tmp_path):
+    params = inspect.signature(PerturbationFinetuner).parameters
+    assert len(params) <= 8 and list(params)[:2] == ["run", "options"], list(params)
+    with pytest.raises(TypeError, match=r"no longer takes pairs=, mode=.*options=FinetuneOptions\(pairs=\.\.\., mode=\.\.\.\)"):
+        PerturbationFinetuner(digits_run.path, pairs=[(2, 7)], mode="mask")
+    with pytest.raises(TypeError, match=r"options=FinetuneOptions\(explain=ExplainOptions\(saliency_threshold=\.\.\.\)\)"):
+        PerturbationFinetuner(digits_run.path, saliency_threshold=0.4)
+    with pytest.raises(TypeError, match=r"options must be a FinetuneOptions, got list.*options=FinetuneOptions\(pairs="):
+        PerturbationFinetuner(digits_run.path, [(2, 7)])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
+        PerturbationFinetuner(digits_run.path, epochs=2)
+    options = FinetuneOptions(explain=EXPLAIN, out_dir=tmp_path / "ft")
+    assert options.out_dir == str(tmp_path / "ft") and FinetuneOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
+    ft = PerturbationFinetuner(digits_run.path, options)
+    assert ft.out_dir == tmp_path / "ft" and ft.explain == EXPLAIN
+    assert PerturbationFinetuner(digits_run.path).out_dir == digits_run.path / "finetune"
+
+
 # -- errors ------------------------------------------------------------------------------------------
 def test_unknown_classes_are_named(digits_run):
     with pytest.raises(ValueError, match=r"unknown classes 'd11', 12; the run's classes are \['d0'"):
-        PerturbationFinetuner(digits_run.path, pairs=[("d1", "d11"), (3, 12)])
+        PerturbationFinetuner(digits_run.path, FinetuneOptions(pairs=[("d1", "d11"), (3, 12)]))
     with pytest.raises(ValueError, match="same class twice"):
-        PerturbationFinetuner(digits_run.path, pairs=[("d1", 1)])
+        PerturbationFinetuner(digits_run.path, FinetuneOptions(pairs=[("d1", 1)]))
     assert resolve_pairs([("d7", "d2"), (2, 7), ("d1", 3)], [f"d{c}" for c in range(10)]) == [(2, 7), (1, 3)]
 
 
@@ -283,7 +335,7 @@ class _Renamed(TinyCNN):
 
 def test_a_model_with_another_target_layer_is_refused(digits_run, digits):
     loader, val = DataLoader(digits[0], batch_size=64), DataLoader(digits[1], batch_size=100)
-    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False)
+    ft = PerturbationFinetuner(digits_run.path, FinetuneOptions(explain=EXPLAIN), progress=False)
     with pytest.raises(ValueError, match=r"gives feature maps \(12, 4, 4\).*fitted on \(16, 4, 4\)"):
         ft.fit(_Wider(), loader, val)
     with pytest.raises(ValueError, match=r"does not match the run's target layer 'features'.*not a module"):
@@ -311,7 +363,7 @@ class _Stream(IterableDataset):
 
 
 def test_training_samples_that_cannot_be_indexed(digits_run, digits):
-    ft = PerturbationFinetuner(digits_run.path, explain=EXPLAIN, progress=False)
+    ft = PerturbationFinetuner(digits_run.path, FinetuneOptions(explain=EXPLAIN), progress=False)
     val = DataLoader(digits[1], batch_size=100)
     with pytest.raises(TypeError, match="yields a dict"):
         ft.fit(_model(digits_run), DataLoader(_Dicts(digits[0]), batch_size=64), val)
@@ -325,7 +377,8 @@ def test_training_samples_that_cannot_be_indexed(digits_run, digits):
 
 def test_no_uncertain_prototype_warns_and_does_nothing(digits_run, digits, tmp_path):
     model = _model(digits_run)
-    ft = PerturbationFinetuner(digits_run.path, explain=ExplainOptions(min_flips=99), progress=False, out_dir=tmp_path / "none")
+    ft = PerturbationFinetuner(digits_run.path, FinetuneOptions(explain=ExplainOptions(min_flips=99), out_dir=tmp_path / "none"),
+                               progress=False)
     with pytest.warns(RuntimeWarning, match="no uncertain prototype.*nothing was fine-tuned"):
         result = ft.fit(model, DataLoader(digits[0], batch_size=64), DataLoader(digits[1], batch_size=100))
     assert result.skipped and "no uncertain prototype" in result.skipped_reason
@@ -337,16 +390,16 @@ def test_no_uncertain_prototype_warns_and_does_nothing(digits_run, digits, tmp_p
 
 def test_option_errors(digits_run):
     with pytest.raises(ValueError, match="mode must be one of"):
-        PerturbationFinetuner(digits_run.path, mode="drop")
+        PerturbationFinetuner(digits_run.path, FinetuneOptions(mode="drop"))
     with pytest.raises(ValueError, match="schedule must be"):
-        PerturbationFinetuner(digits_run.path, schedule=("curated", "mixed"))
+        PerturbationFinetuner(digits_run.path, FinetuneOptions(schedule=("curated", "mixed")))
     with pytest.raises(TypeError, match="unexpected keyword argument 'epochs'"):
         FinetuneOptions(epochs=2)
     with pytest.raises(ValueError, match="FinetuneOptions.mask_fill must be one of"):
         I2XCallback(digits_run.run.labels, auto_finetune=True, finetune=FinetuneOptions(mask_fill="zeros"))
     with pytest.raises(ValueError, match="without auto_finetune=True"):
         I2XCallback(digits_run.run.labels, finetune=FinetuneOptions(mode="mask"))
-    with pytest.warns(FutureWarning, match="finetune_kwargs"), pytest.raises(ValueError, match="FinetuneOptions.mask_fill"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'finetune_kwargs'"):  # the 0.1 name is gone in 0.3
         I2XCallback(digits_run.run.labels, auto_finetune=True, finetune_kwargs={"mask_fill": "zeros"})
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_i2x import ExplainOptions, FinetuneOptions, I2XCallback, I2XRun, PerturbationFinetuner
 from lightning_i2x.analysis import Reliance
 from lightning_i2x.errors import I2XRunError
-from lightning_i2x.finetune import ANY_CLASS, MaskedDataset, input_gradient_penalty
+from lightning_i2x.finetune import MaskedDataset, PairTarget, PrototypeTarget, input_gradient_penalty
 from lightning_i2x.measures import RelianceMeasure, prototype_reliance, reliance_of_run
 from lightning_i2x.perturb import pixel_mask
 
@@ -174,15 +174,15 @@ def test_suspects_need_a_stored_reliance(tmp_path, digits):
     with pytest.raises(I2XRunError, match=r"holds no reliance.*RelianceMeasure\(\).*reliance_of_run"):
         run.suspects()
     with pytest.raises(I2XRunError, match="holds no reliance"):
-        PerturbationFinetuner(run.path, prototypes="suspects")
+        PerturbationFinetuner(run.path, FinetuneOptions(prototypes="suspects"))
 
 
 # -- targeting prototypes --------------------------------------------------------------------------
 def test_prototypes_flag_exactly_the_brute_force_set(decoy_run):
     protos = corner_prototypes(decoy_run.run)
     model = _model(decoy_run.state)
-    ft = PerturbationFinetuner(decoy_run.run.path, prototypes=protos, explain=EXPLAIN, progress=False)
-    assert ft.targets() == {ANY_CLASS: protos}
+    ft = PerturbationFinetuner(decoy_run.run.path, FinetuneOptions(prototypes=protos, explain=EXPLAIN), progress=False)
+    assert ft.targets() == [PrototypeTarget(protos)]
     sel = ft.select(model, DataLoader(decoy_run.data[0], batch_size=64))
     x, y = decoy_run.data[0].tensors
     flagged, regions, borderline = brute_force(model, decoy_run.run, x, y, list(range(10)), protos)
@@ -198,7 +198,7 @@ def test_prototypes_flag_exactly_the_brute_force_set(decoy_run):
 def test_random_fill_changes_only_flagged_pixels_and_stays_in_range(decoy_run):
     protos = corner_prototypes(decoy_run.run)
     model = _model(decoy_run.state)
-    ft = PerturbationFinetuner(decoy_run.run.path, prototypes=protos, mode="mask", mask_fill="random", seed=3, progress=False)
+    ft = PerturbationFinetuner(decoy_run.run.path, FinetuneOptions(prototypes=protos, mode="mask", mask_fill="random", seed=3), progress=False)
     ds = decoy_run.data[0]
     sel = ft.select(model, DataLoader(ds, batch_size=64))
     cur = ft.curated_dataset(ds, sel)
@@ -228,8 +228,8 @@ def test_penalise_moves_gradient_out_of_the_flagged_regions(decoy_run, tmp_path)
     protos = corner_prototypes(decoy_run.run)
     ds, val = decoy_run.data
     model = _model(decoy_run.state)
-    ft = PerturbationFinetuner(decoy_run.run.path, prototypes=protos, mode="penalise", schedule=("curated",), lr=0.01,
-                               control=True, seed=0, progress=False, out_dir=tmp_path / "ft")
+    ft = PerturbationFinetuner(decoy_run.run.path, FinetuneOptions(prototypes=protos, mode="penalise", schedule=("curated",), lr=0.01,
+                                                                   control=True, seed=0, out_dir=tmp_path / "ft"), progress=False)
     sel = ft.select(model, DataLoader(ds, batch_size=64))
     f = np.flatnonzero(sel.flagged)
     x, y = ds.tensors[0][sel.indices[f]], ds.tensors[1][sel.indices[f]]
@@ -252,8 +252,8 @@ def test_penalise_moves_gradient_out_of_the_flagged_regions(decoy_run, tmp_path)
 
 def test_no_control_says_so(decoy_run, tmp_path):
     model = _model(decoy_run.state)
-    ft = PerturbationFinetuner(decoy_run.run.path, prototypes=[0], mode="mask", schedule=("curated",), progress=False,
-                               out_dir=tmp_path / "ft")
+    ft = PerturbationFinetuner(decoy_run.run.path, FinetuneOptions(prototypes=[0], mode="mask", schedule=("curated",), out_dir=tmp_path / "ft"),
+                               progress=False)
     result = ft.fit(model, DataLoader(decoy_run.data[0], batch_size=64), DataLoader(decoy_run.data[1], batch_size=100))
     assert result.control_accuracy_after is None and result.targeting_gain is None
     assert "No same-budget control was run" in result.to_markdown()
@@ -263,11 +263,11 @@ def test_no_control_says_so(decoy_run, tmp_path):
 def test_bad_targets_are_refused(decoy_run):
     path = decoy_run.run.path
     with pytest.raises(ValueError, match=r"prototypes \[8, 99\] are not prototypes of the run; its prototypes are 0..7"):
-        PerturbationFinetuner(path, prototypes=[1, 8, 99])
+        PerturbationFinetuner(path, FinetuneOptions(prototypes=[1, 8, 99]))
     with pytest.raises(ValueError, match="FinetuneOptions.prototypes must be None when pairs are given"):
-        PerturbationFinetuner(path, prototypes=[1], pairs=[(0, 1)])
+        PerturbationFinetuner(path, FinetuneOptions(prototypes=[1], pairs=[(0, 1)]))
     with pytest.raises(ValueError, match="FinetuneOptions.prototypes must be a non-empty list of prototype ids"):
-        PerturbationFinetuner(path, prototypes="all")
+        PerturbationFinetuner(path, FinetuneOptions(prototypes="all"))
     with pytest.raises(ValueError, match="FinetuneOptions.prototypes must be"):
         FinetuneOptions(prototypes=[])
     with pytest.raises(ValueError, match="FinetuneOptions.penalty must be one of"):
@@ -275,7 +275,7 @@ def test_bad_targets_are_refused(decoy_run):
     with pytest.raises(ValueError, match="FinetuneOptions.control must be True or False"):
         FinetuneOptions(control=1)
     with pytest.raises(ValueError, match="penalty='gradcam' needs"):
-        PerturbationFinetuner(path, prototypes=[1], mode="penalise", penalty="gradcam", reshape_transform=lambda t: t)
+        PerturbationFinetuner(path, FinetuneOptions(prototypes=[1], mode="penalise", penalty="gradcam"), reshape_transform=lambda t: t)
     assert FinetuneOptions(prototypes="suspects", mode="penalise").to_dict()["prototypes"] == "suspects"
 
 
@@ -320,11 +320,11 @@ def test_flag_samples_for_prototypes_by_hand():
     a = np.array([[0, 1, 2, 3], [3, 3, 3, 3], [1, 1, 0, 0]])
     sal = np.array([[True, False, False, False], [True] * 4, [False, False, False, True]])
     y = np.array([0, 5, 9])
-    flags, regions = flag_samples(a, sal, y, {ANY_CLASS: [0]}, "salient")
+    flags, regions = flag_samples(a, sal, y, [PrototypeTarget([0])], "salient")
     assert flags.tolist() == [[True, False, True]]  # any class; sample 2 holds 0 at a salient location
     assert regions.tolist() == [[True, False, False, False], [False] * 4, [False, False, False, True]]
-    # "all": flagged wherever the prototype is, salient or not; a pair key keeps the salient rule
+    # "all": flagged wherever the prototype is, salient or not; a pair target keeps the salient rule
     sal[2] = False
-    flags, regions = flag_samples(a, sal, y, {ANY_CLASS: [0]}, "all")
+    flags, regions = flag_samples(a, sal, y, [PrototypeTarget([0])], "all")
     assert flags.tolist() == [[True, False, True]] and regions[2].tolist() == [False, False, True, True]
-    assert flag_samples(a, sal, y, {(0, 9): [0]}, "all")[0].tolist() == [[True, False, False]]
+    assert flag_samples(a, sal, y, [PairTarget((0, 9), [0])], "all")[0].tolist() == [[True, False, False]]

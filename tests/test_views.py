@@ -195,12 +195,10 @@ def test_view_arguments_are_validated():
     cb = I2XCallback(probe, views=ViewOptions(classes=[2, "seven"], figures=False, dpi=72))
     assert cb.views == ViewOptions(figures=False, classes=(2, "seven"), dpi=72)
     assert I2XCallback(probe, views=False).views == ViewOptions(figures=False)
-    # the 0.1 names still work for one release, with a warning naming the replacement
-    with pytest.warns(FutureWarning, match=r"view_dpi=...\) is deprecated .* use views=ViewOptions\(dpi=...\)"):
-        old = I2XCallback(probe, view_classes=[2, "seven"], log_views=False, view_dpi=72)
-    assert old.views == cb.views
-    with pytest.raises(TypeError, match="unexpected keyword argument"):
-        I2XCallback(probe, view_dpy=72)
+    # the 0.1 names are gone in 0.3, as their warnings promised (CHANGELOG: the migration table)
+    for old in ("view_classes", "log_views", "view_dpi", "cam_target", "explain_kwargs", "finetune_kwargs"):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{old}'"):
+            I2XCallback(probe, **{old: None})
 
 
 def test_a_failing_view_is_warned_and_training_goes_on(tmp_path, digits, monkeypatch):

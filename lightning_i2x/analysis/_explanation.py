@@ -114,7 +114,7 @@ class Explanation:
     def edges(self, c: int | str) -> list[tuple[int, int, int, list[int]]]:
         """The annotated checkpoint graph of class c: (t, from_class, to_class=c, [prototypes])
         for every interval t and class b whose confidence the prototypes moved to c:
-        beta[t][k, c] > tau and beta[t][k, b] < -tau."""
+        ``beta[t][k, c] > tau`` and ``beta[t][k, b] < -tau``."""
         ci = self.class_index(c)
         out = []
         for t in range(self.num_intervals):

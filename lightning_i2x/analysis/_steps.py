@@ -7,8 +7,6 @@ tested against planted ground truth. ``explain`` strings the steps together.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import HDBSCAN
-from sklearn.neighbors import NearestNeighbors
 
 from ..options import SALIENCY_THRESHOLD
 
@@ -144,6 +142,9 @@ def learning_groups(
     finite = np.flatnonzero(np.all(np.isfinite(dy_t), axis=1))
     if finite.size < max(mcs, 2):
         return labels
+    from sklearn.cluster import HDBSCAN  # scikit-learn costs ~1 s to import: loaded at the first clustering
+    from sklearn.neighbors import NearestNeighbors
+
     if max_cluster_samples is None or finite.size <= max_cluster_samples:
         labels[finite] = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(dy_t[finite])
         return labels
@@ -202,7 +203,7 @@ def interval_thresholds(beta: np.ndarray, tau: float | str = "auto", tau_scale: 
 
 def pair_flips(beta: np.ndarray, thresholds: np.ndarray, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For the class pair (a, b), per prototype: the number of sign flips of
-    beta[t][k, a] - beta[t][k, b] across the intervals where its magnitude exceeds the threshold,
+    ``beta[t][k, a] - beta[t][k, b]`` across the intervals where its magnitude exceeds the threshold,
     the mean magnitude over those intervals, and the interval of the last flip (-1 if none).
     Returns three (K,) arrays.
     """

@@ -1,13 +1,18 @@
-"""Step 7, targeted fine-tuning: which training samples hold the targeted prototypes (the
-training-set search), the datasets that remove or mask them, the penalties, and the fine-tuner that
-runs it with the same-budget control. Imports no figure: results are plain data."""
+"""Step 7, targeted fine-tuning: what is targeted (``PairTarget``, ``PrototypeTarget``), which
+training samples hold it (the training-set search), the datasets that remove or mask them, the
+penalties, and the fine-tuner that runs it with the same-budget control. Imports no figure:
+results are plain data."""
 
-from ._finetuner import FinetuneResult, PerturbationFinetuner, finetune_after_fit
+from ._data import MaskedDataset
+from ._finetuner import PerturbationFinetuner, finetune_after_fit
 from ._penalty import balance_weight, gradcam_penalty, input_gradient_penalty
-from ._search import ANY_CLASS, MaskedDataset, Selection, find_uncertain_samples, flag_samples
+from ._result import FinetuneResult
+from ._search import Selection, find_uncertain_samples, flag_samples
+from ._targets import PairTarget, PrototypeTarget, Target, target_from_dict
 
 __all__ = [
     "PerturbationFinetuner", "FinetuneResult", "finetune_after_fit",
-    "Selection", "MaskedDataset", "flag_samples", "find_uncertain_samples", "ANY_CLASS",
+    "PairTarget", "PrototypeTarget", "Target", "target_from_dict",
+    "Selection", "MaskedDataset", "flag_samples", "find_uncertain_samples",
     "input_gradient_penalty", "gradcam_penalty", "balance_weight",
 ]

@@ -2,14 +2,14 @@
 
 ``probe_pass`` runs a model over (a share of) the probe set and returns its ``ProbeEvidence``;
 ``Recorder.record`` appends that evidence to a run as a checkpoint, refits the prototypes on it and
-returns the current explanation. ``open_run`` starts or resumes the run directory. The callback
-(``lightning_i2x.callback``), the benchmarks and scripts all go through these same functions.
+returns the current explanation. ``open_run`` starts the run directory, ``resume_run`` continues it. The callback
+(``lightning_i2x.callbacks``), the benchmarks and scripts all go through these same functions.
 
 Example::
 
     >>> import torch, tempfile
     >>> from torch import nn
-    >>> from lightning_i2x.layers import resolve_target_layer
+    >>> from lightning_i2x.saliency import resolve_target_layer
     >>> torch.manual_seed(0) and None
     >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     >>> images, labels = torch.randn(12, 1, 6, 6), torch.arange(12) % 3
@@ -42,13 +42,13 @@ from ..saliency import TargetLayer, probe_batches
 from ..store import I2XRun
 from ._probe import probe_fingerprint
 
-__all__ = ["ProbeEvidence", "probe_pass", "Recorder", "open_run", "resume_run", "run_fingerprint", "MAX_STORED_PROBE_BYTES"]
+__all__ = ["ProbeEvidence", "probe_pass", "Recorder", "gather_evidence", "probe_share", "run_state", "open_or_resume", "open_run", "resume_run", "run_fingerprint", "MAX_STORED_PROBE_BYTES"]
 
 MAX_STORED_PROBE_BYTES = 64 * 2**20
 """Probe images are kept in the run (float16) only up to this size."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeEvidence:
     """What one probe pass yields, in probe order, float32 on the model's device: CAM maps
     (N, h, w), softmax confidences (N, M), and the target-layer features either whole
@@ -64,6 +64,12 @@ class ProbeEvidence:
 
     def __len__(self) -> int:
         return int(self.cams.shape[0])
+
+    def on_host(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> ProbeEvidence:
+        """A CPU copy with the probe's images and labels, for the background worker: the training
+        thread may go on changing the model's device buffers meanwhile."""
+        copy = lambda t: None if t is None else t.detach().to("cpu", copy=True)  # noqa: E731
+        return ProbeEvidence(copy(self.activations), copy(self.cams), copy(self.confidences), self.stream, images, labels)
 
     @classmethod
     def empty(cls, feature_shape: tuple[int, int, int], num_classes: int, device: torch.device | str = "cpu") -> ProbeEvidence:
@@ -164,6 +170,9 @@ class Recorder:
     num_prototypes: int
     prototypes: PrototypeOptions = field(default_factory=PrototypeOptions)
     explain: ExplainOptions = field(default_factory=ExplainOptions)
+    latest: ProbeEvidence | None = field(default=None, init=False, repr=False)
+    """The last appended record's float32 maps and confidences (on the CPU; no features), for the
+    end-of-fit measures."""
 
     def new_stream(self) -> PrototypeStream:
         """An empty ``PrototypeStream`` with these options, for ``probe_pass(stream=...)``."""
@@ -184,6 +193,8 @@ class Recorder:
         previous = None if run.prototypes is None else run.assignment().reshape(-1)
         protos, assignment, distances = stream.fit(previous_assignment=previous)
         run.set_prototypes(protos, assignment, reference=index, distances=distances)
+        self.latest = ProbeEvidence(None, evidence.cams.detach().float().cpu(), evidence.confidences.detach().float().cpu(), None,
+                                    evidence.images, evidence.labels)
         return index
 
     def explain_run(self, run: I2XRun) -> Explanation:
@@ -193,3 +204,60 @@ class Recorder:
         """``append`` then the explanation of the whole run so far."""
         self.append(run, evidence, epoch=epoch, global_step=global_step)
         return self.explain_run(run)
+
+
+def run_state(run: I2XRun | None) -> dict[str, Any]:
+    """What a resumed fit needs to continue ``run``: where it is, how many records the Lightning
+    checkpoint covers, and the prototypes current at that moment (tensors, as Lightning stores them)."""
+    state: dict[str, Any] = {
+        "run_dir": None if run is None else str(run.path),
+        "num_checkpoints": 0 if run is None else run.num_checkpoints,
+        "fingerprint": None if run is None else run.fingerprint,
+    }
+    if run is not None and run.prototypes is not None:
+        state["prototypes"] = {k: torch.from_numpy(np.asarray(v)) for k, v in run.prototypes.to_arrays().items()}
+        state["assignment"] = torch.from_numpy(run.assignment().astype(np.int32))
+        state["reference"] = run.reference
+    return state
+
+
+def open_or_resume(path: str | Path, state: dict[str, Any] | None, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                   layer: TargetLayer, *, num_prototypes: int, config: RunConfig, store_images: bool = True) -> I2XRun:
+    """The run of this fit: the one ``state`` (``run_state`` of a Lightning checkpoint) names when it
+    still exists, truncated to the records that checkpoint covers, else a new run at ``path``."""
+    if state and state.get("run_dir") and (Path(state["run_dir"]) / "manifest.json").exists():
+        prototypes = None
+        if "prototypes" in state:
+            arrays = {k: v.numpy() for k, v in state["prototypes"].items()}
+            prototypes = (Prototypes.from_arrays(arrays), state["assignment"].numpy(), int(state["reference"]))
+        return resume_run(state["run_dir"], run_fingerprint(images, labels, layer, num_prototypes), int(state["num_checkpoints"]), prototypes)
+    return open_run(path, images, labels, class_names, layer, num_prototypes=num_prototypes, config=config, store_images=store_images)
+
+
+def gather_evidence(all_gather: Callable[[torch.Tensor], torch.Tensor], local: ProbeEvidence | None, *, rank: int, world: int,
+                    num_probe: int, feature_shape: tuple[int, int, int], num_classes: int,
+                    device: torch.device | str) -> tuple[ProbeEvidence | None, list[int]]:
+    """Under DDP, each rank's share of the probe (rank r holds ``[r * share, (r + 1) * share)``,
+    ``share = ceil(N / world)``; ``local`` None where its pass failed) gathered into the whole probe's
+    evidence in probe order, and the ranks whose pass failed. Every rank calls ``all_gather`` the
+    same number of times with the same shapes, failed or not, so none is left waiting; the evidence
+    is None when any rank failed."""
+    part = probe_share(rank, world, num_probe)
+    share, lo, hi = -(-num_probe // world), part.start, part.stop
+    d, h, w = feature_shape
+    ok = torch.tensor([local is not None], dtype=torch.float32, device=device)
+    padded = [torch.zeros(shape, dtype=torch.float32, device=device) for shape in ((share, d, h, w), (share, h, w), (share, num_classes))]
+    if local is not None and hi > lo:
+        for buffer, part in zip(padded, (local.activations, local.cams, local.confidences)):
+            buffer[: hi - lo] = part
+    gathered = [all_gather(t) for t in (ok, *padded)]
+    failed = (gathered[0].reshape(-1) == 0).nonzero().reshape(-1).tolist()
+    if failed:
+        return None, failed
+    return ProbeEvidence(*(t.reshape(world * share, *t.shape[2:])[:num_probe] for t in gathered[1:])), []
+
+
+def probe_share(rank: int, world: int, num_probe: int) -> slice:
+    """The contiguous share of the probe that ``rank`` of ``world`` processes runs."""
+    share = -(-num_probe // world)
+    return slice(min(rank * share, num_probe), min((rank + 1) * share, num_probe))

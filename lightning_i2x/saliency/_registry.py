@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["SaliencyMethod", "CAM_METHODS", "saliency_method"]
+__all__ = ["SaliencyMethod", "CAM_METHODS", "saliency_method", "check_saliency_use"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,16 @@ def saliency_method(name: str, owner: str = "cam") -> SaliencyMethod:
     if name not in CAM_METHODS:
         raise ValueError(f"{owner} must be one of {sorted(CAM_METHODS)}, got {name!r}")
     return CAM_METHODS[name]
+
+
+def check_saliency_use(name: str, *, normalise: bool = True, forward_fn: object = None, owner: str = "I2XCallback") -> SaliencyMethod:
+    """The method called ``name`` after checking it can do what is asked of it: maps without
+    normalisation, a ``forward_fn``. Raises ValueError naming the methods that can."""
+    method = saliency_method(name, f"{owner}.cam")
+    if not normalise and not method.optional_normalisation:
+        able = sorted(n for n, m in CAM_METHODS.items() if m.optional_normalisation)
+        raise ValueError(f"ProbePassOptions.normalise_maps=False needs cam in {able}, got {name!r} (pytorch-grad-cam always normalises)")
+    if forward_fn is not None and not method.takes_forward_fn:
+        able = sorted(n for n, m in CAM_METHODS.items() if m.takes_forward_fn)
+        raise ValueError(f"{owner}.forward_fn needs cam in {able}, got {name!r} (pytorch-grad-cam calls model(images))")
+    return method

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from ._mpl import Figure, FigureCanvasAgg
 
 __all__ = ["faithfulness_figure", "has_faithfulness", "plot_faithfulness"]
 

@@ -21,12 +21,9 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
-from matplotlib.patches import Circle, Rectangle
 
 from ..analysis import SALIENCY_THRESHOLD, salient_mask
+from ._mpl import Circle, FancyArrowPatch, FancyBboxPatch, Figure, FigureCanvasAgg, LineCollection, Rectangle
 from ._patches import display_images, prototype_patches
 
 __all__ = [
@@ -254,8 +251,6 @@ def checkpoint_graph(expl, c: int | str, *, max_labels: int = 2, max_sources: in
     Row t: the node T_t, and the classes b whose confidence prototypes moved to c during t, each
     with those prototypes (the ``max_sources`` classes with the most prototypes, the last
     ``max_intervals`` intervals). Drawn narrow, with large text, to read at TensorBoard's card width."""
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     ci, names, t_ = expl.class_index(c), expl.class_names, expl.num_intervals
     shown = list(range(max(0, t_ - max_intervals), t_))
     by_t: dict[int, list[tuple[int, list[int]]]] = {t: [] for t in shown}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..finetune import FinetuneResult
-from ._figures import confusion_matrix, to_rgb
 from ._sinks import LogSink
 from ._views import tag_name
 
@@ -35,6 +34,8 @@ def log_finetune(sink, result: FinetuneResult, step: int, prefix: str = "i2x/fin
         scalars[f"{prefix}/removed_or_masked/{tag_name(names[a])}_{tag_name(names[b])}"] = n
     sink.scalars(scalars, step)
     if sink.takes_images:
+        from ._figures import confusion_matrix, to_rgb  # matplotlib is loaded only when a figure is drawn
+
         for when, cm in (("before", result.confusion_matrix_before), ("after", result.confusion_matrix_after)):
             fig = confusion_matrix(cm, names, f"confusions {when} fine-tuning")
             sink.image(f"{prefix}/confusion_matrix_{when}", to_rgb(fig), step)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from ..perturb import pixel_mask
+from ._mpl import Figure, FigureCanvasAgg, Line2D
 from ._patches import display_images
 
 NODE_W, NODE_H, GAP_X, GAP_Y, MARGIN = 1.25, 1.55, 0.3, 0.45, 0.25  # inches

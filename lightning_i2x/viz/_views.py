@@ -41,7 +41,6 @@ import numpy as np
 from ..analysis import SALIENCY_THRESHOLD, select_classes, select_pairs, select_prototypes
 from ..measures import stored_sags
 from ..options import ViewOptions
-from . import _figures as plots
 from ._sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
@@ -137,6 +136,7 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
     sink = LogSink.of(sink)
     if not sink.takes_images:
         return
+    from . import _figures as plots  # matplotlib is loaded only when a figure is drawn
 
     def image(tag, fig):
         sink.image(tag, plots.to_rgb(fig), step)
