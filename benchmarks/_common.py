@@ -15,6 +15,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,12 +54,59 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# the distributions whose versions every results table records (those installed; read from their
+# metadata, nothing imported)
+PACKAGES = ("lightning-i2x", "torch", "torchvision", "lightning", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu",
+            "grad-cam", "hdbscan", "quantus", "timm")
+
+# what counts as a change to the measured code: a tree dirty elsewhere (docs, tests) measures the same
+DIRTY_PATHS = ("lightning_i2x", "benchmarks", "examples")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def commit() -> str:
+    """``git rev-parse --short HEAD``, plus ``+dirty`` when lightning_i2x/, benchmarks/ or examples/
+    have uncommitted changes; ``unknown (no git)`` outside a git checkout (a shallow clone works)."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown (no git)"
+    status = _git("status", "--porcelain", "--", *DIRTY_PATHS)
+    if status is None:
+        return f"{head} (dirty state unknown)"
+    return head + ("+dirty" if status else "")
+
+
+def versions() -> str:
+    """``name version`` of every installed distribution in PACKAGES, comma separated."""
+    from importlib import metadata
+
+    found = []
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def machine() -> dict[str, str]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on and with: machine, commit, package versions, load at start."""
     import numpy as np
     import torch
 
-    out = {
+    return {
+        "commit": commit(),
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads)",
@@ -66,10 +114,9 @@ def machine() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
+        "packages": versions(),
+        "load average at start": load_average(),
     }
-    if hasattr(os, "getloadavg"):
-        out["load average at start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return out
 
 
 def command() -> str:
@@ -144,29 +191,52 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def ratio_line(ratios: dict[str, float]) -> str:
+NOT_AVAILABLE = "n/a"
+
+
+def ratio_line(ratios: dict[str, float | None]) -> str:
+    """``name=value`` pairs; None (a figure this run could not measure, which the report says why)
+    is written ``n/a``; anything else must be a finite number."""
     for k, v in ratios.items():
+        if v is None:
+            continue
         if not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"ratio {k}={v!r} is not a finite number")
-    return " ".join(f"{k}={v:.4g}" for k, v in ratios.items())
+    return " ".join(f"{k}={NOT_AVAILABLE if v is None else format(v, '.4g')}" for k, v in ratios.items())
 
 
-def report(title: str, body: str, ratios: dict[str, float], out: str | None, info: dict[str, str], quick: bool) -> None:
-    """Print the markdown report, write it to ``out`` with the date, machine and command, and print
-    the ratio line last."""
+def parse_ratio_line(line: str) -> dict[str, float | None]:
+    """The inverse of ratio_line (``n/a`` -> None)."""
+    pairs: dict[str, float | None] = {}
+    for token in line.split():
+        name, sep, value = token.partition("=")
+        if not (sep and name and value):
+            raise ValueError(f"not a name=value pair: {token!r} in {line!r}")
+        pairs[name] = None if value == NOT_AVAILABLE else float(value)
+    return pairs
+
+
+def report(title: str, body: str, ratios: dict[str, float | None], out: str | None, info: dict[str, str], quick: bool) -> None:
+    """Print the markdown report, write it to ``out`` with the date, commit, machine, package
+    versions, load average at start and end and command, and print the ratio line last. The file's
+    ``Ratios:`` line is what benchmarks/publish.py reads."""
     line = ratio_line(ratios)
     text = f"# {title}\n\n{body.rstrip()}\n\nRatios: `{line}`\n"
     print(text, flush=True)
     if out:
+        info = dict(info)
+        info.setdefault("commit", commit())
+        info.setdefault("packages", versions())
+        info.setdefault("load average at start", NOT_AVAILABLE)
         head = [
             f"# {title}",
             "",
             f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
             *[f"- {k}: {v}" for k, v in info.items()],
+            f"- load average at end: {load_average()}",
+            f"- command: `{command()}`",
+            "",
         ]
-        if hasattr(os, "getloadavg"):
-            head.append("- load average at end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-        head += [f"- command: `{command()}`", ""]
         if quick:
             head += ["**--quick: tiny sizes for smoke testing; these numbers are not a measurement.**", ""]
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,17 +2,25 @@
 
     python benchmarks/bench_overhead.py [--quick] [--out FILE] [--repeats R] [--data-dir DIR]
 
-Part 1, epoch overhead: MNIST training epochs of SmallCNN (batch 128, Adam) on a 12k-image
-subset of the training set, validation on 2000 test images once per epoch, in one fit with
-I2XCallback(every_n_epochs=2) (probe: 1000 test images, 100 per class; target layer ``features``;
-K=32; full analysis: prototypes, ``I2XRun.explain``, the TensorBoard views with the callback defaults), so epochs with a
-record and epochs without one alternate (B A B A ...; epoch 0 is the warm-up). Every epoch's
-wall time counts, validation included. epoch_overhead = median epoch with a record / median epoch
-without - 1: what recording at every validation adds to each epoch; overhead_vs_probe_pass = (median
-epoch with - median epoch without) / the probe pass's time: what the training thread pays per
-record in units of the probe pass (the analysis runs in the background worker). Run it with
-``--threads 1`` as well: on a 2-core CPU the worker competes with training for cores, which a GPU
-machine with idle CPU cores does not.
+Part 1, fit overhead: whole fits of SmallCNN (batch 128, Adam) on a 12k-image subset of the
+MNIST training set, validation on 2000 test images once per epoch, --fit-epochs epochs each,
+without the callback (A) and with I2XCallback(every_n_epochs=1) (B: a record at every validation;
+probe: 1000 test images, 100 per class; target layer ``features``; K=32; full analysis:
+prototypes, ``I2XRun.explain``, the TensorBoard views with the callback defaults), interleaved
+A B A B after an untimed warm-up pair, every fit from the same seed, initial weights and data
+order. A fit is timed from ``trainer.fit`` to its return, which joins the background analysis, so
+a record's analysis that runs during the next epoch (``async_analysis``, the default) counts with
+the callback and never as an epoch "without" one. epoch_overhead = median fit with / median fit
+without - 1: what recording at every validation adds to training; overhead_vs_probe_pass =
+median over rounds of (fit with - fit without) / records per fit / the probe pass's time: what a
+record adds to training's wall time in units of the probe pass. Run it with ``--threads 1`` as
+well: on a 2-core CPU the worker competes with training for cores, which a GPU machine with idle
+CPU cores does not.
+
+Phase breakdown: one record's phases (append + prototype refit, explain, scalars + text), 0.1
+(git --baseline-ref, imported side by side) against now, at T = --breakdown-checkpoints: a run
+holding T-1 checkpoints gets the T-th. Without that commit in the history (a shallow clone, no
+git) record_speedup_vs_0_1 is ``n/a`` and the table says why.
 
 Part 2, analysis growth: ``I2XRun.explain`` (which computes the intensities) on synthetic recorded
 arrays (a run made with ``I2XRun.create`` and filled with ``append_checkpoint`` and
@@ -52,24 +60,7 @@ from demo_models import SmallCNN
 K, M, H, W = 32, 10, 7, 7
 
 
-# -- part 1: epoch overhead ---------------------------------------------------------------------
-class EpochClock(pl.Callback):
-    """Wall time of every training epoch, from its start to the end of its validation."""
-
-    def __init__(self):
-        self.epochs: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-        self._end = None
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.epochs.append(max(time.perf_counter(), self._end or 0.0) - self._start)
-
-
+# -- part 1: whole fits with and without the callback --------------------------------------------
 class ClockedI2X(I2XCallback):
     """I2XCallback that also notes how long each of its records took on the training thread (with
     ``async_analysis``, the default, the analysis itself runs in the background worker)."""
@@ -85,9 +76,11 @@ class ClockedI2X(I2XCallback):
             self.record_seconds.append(time.perf_counter() - t0)
 
 
-def epoch_overhead(args, root: Path, rounds: int):
-    """One fit with I2XCallback(every_n_epochs=2): epochs with a record and epochs without one
-    alternate (epoch 0, without, is the warm-up and not counted)."""
+def fit_overhead(args, root: Path, rounds: int, epochs: int):
+    """Whole fits without (A) and with (B) I2XCallback(every_n_epochs=1), interleaved A B A B after
+    an untimed warm-up pair, each from the same seed, initial weights and data order. A fit's wall
+    time runs from ``trainer.fit`` to its return, which joins the background analysis: a record's
+    analysis that overlaps the next epoch, or the end of fit, is counted in B, never in A."""
     train_full = load_mnist(train=True, data_dir=args.data_dir)
     test = load_mnist(train=False, data_dir=args.data_dir)
     n_train, n_val, per_class = (256, 128, 10) if args.quick else (12_000, 2000, 100)
@@ -95,33 +88,46 @@ def epoch_overhead(args, root: Path, rounds: int):
     val = Subset(test, range(n_val))
     probe = Subset(test, balanced_indices(test.tensors[1], per_class).tolist())
     probe.classes = test.classes
-    pl.seed_everything(0, verbose=False)
-    clock = EpochClock()
-    i2x = ClockedI2X(probe, target_layer="features", num_prototypes=K, every_n_epochs=2, run_dir=root / "i2x")
+    state = {"n": 0}
 
-    class Progress(pl.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            e = trainer.current_epoch
-            kind = "warm-up" if e == 0 else ("with record" if (e + 1) % 2 == 0 else "without")
-            print(f"  epoch {e} ({kind}): {clock.epochs[-1]:.2f}s", file=sys.stderr, flush=True)
+    def fit(with_callback: bool, n_epochs: int):
+        state["n"] += 1
+        pl.seed_everything(0, verbose=False)
+        model = SmallCNN()
+        i2x = ClockedI2X(probe, target_layer="features", num_prototypes=K, every_n_epochs=1, run_dir=root / f"i2x-{state['n']}")
+        trainer = pl.Trainer(
+            max_epochs=n_epochs, callbacks=[i2x] if with_callback else [], default_root_dir=str(root / f"fit-{state['n']}"),
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            logger=False,
+        )
+        loader = DataLoader(train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        trainer.fit(model, loader, DataLoader(val, batch_size=500))
+        seconds = time.perf_counter() - t0
+        if with_callback:
+            if i2x.run.errors:
+                raise RuntimeError(f"I2XCallback recorded errors: {i2x.run.errors}")
+            if i2x.run.num_checkpoints != n_epochs:
+                raise RuntimeError(f"expected {n_epochs} records, the run holds {i2x.run.num_checkpoints}")
+        return seconds, i2x, model
 
-    trainer = pl.Trainer(
-        max_epochs=1 + 2 * rounds, callbacks=[clock, i2x, Progress()], default_root_dir=str(root / "fit"),
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    model = SmallCNN()
-    trainer.fit(model, DataLoader(train, batch_size=128, shuffle=True), DataLoader(val, batch_size=500))
-    if i2x.run.errors:
-        raise RuntimeError(f"I2XCallback recorded errors: {i2x.run.errors}")
-    if i2x.run.num_checkpoints != rounds or len(i2x.record_seconds) != rounds:
-        raise RuntimeError(f"expected {rounds} records, the run holds {i2x.run.num_checkpoints}")
-    epochs = clock.epochs
-    with_record = [t for e, t in enumerate(epochs) if e >= 1 and (e + 1) % 2 == 0]
-    without = [t for e, t in enumerate(epochs) if e >= 1 and (e + 1) % 2 == 1]
+    fit(False, 1)  # warm-up pair: data, code paths, thread pools
+    fit(True, 1)
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    records: list[float] = []
+    last = None
+    for r in range(rounds):
+        t_a, _, _ = fit(False, epochs)
+        t_b, i2x, model = fit(True, epochs)
+        times["without"].append(t_a)
+        times["with"].append(t_b)
+        records += i2x.record_seconds
+        last = (i2x, model)
+        print(f"  round {r + 1}/{rounds}: without={t_a:.2f}s with={t_b:.2f}s", file=sys.stderr, flush=True)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {
-        "n_train": n_train, "n_val": n_val, "n_probe": len(probe), "epochs_of": {"with": with_record, "without": without},
-        "records": i2x.record_seconds, "peak_rss": peak_rss, "last": (i2x, model),
+        "n_train": n_train, "n_val": n_val, "n_probe": len(probe), "fits": times, "epochs": epochs,
+        "records": records, "peak_rss": peak_rss, "last": last,
     }
 
 
@@ -156,20 +162,24 @@ class NullWriter:
         pass
 
 
-def record_breakdown(part1, root: Path, repeats: int, ref: str) -> list[list[str]]:
+def record_breakdown(part1, root: Path, repeats: int, ref: str, t_count: int):
     """The phases of one record, 0.1 against now, on the last trained model's real evidence: a run
-    holding T-1 checkpoints gets the T-th (append, prototype refit, explain, scalars and text)."""
+    holding T-1 checkpoints gets the T-th (append, prototype refit, explain, scalars and text).
+    Returns the rows, the 0.1 / now speed-up of the whole record (None without a 0.1 to import),
+    the probe pass's seconds and why there is no baseline (or None)."""
     import subprocess
 
     from lightning_i2x import Recorder, probe_pass
     from lightning_i2x.record import open_run
     from lightning_i2x.viz import log_summary
 
+    no_baseline = None
     try:
         old = import_baseline(ref, root)
         old_views = old.views
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:  # a shallow clone has no 0.1 to compare with
-        print(f"  no baseline {ref!r} in this checkout ({e}); timing this version only", file=sys.stderr)
+    except (subprocess.CalledProcessError, OSError, ImportError) as e:  # a shallow clone has no 0.1 to compare with
+        no_baseline = f"no baseline {ref!r} in this checkout ({type(e).__name__}): a shallow clone or no git history"
+        print(f"  {no_baseline}; timing this version only", file=sys.stderr)
         old = old_views = None
 
     i2x, model = part1["last"]
@@ -180,7 +190,8 @@ def record_breakdown(part1, root: Path, repeats: int, ref: str) -> list[list[str
 
     images, labels, _ = materialise_probe(i2x.probe)
     target = resolve_target_layer(model, layer, images[:2], forward_fn=lambda m, x: m(x))
-    t_count = i2x.run.num_checkpoints
+    if t_count < 2:
+        raise ValueError(f"the breakdown needs T >= 2 checkpoints, got {t_count}")
     evidence = probe_pass(model, target.module, images, labels)
     rng = np.random.default_rng(0)
     # T distinct checkpoints: the real maps and confidences, jittered
@@ -261,8 +272,8 @@ def record_breakdown(part1, root: Path, repeats: int, ref: str) -> list[list[str
     probe_t = _common.interleaved({"probe pass": lambda: probe_pass(model, target.module, images, labels)}, repeats)["probe pass"]
     rows.append(["probe pass (maps, confidences, features)", "-", _common.fmt_s(_common.median(probe_t)), "-"])
     total_old = phases["0.1: record total"]
-    speedup = _common.median(total_old) / _common.median(phases["now: record total"]) if total_old else float("nan")
-    return rows, speedup, _common.median(probe_t)
+    speedup = _common.median(total_old) / _common.median(phases["now: record total"]) if total_old else None
+    return rows, speedup, _common.median(probe_t), no_baseline
 
 
 # -- part 2: analysis growth --------------------------------------------------------------------
@@ -318,6 +329,9 @@ def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $I2X_DATA_DIR or ../shared/data)")
     ap.add_argument("--baseline-ref", default=BASELINE_REF, help="git ref of the version the record phases are compared with")
+    ap.add_argument("--fit-epochs", type=int, default=None, help="epochs of every timed fit, each with a record (default 3; --quick: 2)")
+    ap.add_argument("--breakdown-checkpoints", type=int, default=None,
+                    help="T of the phase breakdown: a run holding T-1 checkpoints gets the T-th (default 8; --quick: 3)")
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -328,7 +342,9 @@ def main(argv=None) -> None:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     info = _common.machine()
-    repeats = args.repeats or (1 if args.quick else 8)
+    repeats = args.repeats or (1 if args.quick else 5)
+    fit_epochs = args.fit_epochs or (2 if args.quick else 3)
+    breakdown_t = args.breakdown_checkpoints or (3 if args.quick else 8)
     t_sizes = [3, 12] if args.quick else [5, 10, 20, 40]
     n_sizes = [200, 800] if args.quick else [1000, 4000, 16000]
     t_fixed_n = 200 if args.quick else 1000
@@ -336,13 +352,16 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="i2x-bench-") as tmp:
         root = Path(tmp)
-        print("part 1: epoch overhead", file=sys.stderr, flush=True)
-        part1 = epoch_overhead(args, root, repeats)
-        ew, ewo = part1["epochs_of"]["with"], part1["epochs_of"]["without"]
+        print("part 1: whole fits with and without the callback", file=sys.stderr, flush=True)
+        part1 = fit_overhead(args, root, repeats, fit_epochs)
+        ew, ewo = part1["fits"]["with"], part1["fits"]["without"]
+        paired = [b - a for a, b in zip(ewo, ew)]  # fit with - fit without, per round (same seed, data, order)
         overhead = _common.median(ew) / _common.median(ewo) - 1.0
         rec = part1["records"]
-        breakdown, record_speedup, probe_seconds = record_breakdown(part1, root, 2 if args.quick else 7, args.baseline_ref)
-        overhead_vs_probe = (_common.median(ew) - _common.median(ewo)) / probe_seconds
+        breakdown, record_speedup, probe_seconds, no_baseline = record_breakdown(
+            part1, root, 2 if args.quick else 7, args.baseline_ref, breakdown_t)
+        per_record = _common.median(paired) / fit_epochs
+        overhead_vs_probe = per_record / probe_seconds
 
         print("part 2: analysis growth in T", file=sys.stderr, flush=True)
         t_cfg = [(t, t_fixed_n) for t in t_sizes]
@@ -358,9 +377,9 @@ def main(argv=None) -> None:
     exp_n = _common.loglog_slope([s[1] for s in n_cfg], [med(n_res, s, "explain") for s in n_cfg])
     exp_t_blas1 = _common.loglog_slope([s[0] for s in t_cfg], [med(t_res, s, "explain_blas1") for s in t_cfg])
 
-    epoch_rows = [
-        ["without a record", len(ewo), _common.fmt_s(_common.median(ewo)), _common.spread(ewo), "-"],
-        ["with an I2X record", len(ew), _common.fmt_s(_common.median(ew)), _common.spread(ew),
+    fit_rows = [
+        ["without the callback", len(ewo), _common.fmt_s(_common.median(ewo)), _common.spread(ewo), "-"],
+        [f"with `I2XCallback` ({fit_epochs} records)", len(ew), _common.fmt_s(_common.median(ew)), _common.spread(ew),
          f"{_common.fmt_s(_common.median(rec))} ({_common.spread(rec)})"],
     ]
     t_rows = [["T", s[0], s[1], _common.fmt_s(med(t_res, s, "explain")), _common.spread(t_res[s]["explain"]),
@@ -370,32 +389,33 @@ def main(argv=None) -> None:
                _common.fmt_s(med(n_res, s, "intensities")), _common.fmt_s(med(n_res, s, "cached"))] for s in n_cfg]
     subset = f"a {part1['n_train']}-image subset of the MNIST training set"
     body = "\n".join([
-        "## Epoch overhead",
+        "## Fit overhead",
         "",
-        f"SmallCNN on {subset}, batch 128, validation on {part1['n_val']} test images once per epoch, in one fit "
-        f"with `I2XCallback(every_n_epochs=2)`: epochs with a record and epochs without one alternate, {repeats} of each "
-        "after a warm-up epoch (epoch 0, not counted). A record is the full per-checkpoint work: probe pass over "
+        f"SmallCNN on {subset}, batch 128, validation on {part1['n_val']} test images once per epoch, {fit_epochs} epochs per "
+        f"fit. Whole fits without the callback (A) and with `I2XCallback(every_n_epochs=1)` (B, a record at every "
+        f"validation), interleaved A B A B, {repeats} of each after an untimed warm-up pair, every fit from the same seed, "
+        "initial weights and data order. A fit's time runs from `trainer.fit` to its return, which joins the background "
+        "analysis (`async_analysis=True`, the default): a record's analysis that overlaps the next epoch is counted with "
+        "the callback, not without it. A record is the full per-checkpoint work: probe pass over "
         f"{part1['n_probe']} test images at `features` (64x7x7), prototypes (K={K}, matched to the previous ids), "
         "`I2XRun.explain` and the TensorBoard views with the callback's defaults (scalars and text at every record, images "
-        "when `view_time_budget` allows); on the other epochs the attached callback does nothing. "
-        "Every epoch's wall time counts, validation included.",
+        "when `view_time_budget` allows).",
         "",
-        _common.table(["training", "epochs", "median epoch", "min-max", "I2X record + analysis per checkpoint"], epoch_rows),
+        _common.table(["fit", "fits", "median fit", "min-max", "training-thread time per record"], fit_rows),
         "",
-        f"- overhead_vs_probe_pass = (median epoch with - median epoch without) / probe-pass time = {overhead_vs_probe:.2f}: "
-        "what the training thread pays per record, in units of the probe pass it cannot avoid (the analysis runs in "
-        "the background worker, `async_analysis=True`, the default).",
-        f"- epoch_overhead = median epoch with / median epoch without - 1 = {overhead:.3f} "
-        f"(record time / median epoch without = {_common.median(rec) / _common.median(ewo):.3f}); with means "
-        f"instead of medians, which count the images drawn within `view_time_budget` at some records: "
-        f"{sum(ew) / len(ew) / (sum(ewo) / len(ewo)) - 1:.3f}.",
+        f"- overhead_vs_probe_pass = median over rounds of (fit with - fit without) / {fit_epochs} records / probe-pass "
+        f"time = {_common.fmt_s(per_record)} / {_common.fmt_s(probe_seconds)} = {overhead_vs_probe:.2f}: what a record adds "
+        "to the wall time of training, in units of the probe pass it cannot avoid.",
+        f"- epoch_overhead = median fit with / median fit without - 1 = {overhead:.3f}: what recording at every "
+        f"validation adds to training (paired rounds: {', '.join(f'{b / a - 1:+.3f}' for a, b in zip(ewo, ew))}).",
         f"- peak resident memory of the process after training: {_common.fmt_bytes(part1['peak_rss'])}.",
         "",
         f"One record's phases, lightning-i2x 0.1 (git `{args.baseline_ref}`, imported side by side) against this "
-        f"version, on the last trained model's probe evidence: a run holding T-1 = {part1['last'][0].run.num_checkpoints - 1} "
-        "checkpoints gets one more (append, prototype refit, `explain`, then the scalars and text of the views into a "
+        f"version, on the last trained model's probe evidence: a run holding T-1 = {breakdown_t - 1} checkpoints gets the "
+        f"T-th (T = {breakdown_t}: append, prototype refit, `explain`, then the scalars and text of the views into a "
         "writer that drops them). Medians of interleaved rounds after a warm-up:",
         "",
+        *([f"- record_speedup_vs_0_1 = n/a: {no_baseline}.", ""] if no_baseline else []),
         _common.table(["phase", "0.1", "now", "0.1 / now"], breakdown),
         "",
         "## Analysis growth",

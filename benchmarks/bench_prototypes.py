@@ -1,21 +1,29 @@
 """Prototype fitting: lightning_i2x.prototypes.fit_prototypes (FAISS PCA + k-means) against
-scikit-learn PCA + KMeans on the same vectors.
+scikit-learn on the same vectors, at the same work and on all vectors.
 
-    python benchmarks/bench_prototypes.py [--quick] [--out FILE] [--repeats R] [--n N]
+    python benchmarks/bench_prototypes.py [--quick] [--out FILE] [--repeats R] [--n N] [--k K]
 
-  faiss    fit_prototypes(x, K, n_components=64, niter=20, seed=0): FAISS PCA on all vectors, a
-           k-means++ start, FAISS k-means (on at most 256 vectors per centroid, FAISS's default
-           sample), then the nearest-prototype assignment of every vector
-  sklearn  PCA(64).fit_transform(x), then KMeans(K, n_init=1, max_iter=20) on every vector
-           (k-means++ start, scikit-learn's default tolerance, so it may stop before 20 iterations)
+  faiss           fit_prototypes(x, K, n_components=64, niter=20, seed=0): FAISS PCA on all vectors, a
+                  k-means++ start, FAISS k-means on a sample of at most 256 x K vectors (FAISS's
+                  default max_points_per_centroid), then the nearest-prototype assignment of every vector
+  sklearn_sample  the same work in scikit-learn: PCA(64).fit_transform(x), KMeans(K, n_init=1,
+                  max_iter=20) on a seeded random sample of the same size (min(N, 256 x K) vectors),
+                  then ``predict`` on every vector
+  minibatch       PCA(64).fit_transform(x), then MiniBatchKMeans(K, n_init=1, max_iter=20,
+                  batch_size=1024) on every vector (labels of every vector included)
+  sklearn_all     PCA(64).fit_transform(x), then KMeans(K, n_init=1, max_iter=20) on every vector
+                  (k-means++ start, scikit-learn's default tolerance, so it may stop before 20
+                  iterations): more work than FAISS does, so most of that speed-up is the sampling
 
 The vectors are synthetic activation-like features (256 Gaussian clusters in a 48-d latent space,
 a random linear map to 512-d, ReLU, small noise). Quality: the inertia (sum of squared distances
-to the nearest centroid) of both over ALL vectors in one PCA space, FAISS's; scikit-learn's
+to the nearest centroid) of every method over ALL vectors in one PCA space, FAISS's; scikit-learn's
 centroids are lifted back to 512-d (components, mean) and projected there.
 
-Last line: sklearn_vs_faiss_time (median sklearn time / median faiss time) and
-faiss_vs_sklearn_inertia (faiss inertia / sklearn inertia; below 1 means FAISS fits better).
+Last line: sklearn_sample_vs_faiss_time and faiss_vs_sklearn_sample_inertia (the same work),
+minibatch_vs_faiss_time and faiss_vs_minibatch_inertia, then sklearn_vs_faiss_time and
+faiss_vs_sklearn_inertia (scikit-learn KMeans on all vectors). Times: median scikit-learn time /
+median FAISS time; inertias: FAISS's / scikit-learn's (below 1 means FAISS fits better).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import time
 
 import faiss
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 
 from lightning_i2x.prototypes import fit_prototypes
@@ -76,35 +84,64 @@ def main(argv=None) -> None:
     def run_faiss(data=x):
         last["faiss"] = fit_prototypes(data, k, n_components=COMPONENTS, niter=NITER, seed=0)
 
-    def run_sklearn(data=x):
+    def sample_size(m: int) -> int:
+        return min(m, 256 * k)  # FAISS's training sample: max_points_per_centroid (256) x K
+
+    def run_sklearn_all(data=x):
         pca = PCA(COMPONENTS, random_state=0)
         y = pca.fit_transform(data)
         km = KMeans(k, n_init=1, max_iter=NITER, random_state=0).fit(y)
-        last["sklearn"] = (pca, km)
+        last["sklearn_all"] = (pca, km)
 
+    def run_sklearn_sample(data=x):
+        pca = PCA(COMPONENTS, random_state=0)
+        y = pca.fit_transform(data)
+        rows = np.random.default_rng(0).choice(y.shape[0], sample_size(y.shape[0]), replace=False)
+        km = KMeans(k, n_init=1, max_iter=NITER, random_state=0).fit(y[rows])
+        km.predict(y)  # every vector's prototype, as fit_prototypes returns
+        last["sklearn_sample"] = (pca, km)
+
+    def run_minibatch(data=x):
+        pca = PCA(COMPONENTS, random_state=0)
+        y = pca.fit_transform(data)
+        km = MiniBatchKMeans(k, n_init=1, max_iter=NITER, batch_size=1024, random_state=0).fit(y)
+        last["minibatch"] = (pca, km)
+
+    variants = {"faiss": run_faiss, "sklearn_sample": run_sklearn_sample, "minibatch": run_minibatch, "sklearn_all": run_sklearn_all}
     # warm-up on a small slice (loads code paths and thread pools without a second full fit)
     warm = x[: min(n, 20_000)]
-    run_faiss(warm)
-    run_sklearn(warm)
-    times = _common.interleaved({"faiss": run_faiss, "sklearn": run_sklearn}, repeats, warmup=0)
+    for fn in variants.values():
+        fn(warm)
+    times = _common.interleaved(variants, repeats, warmup=0)
     med = {name: _common.median(v) for name, v in times.items()}
 
     protos, _ = last["faiss"]
-    pca, km = last["sklearn"]
     y = protos.project(x)
     faiss_inertia = protos.inertia
-    lifted = (km.cluster_centers_.astype(np.float64) @ pca.components_ + pca.mean_).astype(np.float32)
-    sklearn_inertia = inertia(y, protos.project(lifted))
-    time_ratio = med["sklearn"] / med["faiss"]
-    inertia_ratio = faiss_inertia / sklearn_inertia
 
-    header = ["method", "median time", "min-max", "k-means iterations", "inertia, all vectors, FAISS PCA space", "inertia / sklearn's"]
+    def lifted_inertia(key):
+        pca, km = last[key]
+        lifted = (km.cluster_centers_.astype(np.float64) @ pca.components_ + pca.mean_).astype(np.float32)
+        return inertia(y, protos.project(lifted))
+
+    inert = {key: lifted_inertia(key) for key in ("sklearn_sample", "minibatch", "sklearn_all")}
+    time_ratio = {key: med[key] / med["faiss"] for key in inert}
+    inertia_ratio = {key: faiss_inertia / inert[key] for key in inert}
+    n_sample = sample_size(n)
+
+    header = ["method", "vectors k-means trains on", "median time", "min-max", "k-means iterations",
+              "inertia, all vectors, FAISS PCA space", "FAISS inertia / this", "this time / FAISS time"]
     rows = [
-        ["lightning_i2x fit_prototypes (FAISS)", _common.fmt_s(med["faiss"]), _common.spread(times["faiss"]), NITER,
-         f"{faiss_inertia:.6g}", f"{inertia_ratio:.4f}"],
-        ["scikit-learn PCA + KMeans", _common.fmt_s(med["sklearn"]), _common.spread(times["sklearn"]), km.n_iter_,
-         f"{sklearn_inertia:.6g} (own PCA space: {km.inertia_:.6g})", "1"],
+        ["lightning_i2x fit_prototypes (FAISS)", f"{n_sample} (FAISS's sample)", _common.fmt_s(med["faiss"]),
+         _common.spread(times["faiss"]), NITER, f"{faiss_inertia:.6g}", "1", "1"],
     ]
+    labels = {"sklearn_sample": ("scikit-learn PCA + KMeans on a sample + predict (same work)", f"{n_sample} (seeded sample)"),
+              "minibatch": ("scikit-learn PCA + MiniBatchKMeans", f"{n} (batches of 1024)"),
+              "sklearn_all": ("scikit-learn PCA + KMeans on all vectors", f"{n} (all)")}
+    for key, (label, trained) in labels.items():
+        km = last[key][1]
+        rows.append([label, trained, _common.fmt_s(med[key]), _common.spread(times[key]), km.n_iter_,
+                     f"{inert[key]:.6g}", f"{inertia_ratio[key]:.4f}", f"{time_ratio[key]:.2f}"])
     scaled = "" if n >= 500_000 or args.quick else f" (scaled down from the 500000 target: {n})"
     body = "\n".join([
         f"N = {n} vectors{scaled} of dimension {DIM}, PCA to {COMPONENTS}, K = {k}, {NITER} k-means iterations at most, "
@@ -112,16 +149,20 @@ def main(argv=None) -> None:
         "",
         _common.table(header, rows),
         "",
-        f"- sklearn / faiss time: {time_ratio:.2f}; faiss / sklearn inertia: {inertia_ratio:.4f}.",
+        f"- the same work (k-means on {n_sample} vectors, every vector assigned): scikit-learn / FAISS time "
+        f"{time_ratio['sklearn_sample']:.2f}, FAISS / scikit-learn inertia {inertia_ratio['sklearn_sample']:.4f}.",
+        f"- MiniBatchKMeans: time ratio {time_ratio['minibatch']:.2f}, inertia ratio {inertia_ratio['minibatch']:.4f}.",
+        f"- scikit-learn KMeans on all {n} vectors (more work than FAISS does): time ratio {time_ratio['sklearn_all']:.2f}, "
+        f"inertia ratio {inertia_ratio['sklearn_all']:.4f}; most of this speed-up is FAISS's sampling.",
         "- Vectors: synthetic activation-like features (256 Gaussian clusters in a 48-d latent space, random linear "
-        "map to 512-d, ReLU, noise 0.1).",
-        "- FAISS trains k-means on a sample of at most 256 vectors per centroid (FAISS's default) and assigns every "
-        "vector after; scikit-learn iterates on all vectors. Both inertias are over all vectors.",
+        "map to 512-d, ReLU, noise 0.1). Every PCA is fitted on all vectors; all inertias are over all vectors.",
     ])
     _common.report(
         "Prototype fitting: FAISS (fit_prototypes) vs scikit-learn",
         body,
-        {"sklearn_vs_faiss_time": time_ratio, "faiss_vs_sklearn_inertia": inertia_ratio},
+        {"sklearn_sample_vs_faiss_time": time_ratio["sklearn_sample"], "faiss_vs_sklearn_sample_inertia": inertia_ratio["sklearn_sample"],
+         "minibatch_vs_faiss_time": time_ratio["minibatch"], "faiss_vs_minibatch_inertia": inertia_ratio["minibatch"],
+         "sklearn_vs_faiss_time": time_ratio["sklearn_all"], "faiss_vs_sklearn_inertia": inertia_ratio["sklearn_all"]},
         args.out, info, args.quick,
     )
 

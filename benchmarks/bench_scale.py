@@ -6,9 +6,11 @@
 A record = the probe pass (GradCAM maps, confidences, target-layer activations) + the prototype
 fit (PCA to 64, K = 32 k-means, the callback's defaults). Two paths, same model and images:
 
-  old  the previous implementation, reproduced here: the input requires grad (autograd records
-       the whole network), every batch's activations are kept, concatenated, flattened to an
-       (N*h*w, d) float32 array and handed to fit_prototypes
+  old  the previous (0.1) implementation's approach, RE-IMPLEMENTED in this script, not imported
+       from 0.1 (bench_overhead.py imports the 0.1 package from git; this path is a
+       reconstruction of what 0.1 did): the input requires grad (autograd records the whole
+       network), every batch's activations are kept, concatenated, flattened to an (N*h*w, d)
+       float32 array and handed to this version's fit_prototypes
   new  lightning_i2x.saliency.probe_batches (autograd records from the target layer on) feeding each
        batch's activations to lightning_i2x.prototypes.PrototypeStream, which keeps only their
        projection; stream.fit() at the end
@@ -236,7 +238,8 @@ def main(argv=None) -> None:
         f"(d = 2048, {-(-size // 32)} x {-(-size // 32)} map), probe batch {BATCH}, K = {K}, PCA to {COMPONENTS}, {NITER} k-means "
         "iterations, seed 0. Each row is one fresh process (see the protocol in the script's docstring); peak extra = "
         "peak resident set size during the operation - resident set size before it. (!) = the process had peaked "
-        "higher before the operation, so the row may be an underestimate.",
+        "higher before the operation, so the row may be an underestimate. The old path is a re-implementation in this "
+        "script of 0.1's approach (whole-network graph, all activations concatenated), not 0.1's code imported.",
         "",
         _common.table(["operation", "images", "peak extra host memory (MiB)", "/ no_grad forward", "time"], rows),
         "",

@@ -1,5 +1,6 @@
 """Train a small CNN on MNIST with I2XCallback attached, print what it found and write the HTML
-report (``report.html`` beside the TensorBoard logs).
+report (``report.html`` beside the TensorBoard logs) and the interactive one (``dashboard.html``),
+and print the ``i2x serve`` command.
 
     python examples/mnist_demo.py [--data-dir DIR] [--epochs 2] [--out i2x_demo]
 
@@ -19,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Subset
 
 from lightning_i2x import I2XCallback, I2XRun
+from lightning_i2x.dashboard import write_interactive_report
 from lightning_i2x.viz import write_report
 
 from demo_data import balanced_indices, load_mnist
@@ -93,6 +95,9 @@ def main(argv=None) -> None:
     report = write_report(run, Path(logger.log_dir) / "report.html", explanation=expl, progress=True)
     print()
     print(f"HTML report: {report.resolve()}  ({report.stat().st_size / 2**20:.1f} MiB; open it in a browser)")
+    dashboard = write_interactive_report(run, Path(logger.log_dir) / "dashboard.html")
+    print(f"interactive report: {dashboard.resolve()}  ({dashboard.stat().st_size / 2**20:.1f} MiB; opens offline)")
+    print(f"dashboard: i2x serve {args.out}   (then open http://127.0.0.1:6007/)")
 
 
 if __name__ == "__main__":

@@ -4,16 +4,30 @@ deletion/insertion metrics, I-GOS baselines, SAG's minimal sufficient explanatio
 
 Two shapes of the same fills:
 
-- ``perturb(image, mask, fill)``: one (C, H, W) image in NumPy/SciPy, for ``Dataset.__getitem__``
-  inside DataLoader workers, where one image is too small for torch's parallel kernels;
+- ``perturb(image, mask, fill)``: one (C, H, W) image, for ``Dataset.__getitem__`` inside
+  DataLoader workers;
 - ``fill_values(images, fill)`` and ``apply_mask(images, mask, values)``: a (B, C, H, W) batch in
   torch on the images' device, for measures that send many perturbed copies through the model at
   once (``target_probabilities``).
 
-Fills: ``"blur"`` (Gaussian blur of the whole image), ``"noise"`` (Gaussian noise with the image's
-per-channel mean and sd), ``"baseline"`` (a constant, default the per-channel mean) and
-``"random"`` (uniform values over the data's range: the counterexamples of the explanatory
-interactive learning literature).
+Both blur with the one ``blur`` (the same kernel, truncation and border rule as
+``scipy.ndimage.gaussian_filter(mode="reflect", truncate=3.0)``).
+
+Fills (``FILLS``, in the order a stored reliance indexes them):
+
+- ``"blur"``: Gaussian blur of the whole image. It hides edges and texture, not content that is
+  uniform over more than the blur's reach: a blurred uniform shade swatch keeps its shade;
+- ``"noise"``: Gaussian noise with the image's per-channel mean and sd;
+- ``"baseline"``: a constant, default the image's per-channel mean;
+- ``"random"``: uniform values over the data's range (the counterexamples of the explanatory
+  interactive learning literature);
+- ``"mean"``: the batch's mean image at each pixel (what the probe shows there on average);
+- ``"resample"``: the same pixels of another image of another class (``resample_donors``, a seeded
+  choice): the region's content is removed whatever it is, uniform or not, and what replaces it is
+  in-distribution for that place. The content-removing fill the reliance measure defaults to.
+
+``"mean"`` and ``"resample"`` need other images (``IMAGE_FILLS`` are the others): ``perturb`` takes
+them as ``reference``. ``LatentSwap`` does the same at a layer's output instead of the pixels.
 """
 
 from __future__ import annotations
@@ -22,23 +36,30 @@ import numpy as np
 import torch
 
 from ._model import ForwardFn, default_forward, evaluation_mode, model_device
-from .options import FILLS
+from .options import FILLS, IMAGE_FILLS
 from .options import MaskFill as Fill
 
 __all__ = [
     "FILLS",
+    "IMAGE_FILLS",
     "Fill",
+    "REFERENCE_FILLS",
     "pixel_mask",
     "default_sigma",
     "hiding_sigma",
     "default_blur_sigma",
     "perturb",
     "blur",
+    "gaussian_kernel",
+    "resample_donors",
     "fill_values",
+    "LatentSwap",
     "apply_mask",
     "target_probabilities",
 ]
 
+REFERENCE_FILLS: tuple[str, ...] = ("mean", "resample")
+"""The fills taken from other images than the perturbed one (``perturb``'s ``reference``)."""
 
 
 def _check_fill(fill: str) -> None:
@@ -91,13 +112,25 @@ def perturb(
     sigma: float = 2.0,
     baseline: float | None = None,
     value_range: tuple[float, float] | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A copy of the (C, H, W) ``image`` whose pixels under the (H, W) ``mask`` are replaced, the
-    others left bitwise as they were. ``fill`` as in the module docstring; ``seed`` seeds the noise
-    and the random values (the same seed gives the same image); ``value_range`` bounds ``"random"``
-    (default the image's own min and max).
+    others left bitwise as they were.
 
-    Raises ValueError for an unknown fill or a mask of another shape, TypeError for a non-tensor.
+    Args:
+        image: the (C, H, W) image.
+        mask: (H, W) bool, the pixels to replace.
+        fill: one of ``FILLS`` (module docstring).
+        seed: seeds the noise and the random values (the same seed gives the same image).
+        sigma: the blur's standard deviation in pixels.
+        baseline: the ``"baseline"`` constant (default the image's per-channel mean).
+        value_range: bounds of ``"random"`` (default the image's own min and max).
+        reference: a (C, H, W) image, needed by the ``REFERENCE_FILLS``: for ``"resample"`` the
+            donor (another image, of another class: ``resample_donors``), for ``"mean"`` the mean
+            image.
+
+    Raises ValueError for an unknown fill, a mask of another shape or a missing reference,
+    TypeError for a non-tensor.
     """
     _check_fill(fill)
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
@@ -105,14 +138,15 @@ def perturb(
     m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
     if m.shape != tuple(image.shape[1:]):
         raise ValueError(f"mask of shape {m.shape} for an image of shape {tuple(image.shape)}")
+    if fill in REFERENCE_FILLS and (reference is None or tuple(reference.shape) != tuple(image.shape)):
+        raise ValueError(f"fill {fill!r} takes its values from another image: pass reference= a tensor of shape {tuple(image.shape)} "
+                         f"(got {None if reference is None else tuple(reference.shape)}); the fills of one image alone are {IMAGE_FILLS}")
     if not m.any():
         return image.clone()
     x = image.detach().cpu().numpy()
     work = x.astype(np.float64)
     if fill == "blur":
-        from scipy.ndimage import gaussian_filter
-
-        values = gaussian_filter(work, sigma=(0.0, float(sigma), float(sigma)), mode="reflect", truncate=3.0)
+        values = blur(torch.from_numpy(work)[None], float(sigma))[0].numpy()
     elif fill == "noise":
         rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
         values = work.mean(axis=(1, 2), keepdims=True) + work.std(axis=(1, 2), keepdims=True) * rng.standard_normal(work.shape)
@@ -120,6 +154,8 @@ def perturb(
         rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
         lo, hi = (work.min(), work.max()) if value_range is None else value_range
         values = rng.uniform(float(lo), float(hi), size=work.shape)
+    elif fill in REFERENCE_FILLS:
+        values = reference.detach().cpu().numpy().astype(np.float64)
     else:
         values = work.mean(axis=(1, 2), keepdims=True) * np.ones_like(work) if baseline is None else np.full_like(work, float(baseline))
     out = x.copy()
@@ -127,22 +163,73 @@ def perturb(
     return torch.from_numpy(out).to(image.device)
 
 
+def gaussian_kernel(sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """The normalised 1-D Gaussian of ``blur``: radius ``int(truncate * sigma + 0.5)``, as
+    ``scipy.ndimage.gaussian_filter`` builds it."""
+    radius = int(float(truncate) * float(sigma) + 0.5)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / float(sigma)) ** 2)
+    return k / k.sum()
+
+
+def _symmetric_index(n: int, radius: int) -> np.ndarray:
+    """Indices of an axis of length ``n`` padded by ``radius`` on each side with half-sample
+    symmetric reflection (``d c b a | a b c d | d c b a``, scipy's ``"reflect"``), repeated as often
+    as a radius longer than the axis needs."""
+    i = np.arange(-radius, n + radius) % (2 * n)
+    return np.where(i >= n, 2 * n - 1 - i, i)
+
+
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of a (B, C, H, W) batch (reflected borders, kernel of +-3 sigma), on its device."""
+    """Gaussian blur of a (B, C, H, W) batch on its device, each channel alone: the kernel of
+    ``gaussian_kernel`` (+-3 sigma) and half-sample symmetric borders, the same numbers as
+    ``scipy.ndimage.gaussian_filter(x, (0, 0, sigma, sigma), mode="reflect", truncate=3.0)``. The one
+    blur of ``perturb`` and ``fill_values``."""
     if sigma <= 0:
         return images.clone()
-    radius = max(1, int(3.0 * sigma + 0.5))
+    kern = gaussian_kernel(sigma)
+    radius = (kern.size - 1) // 2
     h, w = images.shape[-2:]
-    radius = min(radius, h - 1, w - 1) if min(h, w) > 1 else 0
-    if radius == 0:
+    if radius == 0 or h == 0 or w == 0:
         return images.clone()
-    t = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
-    k = (k / k.sum()).to(images.dtype)
+    k = torch.as_tensor(kern, device=images.device, dtype=images.dtype)
     c = images.shape[1]
-    x = torch.nn.functional.pad(images, (radius, radius, radius, radius), mode="reflect")
+    rows = torch.as_tensor(_symmetric_index(h, radius), device=images.device)
+    cols = torch.as_tensor(_symmetric_index(w, radius), device=images.device)
+    x = images[..., rows, :][..., cols]
     x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def resample_donors(labels, seed: int = 0) -> np.ndarray:
+    """(B,) for each image the index of its donor for the ``"resample"`` fill: an image of another
+    class, drawn uniformly from a generator seeded by ``seed`` (the same labels and seed give the
+    same donors); where every image has the same class, another image (itself when there is one).
+
+    Example::
+
+        >>> d = resample_donors([0, 0, 1, 1], seed=0)
+        >>> [int(v) for v in np.asarray([0, 0, 1, 1])[d]]
+        [1, 1, 0, 0]
+    """
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    b = y.shape[0]
+    if b == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(y, kind="stable")
+    classes, start, count = np.unique(y[order], return_index=True, return_counts=True)
+    c = np.searchsorted(classes, y)
+    s, n = start[c], count[c]
+    u = np.random.default_rng([int(seed), 0x5EED]).random(b)
+    others = b - n
+    r = np.floor(u * np.maximum(others, 1)).astype(np.int64)
+    out = order[np.clip(np.where(r < s, r, r + n), 0, b - 1)]  # skip the image's own class block in the sorted order
+    single = others == 0
+    if single.any():  # one class only: any other image
+        idx = np.arange(b)
+        alt = np.floor(u * max(b - 1, 1)).astype(np.int64)
+        out = np.where(single, idx if b == 1 else np.where(alt < idx, alt, alt + 1), out)
+    return out.astype(np.int64)
 
 
 def fill_values(
@@ -153,10 +240,29 @@ def fill_values(
     baseline: float | None = None,
     value_range: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
+    labels=None,
+    seed: int = 0,
+    donors: np.ndarray | None = None,
 ) -> torch.Tensor:
     """The values a (B, C, H, W) batch's hidden pixels take under ``fill``, one per pixel, same
-    shape and device. ``generator`` (on the images' device) makes noise and random values
-    reproducible; ``value_range`` bounds ``"random"`` (default each image's own min and max)."""
+    shape and device.
+
+    Args:
+        images: the (B, C, H, W) batch.
+        fill: one of ``FILLS`` (module docstring).
+        sigma: the blur's standard deviation in pixels.
+        baseline: the ``"baseline"`` constant (default each image's per-channel mean).
+        value_range: bounds of ``"random"`` (default each image's own min and max).
+        generator: a generator on the images' device that makes noise and random values
+            reproducible.
+        labels: (B,) classes, for ``"resample"``: each image's donor is ``resample_donors(labels,
+            seed)``.
+        seed: seeds the donors.
+        donors: (B,) donor indices into ``images`` instead of ``labels`` and ``seed``.
+
+    Raises ValueError for an unknown fill, a batch of another shape, or ``"resample"`` without
+    labels or donors.
+    """
     _check_fill(fill)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
@@ -167,6 +273,17 @@ def fill_values(
         if baseline is not None:
             return torch.full_like(x, float(baseline))
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
+    if fill == "mean":
+        return x.mean(dim=0, keepdim=True).expand_as(x).clone()
+    if fill == "resample":
+        if donors is None:
+            if labels is None:
+                raise ValueError('fill "resample" takes each image\'s pixels from an image of another class: pass labels= (or donors=)')
+            donors = resample_donors(labels, seed)
+        d = np.asarray(donors, dtype=np.int64).reshape(-1)
+        if d.shape[0] != x.shape[0] or (d.size and (d.min() < 0 or d.max() >= x.shape[0])):
+            raise ValueError(f"donors must be {x.shape[0]} indices into the batch, got shape {d.shape}")
+        return x[torch.as_tensor(d, device=x.device)].clone()
     if fill == "noise":
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x.mean(dim=(2, 3), keepdim=True) + x.std(dim=(2, 3), keepdim=True, unbiased=False) * z
@@ -187,6 +304,55 @@ def apply_mask(images: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -
         return torch.where(m, values, images)
     m = m.to(images.dtype)
     return images * (1 - m) + values * m
+
+
+class LatentSwap:
+    """The same intervention at a layer's output instead of the pixels, for any model: a forward
+    hook on ``layer`` (whose output is (B, C, h, w)) that replaces the feature vectors at the
+    locations of ``mask`` with the ``values`` given for them (another image's features at the same
+    positions, as ``"resample"`` does with pixels). Use as a context manager; set ``mask`` (B, h, w)
+    bool and ``values`` (B, C, h, w) before each forward, or leave ``mask`` None to record the
+    layer's output in ``captured`` (the clean pass) instead.
+
+    Example::
+
+        >>> layer = torch.nn.Identity()
+        >>> with LatentSwap(layer) as swap:
+        ...     swap.mask = torch.tensor([[[True, False]]])
+        ...     swap.values = torch.ones(1, 1, 1, 2)
+        ...     layer(torch.zeros(1, 1, 1, 2)).tolist()
+        [[[[1.0, 0.0]]]]
+    """
+
+    def __init__(self, layer: torch.nn.Module):
+        if not isinstance(layer, torch.nn.Module):
+            raise TypeError(f"layer must be a torch.nn.Module (the target layer), got {type(layer).__name__}")
+        self.layer = layer
+        self.mask: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.captured: list[torch.Tensor] = []
+        self._handle = None
+
+    def _hook(self, module, inputs, output):
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise ValueError(f"the latent intervention needs a layer whose output is a (B, C, h, w) tensor, got "
+                             f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
+        if self.mask is None:
+            self.captured.append(output.detach())
+            return None
+        m = self.mask.to(output.device)
+        if m.shape != (output.shape[0], *output.shape[2:]):
+            raise ValueError(f"latent mask of shape {tuple(m.shape)} for a layer output of shape {tuple(output.shape)}")
+        return torch.where(m[:, None], self.values.to(device=output.device, dtype=output.dtype), output)
+
+    def __enter__(self) -> "LatentSwap":
+        self._handle = self.layer.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 def target_probabilities(

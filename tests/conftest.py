@@ -65,6 +65,24 @@ def digits():
     return train, probe
 
 
+@pytest.fixture(scope="session")
+def local_data_dir():
+    """The local data folder (examples/demo_data.py's resolve_data_dir: $I2X_DATA_DIR, else
+    ../shared/data beside the checkout). Without one the test skips, or, with I2X_REQUIRE_DATA=1
+    (as in CI, see .ci/run), fails: nothing downloads in the tests."""
+    import os
+
+    from demo_data import resolve_data_dir
+
+    found = resolve_data_dir()
+    if found is None or not (found / "mnist").is_dir():
+        message = "no local MNIST (set I2X_DATA_DIR to a folder holding mnist/)"
+        if os.environ.get("I2X_REQUIRE_DATA") == "1":
+            pytest.fail(f"I2X_REQUIRE_DATA=1 but {message}")
+        pytest.skip(message)
+    return found
+
+
 def trainer_kwargs(tmp_path, **kw):
     base = dict(
         default_root_dir=tmp_path, max_epochs=3, enable_progress_bar=False, enable_model_summary=False,

@@ -14,8 +14,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_i2x import ExplainOptions, I2XCallback, I2XRun, ViewOptions
 
-from demo_data import resolve_data_dir
-
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "cli_config.yaml"
 
@@ -34,10 +32,9 @@ def test_the_config_registers_the_callback_with_valid_arguments():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(resolve_data_dir() is None, reason="no local MNIST (set I2X_DATA_DIR)")
-def test_lightning_cli_fits_one_epoch_with_the_callback(tmp_path, monkeypatch):
+def test_lightning_cli_fits_one_epoch_with_the_callback(tmp_path, monkeypatch, local_data_dir):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    monkeypatch.setenv("I2X_DATA_DIR", str(resolve_data_dir().resolve()))
+    monkeypatch.setenv("I2X_DATA_DIR", str(local_data_dir.resolve()))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     cli = importlib.import_module("cli")

@@ -1,4 +1,5 @@
-"""End to end on real MNIST (from the data dir; skipped when no local copy is found)."""
+"""End to end on real MNIST (from the data dir; skipped when no local copy is found, failed instead
+with I2X_REQUIRE_DATA=1)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,15 @@ from lightning_i2x import I2XCallback, I2XRun
 from lightning_i2x.__main__ import main as cli
 
 from .conftest import trainer_kwargs
-from demo_data import balanced_indices, load_mnist, resolve_data_dir
+from demo_data import balanced_indices, load_mnist
 from demo_models import SmallCNN
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(resolve_data_dir() is None, reason="no local MNIST (set I2X_DATA_DIR)"),
-]
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory):
+def mnist_run(tmp_path_factory, local_data_dir):
     train, test = load_mnist(train=True), load_mnist(train=False)
     probe = Subset(test, balanced_indices(test.tensors[1], 20).tolist())
     cb = I2XCallback(probe, target_layer="features", num_prototypes=16, class_names=test.classes)
@@ -45,8 +43,10 @@ def test_three_epochs_on_mnist_give_a_run_with_an_explanation(mnist_run):
     assert expl.beta.shape == (2, 16, 10) and np.abs(expl.beta).max() > 0
     assert sum(len(expl.shared_prototypes(c)) for c in range(10)) > 0
     assert len(expl.learning_order()) == 45
-    y = run.confidences()[-1]
-    assert (y.argmax(1) == run.labels).mean() > 0.6  # the model learned MNIST
+    acc = [(y.argmax(1) == run.labels).mean() for y in run.confidences()]
+    # the model learns MNIST: measured 0.235, 0.595, 0.715 on this probe at the three records
+    # (seed 0, 3000 training images); the bounds keep a margin of about 0.05 and 0.1
+    assert acc[-1] > 0.65 and acc[0] < acc[1] < acc[2] and acc[-1] - acc[0] > 0.3, acc
 
 
 def test_cli_summary(mnist_run, capsys):

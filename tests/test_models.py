@@ -45,9 +45,19 @@ def _validate(tmp_path, net, cb, x, y):
 def test_resnet_default_target_layer_skips_the_global_pool(tmp_path):
     torch.manual_seed(0)
     x, y = torch.randn(24, 3, 64, 64), torch.arange(24) % 10
-    run = _validate(tmp_path, resnet18(num_classes=10), I2XCallback((x, y), num_prototypes=8), x, y)
+    net = resnet18(num_classes=10)
+    run = _validate(tmp_path, net, I2XCallback((x, y), num_prototypes=8), x, y)
     assert run.config.target_layer == "net.layer4" and run.feature_shape == (2, 2)
-    assert run.num_checkpoints == 1 and np.isfinite(run.cams()).all()
+    assert run.num_checkpoints == 1
+    # the default layer's maps are pytorch-grad-cam's there; both rescaled to a peak of 1 first: on
+    # random-init weights the raw maps are tiny and the 1e-7 of the min-max normalisation shows
+    theirs = _library_maps(net.eval(), net.layer4, x, y, None, (2, 2))
+    np.testing.assert_allclose(_peak_one(run.cams()[0].astype(np.float64)), _peak_one(theirs), atol=2e-3)  # float16 storage
+
+
+def _peak_one(maps):
+    peak = maps.reshape(maps.shape[0], -1).max(1)[:, None, None]
+    return np.where(peak > 0, maps / np.where(peak > 0, peak, 1), 0.0)
 
 
 def test_vision_transformer_with_reshape_transform(tmp_path):
@@ -176,7 +186,7 @@ def test_named_transformer_layer_gets_the_reshape_and_a_users_own_wins():
 
 
 def test_timm_vit_is_recognised():
-    timm = pytest.importorskip("timm")
+    import timm  # a dev dependency: a broken install fails here, it does not skip
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10).eval()
     x, y = torch.randn(6, 3, 32, 32), torch.arange(6)

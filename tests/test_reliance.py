@@ -106,14 +106,15 @@ def test_equals_brute_force_loop():
     a = np.random.default_rng(1).integers(0, 5, size=(12, 4, 4))
     a[a == 4] = 3  # prototype 4 present nowhere
     model = Small()
-    rel = prototype_reliance(model, x, y, a, 5, n_random=2, seed=7, batch_size=5)
+    # the blur (the brute force below blurs; the default resampling fill is checked in test_interventions)
+    rel = prototype_reliance(model, x, y, a, 5, fill="blur", n_random=2, seed=7, batch_size=5)
     d, r = brute_force(model, x, y, a, 5, 2, 7)
     np.testing.assert_allclose(rel.drop, d, atol=1e-6)
     np.testing.assert_allclose(rel.random_drop, r, atol=1e-6)
     np.testing.assert_allclose(rel.reliance, d - r, atol=1e-6)
     assert rel.count[4] == 0 and np.isnan(rel.reliance[4]) and np.isnan(rel.class_reliance[4]).all()
     # the batch size changes nothing
-    rel2 = prototype_reliance(model, x, y, a, 5, n_random=2, seed=7, batch_size=256)
+    rel2 = prototype_reliance(model, x, y, a, 5, fill="blur", n_random=2, seed=7, batch_size=256)
     np.testing.assert_allclose(rel2.reliance, rel.reliance, atol=1e-6, equal_nan=True)
     # per class means agree with the overall mean weighted by counts
     cc = rel.class_count.astype(float)

@@ -90,7 +90,8 @@ def test_reliance_measure_stores_what_prototype_reliance_computes(decoy_run):
     x, y = decoy_run.data[1].tensors
     direct = prototype_reliance(decoy_run.model, x, y, run.assignment(), run.num_prototypes, n_random=2, num_classes=10,
                                 max_images_per_prototype=64)
-    np.testing.assert_allclose(stored.reliance, direct.reliance, atol=1e-6, equal_nan=True)
+    # the run stores its probe images in float16: the resampled pixels differ by that rounding (1e-6 held for the blur)
+    np.testing.assert_allclose(stored.reliance, direct.reliance, atol=1e-5, equal_nan=True)
     assert "reliance_max" in run.metrics()
     # by hand, not stored: the same numbers
     again = reliance_of_run(run, decoy_run.model, n_random=2, store=False)

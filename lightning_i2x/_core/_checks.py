@@ -11,7 +11,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["fail", "is_int", "is_number", "check_int", "check_fraction", "check_number", "check_choice", "check_bool"]
+__all__ = ["fail", "is_int", "is_number", "check_int", "check_fraction", "check_number", "check_choice", "check_bool",
+           "field_int", "field_fraction", "field_number", "field_choice", "field_bool", "set_field"]
 
 
 def _owner(obj: Any) -> str:
@@ -61,3 +62,29 @@ def check_choice(obj: Any, name: str, v: Any, choices: Sequence[Any]) -> None:
 def check_bool(obj: Any, name: str, v: Any) -> None:
     if not isinstance(v, bool):
         fail(obj, name, "True or False", v)
+
+
+# -- the same checks reading a frozen dataclass's field by name (in ``__post_init__``) ----------------
+def field_int(obj: Any, name: str, low: int = 1, high: int | None = None, optional: bool = False) -> None:
+    check_int(obj, name, getattr(obj, name), low, high, optional)
+
+
+def field_fraction(obj: Any, name: str, optional: bool = False, closed_low: bool = False) -> None:
+    check_fraction(obj, name, getattr(obj, name), optional, closed_low)
+
+
+def field_number(obj: Any, name: str, low: float = 0.0, strict: bool = False, optional: bool = False) -> None:
+    check_number(obj, name, getattr(obj, name), low, strict, optional)
+
+
+def field_choice(obj: Any, name: str, choices: Sequence[Any]) -> None:
+    check_choice(obj, name, getattr(obj, name), choices)
+
+
+def field_bool(obj: Any, name: str) -> None:
+    check_bool(obj, name, getattr(obj, name))
+
+
+def set_field(obj: Any, name: str, value: Any) -> None:
+    """Set a frozen dataclass's field while it normalises itself in ``__post_init__``."""
+    object.__setattr__(obj, name, value)

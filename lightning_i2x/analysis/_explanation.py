@@ -20,7 +20,9 @@ __all__ = ["Explanation", "UncertainPrototype", "LearningStep", "explain"]
 
 
 class UncertainPrototype(NamedTuple):
-    """A prototype the model keeps reassigning between two classes."""
+    """A prototype the model keeps reassigning between two classes. ``flips``: the reversals of
+    its edge between them (``uncertain_rule="edges"``) or the sign flips of its coefficient
+    difference (``"difference"``); ``score``: what ranks it (``explain``)."""
 
     prototype: int
     classes: tuple[int, int]
@@ -29,8 +31,8 @@ class UncertainPrototype(NamedTuple):
 
 
 class LearningStep(NamedTuple):
-    """A class pair and the interval after which its separating prototypes stopped flipping
-    (None: still flipping in the last interval, or never separated)."""
+    """A class pair and the interval after which its separating prototypes stopped flipping, by the
+    explanation's ``uncertain_rule`` (None: still flipping in the last interval, or never separated)."""
 
     classes: tuple[int, int]
     interval: int | None
@@ -53,6 +55,7 @@ class Explanation:
     _uncertain: list = field(default_factory=list, repr=False)
     _order: list = field(default_factory=list, repr=False)
     suspects: tuple[int, ...] | None = None  # likely shortcuts (lightning_i2x.suspects); None: no reliance measured
+    signs: np.ndarray | None = field(default=None, repr=False)  # (T-1, K, M) int8 significant sign; None: from thresholds
 
     # -- shape -------------------------------------------------------------------------------
     @property
@@ -111,25 +114,36 @@ class Explanation:
         return sorted(found - shared)
 
     # -- inter-class ---------------------------------------------------------------------------
+    @property
+    def significant(self) -> np.ndarray:
+        """(T-1, K, M) int8: +1 where a coefficient is significantly positive, -1 negative, 0 not
+        significant, by the explanation's ``params["significance"]`` (``"tau"``: ``|beta| > tau``)."""
+        if self.signs is not None:
+            return self.signs
+        return analysis.coefficient_signs(self.beta, self.thresholds)
+
     def edges(self, c: int | str) -> list[tuple[int, int, int, list[int]]]:
         """The annotated checkpoint graph of class c: (t, from_class, to_class=c, [prototypes])
         for every interval t and class b whose confidence the prototypes moved to c:
-        ``beta[t][k, c] > tau`` and ``beta[t][k, b] < -tau``."""
+        ``beta[t][k, c]`` significantly positive and ``beta[t][k, b]`` significantly negative
+        (``significant``; with ``significance="tau"``: ``> tau`` and ``< -tau``)."""
         ci = self.class_index(c)
+        sig = self.significant
         out = []
         for t in range(self.num_intervals):
-            raise_c = self.beta[t, :, ci] > self.thresholds[t]
+            raise_c = sig[t, :, ci] > 0
             for b in range(self.num_classes):
                 if b == ci:
                     continue
-                ks = np.flatnonzero(raise_c & (self.beta[t, :, b] < -self.thresholds[t]))
+                ks = np.flatnonzero(raise_c & (sig[t, :, b] < 0))
                 if ks.size:
                     out.append((t, b, ci, [int(k) for k in ks]))
         return out
 
     @property
     def uncertain(self) -> list[UncertainPrototype]:
-        """Prototypes whose pair difference flipped sign >= min_flips times, best first."""
+        """Prototypes whose edge between two classes reversed (``uncertain_rule="edges"``), or whose
+        pair difference flipped sign (``"difference"``), >= min_flips times; best first."""
         return list(self._uncertain)
 
     def uncertain_pairs(self) -> list[tuple[int, int]]:
@@ -173,16 +187,20 @@ class Explanation:
         prototypes and the learning order."""
         name = self.class_names
         lines = ["## Uncertain prototypes", ""]
+        word = _flip_word(self.params)
         if self._uncertain:
-            lines += ["| prototype | classes | flips | score |", "|---|---|---|---|"]
+            lines += [f"| prototype | classes | {word} | score |", "|---|---|---|---|"]
             for u in self._uncertain[:max_uncertain]:
                 lines.append(f"| P-{u.prototype} | {name[u.classes[0]]} <-> {name[u.classes[1]]} | {u.flips} | {u.score:.3g} |")
         else:
-            lines.append(f"none (needs >= {self.params['min_flips']} sign flips; {self.num_intervals} intervals recorded)")
+            lines.append(f"none (needs >= {self.params['min_flips']} {_flip_word(self.params, long=True)}; "
+                         f"{self.num_intervals} intervals recorded)")
+        lines += ["", f"Rule: {_rule_text(self.params)}."]
         if self.suspects is not None:
+            report = getattr(self.suspects, "report", None)  # analysis.Suspects: the rule's reasons
             lines += ["", "## Suspected shortcuts", "",
-                      (_fmt_protos(list(self.suspects)) + ": relied on, salient, and at the same few places at the image's edge"
-                       if self.suspects else "none (no prototype the model relies on sits at a fixed place at the edge)")]
+                      report.summary() if report is not None else
+                      (_fmt_protos(list(self.suspects)) + ": flagged by the suspect rule" if self.suspects else "none")]
         lines += ["", "## Classes", ""]
         for c in range(self.num_classes) if classes is None else [self.class_index(c) for c in classes]:
             edges = self.edges(c)
@@ -216,7 +234,8 @@ class Explanation:
         unc = [u for u in self._uncertain if ci in u.classes]
         more = f" and {len(unc) - max_uncertain} more" if len(unc) > max_uncertain else ""
         lines.append("- uncertain: " + (", ".join(
-            f"P-{u.prototype} ({name[u.classes[0]]} <-> {name[u.classes[1]]}, {u.flips} flips)" for u in unc[:max_uncertain]) + more
+            f"P-{u.prototype} ({name[u.classes[0]]} <-> {name[u.classes[1]]}, {u.flips} {_flip_word(self.params)})"
+            for u in unc[:max_uncertain]) + more
             if unc else "none"))
         steps = [s for s in self._order if ci in s.classes]
         lines.append("- learning order: " + (", ".join(
@@ -254,6 +273,24 @@ def _fmt_protos(ks: Sequence[int]) -> str:
     return ", ".join(f"P-{k}" for k in ks) if ks else "none"
 
 
+def _flip_word(params: dict, long: bool = False) -> str:
+    if params.get("uncertain_rule", "difference") == "edges":
+        return "edge reversals" if long else "reversals"
+    return "sign flips" if long else "flips"
+
+
+def _rule_text(params: dict) -> str:
+    rule = ("the edge between the two classes reverses" if params.get("uncertain_rule", "difference") == "edges"
+            else "the sign of the coefficient difference flips")
+    sig = params.get("significance", "tau")
+    if sig == "tau":
+        how = "a coefficient counts when |beta| > tau"
+    else:
+        what = f"{params.get('bootstrap_samples')}-resample bootstrap" if sig == "bootstrap" else "standard-error"
+        how = f"a coefficient counts when its {100 * (1 - params.get('significance_level', 0.05)):.4g} % {what} interval excludes 0"
+    return f"uncertain when {rule} >= {params.get('min_flips')} times; {how}"
+
+
 def explain(
     intensities: np.ndarray,
     confidences: np.ndarray,
@@ -271,6 +308,11 @@ def explain(
     max_cluster_samples: int | None = analysis.MAX_CLUSTER_SAMPLES,
     groups: np.ndarray | None = None,
     saliency_threshold: float = analysis.SALIENCY_THRESHOLD,
+    uncertain_rule: str = "difference",
+    significance: str = "tau",
+    significance_level: float = 0.05,
+    bootstrap_samples: int = 200,
+    bootstrap_seed: int = 0,
 ) -> Explanation:
     """Steps 4-6 on recorded arrays.
 
@@ -279,6 +321,18 @@ def explain(
     passed to reuse HDBSCAN labels computed earlier (they depend on confidences only);
     ``max_cluster_samples`` bounds HDBSCAN's quadratic cost (see ``analysis.learning_groups``);
     ``saliency_threshold`` is the one ``presence`` was computed with, kept in ``params`` for views.
+
+    Uncertain prototypes and the learning order follow ``uncertain_rule``: ``"edges"``
+    (``analysis.pair_reversals``: k's edge between a and b reverses >= ``min_flips`` times; score =
+    reversals x the mean over the edge intervals of ``min(|beta[t][k, a]|, |beta[t][k, b]|)``) or
+    ``"difference"`` (``analysis.pair_flips``: the sign of ``beta[t][k, a] - beta[t][k, b]`` flips
+    >= ``min_flips`` times; score = flips x its mean significant magnitude). A coefficient (or,
+    under ``"difference"``, a difference) is significant by ``significance``: ``"tau"``
+    (``|.| > thresholds[t]``), ``"bootstrap"`` or ``"stderr"`` (its ``1 - significance_level``
+    interval excludes 0, ``analysis.ridge_intervals``; the bootstrap resamples the probe images
+    with ``bootstrap_counts(N, bootstrap_samples, bootstrap_seed)``, the same for every interval).
+    ``thresholds`` is tau in every case (the views draw it). This function's defaults are 0.2's
+    (``"difference"``, ``"tau"``); ``ExplainOptions`` holds those of new runs.
 
     Raises ValueError when the shapes disagree or a parameter is out of range.
 
@@ -305,6 +359,10 @@ def explain(
         raise ValueError("shared_frac and specialised_frac must lie in (0, 1]")
     if min_flips < 1:
         raise ValueError(f"min_flips must be >= 1, got {min_flips}")
+    if uncertain_rule not in analysis.UNCERTAIN_RULES:
+        raise ValueError(f"uncertain_rule must be one of {analysis.UNCERTAIN_RULES}, got {uncertain_rule!r}")
+    if significance not in analysis.SIGNIFICANCE_METHODS:
+        raise ValueError(f"significance must be one of {analysis.SIGNIFICANCE_METHODS}, got {significance!r}")
     names = [str(c) for c in range(m)] if class_names is None else [str(c) for c in class_names]
     if len(names) != m:
         raise ValueError(f"{len(names)} class names for {m} classes")
@@ -322,19 +380,30 @@ def explain(
     groups = groups.astype(np.int64)
     beta = np.stack([analysis.ridge(dp[t], dy[t], ridge_lambda) for t in range(t_ - 1)]) if t_ > 1 else np.zeros((0, k, m))
     thresholds = analysis.interval_thresholds(beta, tau, tau_scale)
+    pairs = [(a, b) for a in range(m) for b in range(a + 1, m)]
+    diff_signs: dict[tuple[int, int], np.ndarray] = {}
+    if significance == "tau" or t_ < 2:
+        signs = analysis.coefficient_signs(beta, thresholds)
+    else:
+        signs, diff_signs = _interval_signs(dp, dy, pairs, ridge_lambda, significance, significance_level, bootstrap_samples,
+                                            bootstrap_seed, with_differences=uncertain_rule == "difference")
 
     uncertain: list[UncertainPrototype] = []
     order: list[LearningStep] = []
-    for a in range(m):
-        for b in range(a + 1, m):
-            flips, magnitude, last_flip = analysis.pair_flips(beta, thresholds, a, b) if t_ > 1 else (np.zeros(k, int), np.zeros(k), np.full(k, -1))
-            for kk in np.flatnonzero(flips >= min_flips):
-                uncertain.append(UncertainPrototype(int(kk), (a, b), int(flips[kk]), float(flips[kk] * magnitude[kk])))
-            last = int(last_flip.max())
-            if not (magnitude > 0).any() or (last >= 0 and last == t_ - 2):
-                order.append(LearningStep((a, b), None))  # never separated, or still flipping
-            else:
-                order.append(LearningStep((a, b), max(last, 0)))
+    for a, b in pairs:
+        if t_ < 2:
+            flips, magnitude, last_flip = np.zeros(k, int), np.zeros(k), np.full(k, -1)
+        elif uncertain_rule == "edges":
+            flips, magnitude, last_flip = analysis.pair_reversals(beta, signs, a, b)
+        else:
+            flips, magnitude, last_flip = analysis.pair_flips(beta, thresholds, a, b, diff_signs.get((a, b)))
+        for kk in np.flatnonzero(flips >= min_flips):
+            uncertain.append(UncertainPrototype(int(kk), (a, b), int(flips[kk]), float(flips[kk] * magnitude[kk])))
+        last = int(last_flip.max())
+        if not (magnitude > 0).any() or (last >= 0 and last == t_ - 2):
+            order.append(LearningStep((a, b), None))  # never separated, or still flipping
+        else:
+            order.append(LearningStep((a, b), max(last, 0)))
     uncertain.sort(key=lambda u: (-u.score, u.prototype, u.classes))
     order.sort(key=lambda s: (s.interval is None, s.interval if s.interval is not None else 0, s.classes))
 
@@ -349,5 +418,32 @@ def explain(
         "max_cluster_samples": None if max_cluster_samples is None else int(max_cluster_samples),
         "min_group_members": 3,
         "saliency_threshold": float(saliency_threshold),
+        "uncertain_rule": uncertain_rule,
+        "significance": significance,
     }
-    return Explanation(beta, thresholds, groups, presence, labels, names, params, np.asarray(intensities), uncertain, order)
+    if significance != "tau":
+        params["significance_level"] = float(significance_level)
+    if significance == "bootstrap":
+        params["bootstrap_samples"], params["bootstrap_seed"] = int(bootstrap_samples), int(bootstrap_seed)
+    return Explanation(beta, thresholds, groups, presence, labels, names, params, np.asarray(intensities), uncertain, order,
+                       signs=signs)
+
+
+def _interval_signs(dp, dy, pairs, lam, method, level, samples, seed, with_differences):
+    """The significant sign of every coefficient (T-1, K, M) by its interval and, ``with_differences``,
+    of every pair difference {(a, b): (T-1, K)}; the bootstrap draws its resamples once."""
+    t1, n, _ = dp.shape
+    m = dy.shape[2]
+    contrast = np.zeros((m, len(pairs)))
+    for j, (a, b) in enumerate(pairs):
+        contrast[a, j], contrast[b, j] = 1.0, -1.0
+    counts = analysis.bootstrap_counts(n, samples, seed) if method == "bootstrap" and n > 0 else None
+    signs, diffs = [], []
+    for t in range(t1):
+        y = np.concatenate([dy[t], dy[t] @ contrast], axis=1) if with_differences else dy[t]
+        lo, hi = analysis.ridge_intervals(dp[t], y, lam, method, level, samples, seed, counts=counts)
+        sign = analysis.interval_signs(lo, hi)
+        signs.append(sign[:, :m])
+        diffs.append(sign[:, m:])
+    diff = np.stack(diffs)
+    return np.stack(signs), ({p: diff[:, :, j] for j, p in enumerate(pairs)} if with_differences else {})

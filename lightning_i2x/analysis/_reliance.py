@@ -9,7 +9,11 @@ import numpy as np
 
 from ..options import FILLS
 
-__all__ = ["Reliance", "RELIANCE_ATTACHMENT"]
+__all__ = ["Reliance", "RELIANCE_ATTACHMENT", "INTERVENTIONS"]
+
+INTERVENTIONS: tuple[str, ...] = ("pixels", "latent")
+"""Where reliance hides a prototype: in the image's pixels (with a fill) or at the target layer's
+output (its feature vectors swapped for another image's); stored as an index, new ones appended."""
 
 RELIANCE_ATTACHMENT = "reliance"
 """The name the reliance is stored under in a run (``run.attachment("reliance")``)."""
@@ -26,6 +30,8 @@ class Reliance:
     class_drop, class_random_drop, class_count: the same per (prototype, true class), (K, M).
     area: mean number of k's locations per image that holds it.
     fill, n_random, seed: how it was measured.
+    intervention: ``"pixels"`` (the fill replaced k's pixels) or ``"latent"`` (k's feature vectors
+        at the target layer were replaced by another image's; ``fill`` is then ``"resample"``).
     """
 
     drop: np.ndarray
@@ -39,6 +45,7 @@ class Reliance:
     fill: str = "blur"
     n_random: int = 4
     seed: int = 0
+    intervention: str = "pixels"
 
     _ARRAYS = ("drop", "random_drop", "reliance", "count", "class_drop", "class_random_drop", "class_count", "area")
 
@@ -53,20 +60,23 @@ class Reliance:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numeric arrays for ``np.savez`` and ``run.save_attachment`` (the settings as 0-d
-        arrays; the fill as its index in ``perturb.FILLS``)."""
+        arrays; the fill as its index in ``perturb.FILLS``, the intervention in ``INTERVENTIONS``)."""
         out = {k: np.asarray(getattr(self, k)) for k in self._ARRAYS}
-        out.update(fill=np.asarray(FILLS.index(self.fill)), n_random=np.asarray(self.n_random), seed=np.asarray(self.seed))
+        out.update(fill=np.asarray(FILLS.index(self.fill)), n_random=np.asarray(self.n_random), seed=np.asarray(self.seed),
+                   intervention=np.asarray(INTERVENTIONS.index(self.intervention)))
         return out
 
     @classmethod
     def from_arrays(cls, arrays) -> "Reliance":
-        """Inverse of ``to_arrays`` (accepts an ``np.load`` result)."""
+        """Inverse of ``to_arrays`` (accepts an ``np.load`` result; files written before the
+        latent intervention, without ``intervention``, read as ``"pixels"``)."""
         missing = [k for k in (*cls._ARRAYS, "fill", "n_random", "seed") if k not in arrays]
         if missing:
             raise ValueError(f"reliance arrays lack {missing}")
         return cls(
             **{k: np.asarray(arrays[k]) for k in cls._ARRAYS},
             fill=_fill_name(np.asarray(arrays["fill"])), n_random=int(np.asarray(arrays["n_random"])), seed=int(np.asarray(arrays["seed"])),
+            intervention=INTERVENTIONS[int(np.asarray(arrays["intervention"]))] if "intervention" in arrays else "pixels",
         )
 
 

@@ -33,8 +33,9 @@ from ..saliency import CAM_METHODS
 from ..store import I2XRun
 from ._counting import accuracy, confusion_matrix, pair_confusions, predictions
 from ._data import RegionDataset, curate, layer_sample, loader_like, one_loader, training_samples
+from ._latent import LatentBasis, LatentModule, basis_from_model, frozen_except, parameters_after
 from ._layer import run_target_layer
-from ._result import FinetuneResult
+from ._result import FinetuneResult, gain_intervals
 from ._search import Selection, find_uncertain_samples
 from ._targets import PairTarget, PrototypeTarget, Target, pair_targets, prototype_target
 from ._trainer import PenalisedModule, detached_copy, fit_schedule
@@ -110,6 +111,8 @@ class PerturbationFinetuner:
         if options.penalty == "gradcam" and reshape_transform is not None:
             raise ValueError("penalty='gradcam' needs a target layer with (B, D, h, w) maps; with a reshape_transform "
                              "use penalty='input_gradient'")
+        if options.mode == "latent" and reshape_transform is not None:
+            raise ValueError("mode='latent' needs a target layer with (B, D, h, w) maps; with a reshape_transform use mode='penalise'")
         self.explain = options.explain if options.explain is not None else config.explain
         self._explanation = explanation
         self.pairs = None if options.pairs is None else resolve_pairs(options.pairs, self.run.class_names)
@@ -173,12 +176,13 @@ class PerturbationFinetuner:
         layer = self._target_layer(model, ds, idx)  # once: the search and the GradCAM penalty both use it
 
         targets = self.targets() if selection is None else list(selection.targets)
+        latent = o.mode == "latent"
         base = dict(targets=targets, class_names=self.run.class_names, mode=o.mode, schedule=o.schedule, seed=o.seed, lr=o.lr,
-                    mask_fill=o.mask_fill if o.mode == "mask" else None, penalty=o.penalty if o.mode == "penalise" else None)
+                    mask_fill=o.mask_fill if o.mode == "mask" else None, penalty=o.penalty if o.mode == "penalise" else None,
+                    latent_layers=o.latent_layers if latent else None)
         reason = self._nothing_to_target(targets)
         if reason is not None:
-            warnings.warn(f"PerturbationFinetuner: {reason}; nothing was fine-tuned", RuntimeWarning, stacklevel=2)
-            return FinetuneResult(**base, skipped_reason=reason)
+            return self._skip(base, reason)
         pairs = [t.classes for t in targets if isinstance(t, PairTarget)]
         for t in targets:
             if isinstance(t, PairTarget) and not t.prototypes:
@@ -187,22 +191,33 @@ class PerturbationFinetuner:
                               "removed or masked for it", RuntimeWarning, stacklevel=2)
 
         m = self.run.num_classes
-        t0 = time.perf_counter()
-        labels, pred_before = predictions(model, val_loader, device, self.forward_fn)
-        seconds = {"evaluate_before": time.perf_counter() - t0}
-
-        needs_curated = "curated" in o.schedule
+        seconds: dict[str, float] = {}
+        needs_curated = "curated" in o.schedule and not latent
+        basis = None
+        if latent and "curated" in o.schedule:
+            t0 = time.perf_counter()
+            basis = self._latent_basis(model, layer, train_loader, ds, idx, targets, device)
+            seconds["basis"] = time.perf_counter() - t0
+            if basis.rank == 0:
+                return self._skip(base, f"no location of {len(self._latent_indices(idx))} training images at the target layer is "
+                                        f"assigned to the targeted prototypes {self._target_ids(targets)}: no direction to penalise")
         if needs_curated and selection is None:
             selection = self._search(model, layer, train_loader, ds, idx, targets)
             seconds["search"] = selection.seconds
         if selection is not None and not np.array_equal(selection.indices, idx):
             raise ValueError("selection was computed on other training samples (max_samples / seed / dataset differ)")
+        if needs_curated and not selection.flagged.any():
+            return self._skip(base, self._flagged_nothing(targets, int(idx.size)))
+
+        t0 = time.perf_counter()
+        labels, pred_before = predictions(model, val_loader, device, self.forward_fn)
+        seconds["evaluate_before"] = time.perf_counter() - t0
 
         full = Subset(ds, idx.tolist())
         curated = curate(ds, selection, o) if needs_curated else None
         penalised = o.mode == "penalise"
         full_phase = Subset(RegionDataset(ds, {}), idx.tolist()) if penalised else full
-        loaders = [loader_like(train_loader, curated if phase == "curated" else full_phase, o.seed, e)
+        loaders = [loader_like(train_loader, curated if phase == "curated" and curated is not None else full_phase, o.seed, e)
                    for e, phase in enumerate(o.schedule)]
         control = detached_copy(model) if o.control else None
         self.control_model = control
@@ -213,10 +228,20 @@ class PerturbationFinetuner:
             wrapper = PenalisedModule(model, o.penalty, o.penalty_ratio, layer if o.penalty == "gradcam" else None, self.forward_fn)
             self._fit_schedule(wrapper, loaders, device, owner=model)
             weight = wrapper.weight
+        elif basis is not None:
+            wrapper = LatentModule(model, layer, basis.basis, o.penalty_ratio, o.schedule, o.seed, self.forward_fn)
+            trainable = (parameters_after(model, layer, layer_sample(ds, idx).to(device), self.forward_fn)
+                         if o.latent_layers == "after" else None)
+            if trainable is not None and not trainable:
+                raise ValueError("latent_layers='after' but no parameter lies after the target layer: use latent_layers='all'")
+            with frozen_except(model, trainable):
+                self._fit_schedule(wrapper, loaders, device, owner=model)
+            weight = wrapper.weight
         else:
             self._fit_schedule(model, loaders, device)
         seconds["train"] = time.perf_counter() - t0
         control_fields: dict[str, Any] = {}
+        pred_control = None
         if control is not None:
             t0 = time.perf_counter()
             self._fit_schedule(control, [loader_like(train_loader, full, o.seed, e) for e in range(len(o.schedule))], device)
@@ -237,17 +262,29 @@ class PerturbationFinetuner:
         seconds["total"] = time.perf_counter() - t_start
         result = FinetuneResult(
             **base, **control_fields, penalty_weight=weight,
-            removed_or_masked={t.classes: n for t, n in counts.items() if isinstance(t, PairTarget)},
-            flagged=sum(n for t, n in counts.items() if isinstance(t, PrototypeTarget)) if by_prototype else None,
+            removed_or_masked={t.classes: n for t, n in counts.items() if isinstance(t, PairTarget)} if not latent else {},
+            flagged=sum(n for t, n in counts.items() if isinstance(t, PrototypeTarget)) if by_prototype and not latent else None,
             num_train_samples=int(idx.size), num_curated_samples=None if curated is None else len(curated),
             num_val_samples=int(labels.size),
             accuracy_before=accuracy(labels, pred_before, m), accuracy_after=accuracy(labels, pred_after, m),
             confusions_before=pair_confusions(cm0, pairs), confusions_after=pair_confusions(cm1, pairs),
             confusion_matrix_before=cm0, confusion_matrix_after=cm1,
-            out_dir=str(self.out_dir), seconds=seconds,
+            out_dir=str(self.out_dir), seconds=seconds, gains=gain_intervals(labels, pred_before, pred_after, pred_control, o.seed),
+            latent_rank=None if basis is None else basis.rank,
         )
-        self._save(result, labels, pred_before, pred_after, selection)
+        self._save(result, labels, pred_before, pred_after, selection, pred_control, basis)
         return result
+
+    def latent_basis(self, model: torch.nn.Module, train_dataloaders: Any, targets: list[Target] | None = None) -> LatentBasis:
+        """The targeted prototypes' centred subspace at the target layer of ``model`` (no training):
+        what ``mode="latent"`` penalises and what ``project_out`` removes (P-ClArC). The features
+        are recomputed at the target layer on ``options.latent_samples`` training images."""
+        loader = one_loader(train_dataloaders, "train_dataloaders")
+        ds, idx = training_samples(loader, self.options.max_samples, self.options.seed)
+        device = self._device(model)
+        model.to(device)
+        layer = self._target_layer(model, ds, idx)
+        return self._latent_basis(model, layer, loader, ds, idx, self.targets() if targets is None else targets, device)
 
     # -- the steps' parts ------------------------------------------------------------------------------
     def _nothing_to_target(self, targets: list[Target]) -> str | None:
@@ -262,6 +299,37 @@ class PerturbationFinetuner:
                     "pass FinetuneOptions(pairs=...) or record more checkpoints")
         names = [tuple(self.run.class_names[c] for c in p) for p in self.pairs]
         return f"none of the pairs {names} has an uncertain prototype in the run"
+
+    def _skip(self, base: dict[str, Any], reason: str) -> FinetuneResult:
+        """Nothing is trained: a RuntimeWarning and a result that says why (the weights are untouched)."""
+        warnings.warn(f"PerturbationFinetuner: {reason}; nothing was fine-tuned", RuntimeWarning, stacklevel=3)
+        return FinetuneResult(**base, skipped_reason=reason)
+
+    @staticmethod
+    def _target_ids(targets: list[Target]) -> list[int]:
+        return sorted({k for t in targets for k in t.prototypes})
+
+    def _flagged_nothing(self, targets: list[Target], searched: int) -> str:
+        what = ", ".join(f"P-{k}" for k in self._target_ids(targets))
+        if any(isinstance(t, PairTarget) for t in targets):
+            names = ", ".join(" <-> ".join(self.run.class_names[c] for c in t.classes) for t in targets if isinstance(t, PairTarget))
+            return (f"the targeted prototypes ({what}) flag no training sample of the pairs {names} among the {searched} searched "
+                    "(no sample of those classes holds one at a salient location): nothing to remove, mask or penalise")
+        where = "anywhere" if self.options.mask_region == "all" else "at a salient location (mask_region='all' looks everywhere)"
+        return f"no training sample of the {searched} searched holds the targeted prototypes ({what}) {where}: nothing to remove, mask or penalise"
+
+    def _latent_indices(self, idx: np.ndarray) -> np.ndarray:
+        n = self.options.latent_samples
+        if idx.size <= n:
+            return idx
+        g = np.random.default_rng([self.options.seed, 31])
+        return np.sort(g.choice(idx, size=n, replace=False))
+
+    def _latent_basis(self, model: torch.nn.Module, layer: torch.nn.Module, loader: DataLoader, dataset: Dataset,
+                      idx: np.ndarray, targets: list[Target], device: torch.device) -> LatentBasis:
+        return basis_from_model(model, layer, dataset, self._latent_indices(idx), self.run.prototypes, self._target_ids(targets),
+                                directions=self.options.latent_directions, batch_size=self.options.batch_size or loader.batch_size or 256,
+                                collate_fn=loader.collate_fn, device=device, forward_fn=self.forward_fn)
 
     def _target_layer(self, model: torch.nn.Module, dataset: Dataset, indices: np.ndarray) -> torch.nn.Module:
         return run_target_layer(model, self.run, layer_sample(dataset, indices), forward_fn=self.forward_fn,
@@ -290,13 +358,17 @@ class PerturbationFinetuner:
         p = next(model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def _save(self, result: FinetuneResult, labels, pred_before, pred_after, selection: Selection | None) -> None:
-        """predictions.npz, selection.npz (flags rows in the order of result.json's targets) and
-        result.json, written last."""
+    def _save(self, result: FinetuneResult, labels, pred_before, pred_after, selection: Selection | None,
+              pred_control: np.ndarray | None = None, basis: LatentBasis | None = None) -> None:
+        """predictions.npz (pred_control too with a control), selection.npz (flags rows in the order
+        of result.json's targets), latent_basis.npz (latent mode) and result.json, written last."""
         out = self.out_dir
         out.mkdir(parents=True, exist_ok=True)
+        extra = {} if pred_control is None else {"pred_control": pred_control.astype(np.int64)}
         write_npz(out / "predictions.npz", labels=labels.astype(np.int64), pred_before=pred_before.astype(np.int64),
-                  pred_after=pred_after.astype(np.int64))
+                  pred_after=pred_after.astype(np.int64), **extra)
+        if basis is not None:
+            write_npz(out / "latent_basis.npz", **basis.to_arrays())
         if selection is not None:
             pairs = [t.classes for t in selection.targets if isinstance(t, PairTarget)]
             write_npz(out / "selection.npz", indices=selection.indices.astype(np.int64),

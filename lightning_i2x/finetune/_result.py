@@ -9,8 +9,22 @@ import numpy as np
 
 from ..analysis import Pair
 from ._targets import PairTarget, PrototypeTarget, Target
+from ._uncertainty import GainInterval, paired_gain
 
-__all__ = ["FinetuneResult"]
+__all__ = ["FinetuneResult", "gain_intervals"]
+
+NOTHING_TRAINED = "nothing was trained (the weights are unchanged)"
+
+
+def gain_intervals(labels: np.ndarray, pred_before: np.ndarray, pred_after: np.ndarray, pred_control: np.ndarray | None,
+                   seed: int = 0) -> dict[str, GainInterval]:
+    """The paired intervals of every gain a result claims: ``"accuracy"`` (after vs before),
+    with a control also ``"targeting"`` (after vs the control) and ``"control"`` (control vs before)."""
+    out = {"accuracy": paired_gain(labels, pred_before, pred_after, seed=seed)}
+    if pred_control is not None:
+        out["targeting"] = paired_gain(labels, pred_control, pred_after, seed=seed)
+        out["control"] = paired_gain(labels, pred_before, pred_control, seed=seed)
+    return out
 
 
 @dataclass
@@ -21,7 +35,14 @@ class FinetuneResult:
     confusions_before / confusions_after: {(a, b): (a predicted as b, b predicted as a)} on the
     validation set for the targeted pairs; removed_or_masked: {(a, b): training samples flagged for
     the pair}; flagged: the samples a ``PrototypeTarget`` flagged. ``skipped_reason`` is set (and
-    the numbers are None) when nothing was done."""
+    the numbers are None) when nothing was done: then nothing was trained, the weights are
+    bitwise unchanged, and ``to_markdown()`` says so and why.
+
+    gains: the paired intervals of the claimed gains (``GainInterval``, a seeded bootstrap over the
+    validation images, with the exact McNemar p-value): ``"accuracy"`` (after - before),
+    ``"targeting"`` (after - control) and ``"control"`` (control - before) with a control. A gain
+    whose 95 % interval holds 0 is reported "within noise". latent_rank: the dimension of the
+    subspace ``mode="latent"`` penalised."""
 
     targets: list[Target]
     class_names: list[str]
@@ -49,6 +70,9 @@ class FinetuneResult:
     control_accuracy_after: float | None = None
     control_confusions_after: dict[Pair, tuple[int, int]] = field(default_factory=dict)
     control_confusion_matrix_after: np.ndarray | None = None
+    gains: dict[str, GainInterval] = field(default_factory=dict)
+    latent_rank: int | None = None
+    latent_layers: str | None = None
 
     @property
     def pairs(self) -> list[Pair]:
@@ -77,7 +101,14 @@ class FinetuneResult:
 
     @property
     def skipped(self) -> bool:
+        """Nothing was trained (``skipped_reason`` says why)."""
         return self.skipped_reason is not None
+
+    def gain_is_noise(self, which: str = "targeting") -> bool | None:
+        """Whether the 95 % interval of a gain (``"accuracy"``, ``"targeting"``, ``"control"``)
+        holds 0; None when the result has no such gain."""
+        g = self.gains.get(which)
+        return None if g is None else g.within_noise
 
     def targeted_confusions(self, when: str = "after") -> int | None:
         """Confusions of all targeted pairs, both directions, before or after."""
@@ -118,23 +149,35 @@ class FinetuneResult:
             "control_targeted_confusions_after": (int(sum(a + b for a, b in self.control_confusions_after.values()))
                                                   if self.has_control and self.pairs else None),
             "control_confusion_matrix_after": cm(self.control_confusion_matrix_after),
+            "gain_intervals": {k: v.to_dict() for k, v in self.gains.items()},
+            "latent_rank": self.latent_rank, "latent_layers": self.latent_layers,
+            "trained": not self.skipped,
         }
 
     def to_markdown(self) -> str:
         if self.skipped:
-            return f"Targeted fine-tuning skipped: {self.skipped_reason}\n"
+            return f"Targeted fine-tuning skipped: {NOTHING_TRAINED}. Why: {self.skipped_reason}.\n"
         how = f"mode `{self.mode}`" + (f" ({self.penalty} penalty, weight {self.penalty_weight:.3g})"
                                         if self.mode == "penalise" and self.penalty_weight is not None else "")
+        if self.mode == "latent":
+            how += (f" (RR-ClArC on a {self.latent_rank}-dimensional subspace, layers {self.latent_layers} the target layer"
+                    + (f", weight {self.penalty_weight:.3g})" if self.penalty_weight is not None else ")"))
+        acc = self.gains.get("accuracy")
         head = (f"Targeted fine-tuning, {how}, schedule {' -> '.join(self.schedule)}: "
                 f"accuracy {100 * self.accuracy_before:.2f} % -> {100 * self.accuracy_after:.2f} % "
-                f"on {self.num_val_samples} validation samples")
+                f"on {self.num_val_samples} validation samples" + (f", a change of {acc.describe()}" if acc is not None else ""))
         if self.has_control:
             gain = 100 * self.targeting_gain
+            tg = self.gains.get("targeting")
             head += (f"; the same budget of plain training ({' -> '.join('full' for _ in self.schedule)} from the same "
-                     f"weights): {100 * self.control_accuracy_after:.2f} %; targeting adds {gain:+.2f} points.")
+                     f"weights): {100 * self.control_accuracy_after:.2f} %; targeting adds "
+                     + (f"{tg.describe()}." if tg is not None else f"{gain:+.2f} points (no interval)."))
         else:
             head += (". No same-budget control was run (control=True): part of this change may be the extra "
                      "training, not the targeting.")
+        if self.target_prototypes and self.mode == "latent":
+            protos = ", ".join(f"P-{k}" for k in self.target_prototypes)
+            return f"{head}\n\nTargeted prototypes (any class): {protos}; their directions at the target layer were penalised on every training sample.\n"
         if self.target_prototypes:
             verb = {"remove": "removed", "mask": "masked", "penalise": "penalised"}.get(self.mode, "flagged")
             protos = ", ".join(f"P-{k}" for k in self.target_prototypes)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..analysis import Explanation, Pair, pair_prototypes
+from ..errors import I2XRunError
 from ..store import I2XRun
 
 __all__ = ["PairTarget", "PrototypeTarget", "Target", "target_from_dict", "pair_targets", "prototype_target"]
@@ -74,12 +75,19 @@ def target_from_dict(values: dict[str, Any]) -> Target:
 
 
 def prototype_target(run: I2XRun, prototypes: Sequence[int] | str | None) -> PrototypeTarget | None:
-    """``FinetuneOptions.prototypes`` checked against the run: None, ids, or ``"suspects"`` (the
+    """``FinetuneOptions.prototypes`` checked against the run: None, ids, ``"marked"`` (those marked
+    ``"shortcut"``, ``I2XRun.marks``; I2XRunError when none is) or ``"suspects"`` (the
     run's shortcut suspects; I2XRunError naming what to do when it stores no reliance)."""
     if prototypes is None:
         return None
     if prototypes == "suspects":
         return PrototypeTarget(run.suspects())
+    if prototypes == "marked":  # what people marked "shortcut" in the dashboard (marks.json)
+        marked = sorted(k for k, mark in run.marks().items() if mark == "shortcut")
+        if not marked:
+            raise I2XRunError(f"{run.path} has no prototype marked \"shortcut\" (of its current prototypes): mark them in the "
+                              "dashboard (i2x serve) or with run.set_mark(k, \"shortcut\")")
+        return PrototypeTarget(marked)
     k = run.num_prototypes
     unknown = [p for p in prototypes if not 0 <= p < k]
     if unknown:

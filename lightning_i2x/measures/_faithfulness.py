@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .._core import fail, is_int
 from .._model import ForwardFn, model_device, preserved_rng
 from ..perturb import FILLS, apply_mask, default_blur_sigma, fill_values, target_probabilities
+from ..saliency import upsample_maps
 
 __all__ = ["FaithfulnessMeasure", "FaithfulnessResult", "pixel_ranks", "deletion_insertion", "random_maps", "random_baseline"]
 
@@ -85,10 +85,10 @@ def _check_inputs(images, targets, maps, steps) -> torch.Tensor:
 
 
 def pixel_ranks(maps: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) int64 rank of each pixel in decreasing saliency (0 = most salient) after bilinear
-    upsampling (``align_corners=False``, as image resizing does); ties go to the lower flat index."""
+    """(B, H, W) int64 rank of each pixel in decreasing saliency (0 = most salient) after
+    ``saliency.upsample_maps`` (bilinear at pixel centres, the one the I-GOS optimiser uses); ties go to the lower flat index."""
     b = maps.shape[0]
-    up = F.interpolate(maps.detach()[:, None].double(), size=tuple(image_size), mode="bilinear", align_corners=False)[:, 0]
+    up = upsample_maps(maps.detach().double(), image_size)  # the I-GOS optimiser's upsampler too
     order = torch.sort(up.reshape(b, -1), dim=1, descending=True, stable=True).indices
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand(b, -1))
@@ -146,7 +146,9 @@ def deletion_insertion(
     h, w = x.shape[-2:]
     with preserved_rng():
         gen = torch.Generator(device=device).manual_seed(0) if fill in ("noise", "random") else None
-        fills = fill_values(x, fill, sigma=default_blur_sigma((h, w)) if sigma is None else float(sigma), baseline=baseline, generator=gen)
+        # "resample": each image's pixels come from an image of another target class (perturb.resample_donors)
+        fills = fill_values(x, fill, sigma=default_blur_sigma((h, w)) if sigma is None else float(sigma), baseline=baseline, generator=gen,
+                            labels=t.detach().cpu())
         ranks = pixel_ranks(maps.to(device), (h, w))
         counts = _pixel_counts(h * w, steps)
         t = t.to(device)

@@ -99,6 +99,7 @@ def probe_pass(
     for batch in probe_batches(
         model, layer, images, labels, cam=cam, cam_target=options.cam_target, batch_size=options.batch_size,
         reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=options.normalise_maps,
+        igos=options.igos.igos_kwargs(),
     ):
         if stream is not None:
             stream.add(batch.activations)

@@ -40,18 +40,51 @@ import torch
 import torch.nn.functional as F
 
 from .._model import ForwardFn, default_forward, evaluation_mode, model_device, preserved_rng
-from ..perturb import default_blur_sigma, fill_values
+from ..perturb import default_blur_sigma, fill_values, hiding_sigma
 from ._gradcam import ProbeBatch, grad_enabled_full_precision, model_input, normalise_maps
+from ._upsample import upsample_maps
 
-__all__ = ["IGOS_METHODS", "igos_maps", "igos_probe_batch"]
+__all__ = ["IGOS_METHODS", "igos_maps", "igos_probe_batch", "default_mask_side", "smoothness_weight", "AUTHORS_BLUR_FRACTION",
+           "AUTHORS_MASK_SIDE", "NOISE_RANGE_REFERENCE"]
 
 IGOS_METHODS: tuple[str, ...] = ("igos", "igos++")
 
 
 
 def _upscale(masks: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w) -> (B, 1, H, W), bilinear with aligned corners as the authors' UpsamplingBilinear2d."""
-    return F.interpolate(masks, size=image_size, mode="bilinear", align_corners=True)
+    """(B, 1, h, w) -> (B, 1, H, W) with the metric's upsampler (``upsample_maps``)."""
+    return upsample_maps(masks, image_size)
+
+
+AUTHORS_MASK_SIDE = 28
+"""The authors' mask side (``--size 28`` at 224 px), where their ``L2 = 20`` was tuned."""
+
+AUTHORS_BLUR_FRACTION = 0.0646
+"""The sd of the authors' baseline blur kernel as a fraction of the image side: a 51 x 51 kernel
+with sigma 50 at 224 px is truncated to nearly a box of 51 px, whose sd is 14.47 px (51 taps of a
+Gaussian of sigma 50; a box's would be 14.72); a Gaussian of that sd has about the same reach.
+This package's 0.2 baseline (0.22 of the side) was about 3.5 times stronger."""
+
+NOISE_RANGE_REFERENCE = 4.5
+"""The value range of ImageNet-normalised inputs ((1 - 0) / 0.225), the scale the authors' noise sd
+of 0.2 was set on."""
+
+
+def default_mask_side(feature_side: int, image_side: int) -> int:
+    """The mask side the probe pass optimises at: four times the target layer's map side, at most
+    the image side. The authors optimise 28 x 28 masks for networks whose last map is 7 x 7 at 224
+    px; on small images their ratio to the image (1/8 of the side) would be coarser than the
+    network's own map, so the ratio to the map is kept instead (7 x 7 on MNIST -> 28 x 28)."""
+    return int(min(image_side, 4 * feature_side))
+
+
+def smoothness_weight(L2: float, mask_size: tuple[int, int]) -> float:
+    """``L2`` rescaled to the mask's resolution: the total variation of the same image region is a
+    mean over cell differences whose non-zero ones lie on the region's boundary, so it scales as
+    1 / side; the weight is multiplied by side / 28 to keep its cost against the score terms where
+    the authors tuned it (a 7 x 7 mask: 20 -> 5)."""
+    side = 0.5 * (mask_size[0] + mask_size[1])
+    return float(L2) * side / AUTHORS_MASK_SIDE
 
 
 def _tv(masks: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -90,9 +123,10 @@ class _Objective:
 
     def redraw(self, n_paths: int) -> None:
         b, c, h, w = self.images.shape
-        if self.noise_sd > 0:
+        sd = self.noise_sd  # a number, or (b,) one per image
+        if torch.is_tensor(sd) or sd > 0:
             z = torch.randn((n_paths, b, self.k, c, h, w), generator=self.gen, device=self.images.device, dtype=self.images.dtype)
-            self.noise = z * self.noise_sd
+            self.noise = z * (sd.view(1, -1, 1, 1, 1, 1) if torch.is_tensor(sd) else sd)
         else:
             self.noise = None
 
@@ -212,14 +246,28 @@ def igos_maps(
     seed: int = 0,
     batch_size: int = 16,
     forward_fn: ForwardFn | None = None,
+    baseline: str = "authors",
+    scale_smoothness: bool = True,
+    noise_relative: bool = True,
 ) -> torch.Tensor:
     """(B, h, w) I-GOS (``method="igos"``) or iGOS++ (``"igos++"``) saliency in [0, 1] of
     ``images`` (B, C, H, W) for ``targets`` (B,) (None = the predicted class), on the model's
-    device, float32. ``size`` = (h, w) of the mask; ``sigma`` of the blurred baseline (default
-    ``perturb.default_blur_sigma``); ``batch_size`` images optimised together (``ig_iter``
-    model inputs each). Other parameters as in the module docstring. The model's modes, parameter
-    gradients, ``requires_grad`` flags and the global RNG are left as they were."""
+    device, float32. ``size`` = (h, w) of the mask; ``batch_size`` images optimised together
+    (``ig_iter`` model inputs each). The settings that the authors' ImageNet setting needs carried to
+    other images:
+
+    - ``baseline``: ``"authors"`` (default: a blur of the authors' effective reach,
+      ``AUTHORS_BLUR_FRACTION`` of the side) or ``"strong"`` (``perturb.default_blur_sigma``, 0.22
+      of the side, this package's 0.2 behaviour); ``sigma`` overrides either.
+    - ``scale_smoothness``: ``L2`` rescaled to the mask's side (``smoothness_weight``).
+    - ``noise_relative``: ``noise`` is in the authors' units (ImageNet-normalised inputs) and is
+      scaled by each image's value range / ``NOISE_RANGE_REFERENCE``; False: an absolute sd.
+
+    Other parameters as in the module docstring. The model's modes, parameter gradients,
+    ``requires_grad`` flags and the global RNG are left as they were."""
     _check(images, targets, method, tuple(size), iterations, ig_iter, opt, batch_size)
+    if baseline not in ("authors", "strong"):
+        raise ValueError(f"igos_maps.baseline must be one of ('authors', 'strong'), got {baseline!r}")
     forward_fn = forward_fn or default_forward
     device = model_device(model)
     size = (int(size[0]), int(size[1]))
@@ -227,7 +275,14 @@ def igos_maps(
     with evaluation_mode(model), preserved_rng(), torch.compiler.set_stance("force_eager"), grad_enabled_full_precision(device):
         x = model_input(images.detach(), model, device)
         gen = torch.Generator(device=device).manual_seed(int(seed))
-        base = fill_values(x, "blur", sigma=default_blur_sigma(tuple(x.shape[-2:])) if sigma is None else float(sigma))
+        side = tuple(x.shape[-2:])
+        if sigma is None:
+            sigma = hiding_sigma(side, AUTHORS_BLUR_FRACTION) if baseline == "authors" else default_blur_sigma(side)
+        base = fill_values(x, "blur", sigma=float(sigma))
+        if scale_smoothness:
+            L2 = smoothness_weight(L2, size)
+        if noise_relative and len(x):
+            noise = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)) / NOISE_RANGE_REFERENCE  # (B,) per image
         if targets is None:
             with torch.no_grad():
                 t = torch.cat([forward_fn(model, x[s : s + batch_size]).argmax(1) for s in range(0, x.shape[0], batch_size)])
@@ -238,7 +293,7 @@ def igos_maps(
             out.append(
                 _optimise_chunk(
                     model, forward_fn, x[sl], base[sl], t[sl], method=method, size=size, iterations=iterations, ig_iter=ig_iter,
-                    L1=L1, L2=L2, alpha=alpha, opt=opt, noise=noise, tv_sigma=tv_sigma, gen=gen,
+                    L1=L1, L2=L2, alpha=alpha, opt=opt, noise=noise[sl] if torch.is_tensor(noise) else noise, tv_sigma=tv_sigma, gen=gen,
                 ).detach()
             )
     return torch.cat(out).float() if out else torch.zeros(0, *size, device=device)
@@ -256,10 +311,12 @@ def igos_probe_batch(
     normalise: bool = True,
     **igos_kwargs,
 ) -> ProbeBatch:
-    """What ``cam.native_gradcam`` yields, with I-GOS / iGOS++ maps at the layer's feature
-    resolution: activations of ``layer`` (a forward hook, after ``reshape_transform``), maps
-    (B, h, w) (min-max normalised per map when ``normalise``), softmax confidences (B, M).
-    ``targets`` None = the predicted class; ``igos_kwargs`` go to ``igos_maps``."""
+    """What ``native_gradcam`` yields, with I-GOS / iGOS++ maps: activations of ``layer`` (a forward
+    hook, after ``reshape_transform``), maps (B, h, w) at the layer's resolution (min-max
+    normalised per map when ``normalise``), softmax confidences (B, M). The masks are optimised at
+    ``mask_size`` (default ``default_mask_side``: four times the map's side, at most the image's)
+    and averaged over each feature cell. ``targets`` None = the predicted class; the other
+    ``igos_kwargs`` go to ``igos_maps``."""
     forward_fn = forward_fn or default_forward
     device = model_device(model)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -277,7 +334,12 @@ def igos_probe_batch(
     if reshape_transform is not None:
         acts = reshape_transform(acts)
     t = logits.argmax(1) if targets is None else torch.as_tensor(targets, device=device).reshape(-1).long()
-    maps = igos_maps(model, images, t, method=method, size=tuple(acts.shape[-2:]), forward_fn=forward_fn, **igos_kwargs)
+    h, w = acts.shape[-2:]
+    side = igos_kwargs.pop("mask_size", None)
+    size = (default_mask_side(h, images.shape[-2]), default_mask_side(w, images.shape[-1])) if side is None else (int(side), int(side))
+    maps = igos_maps(model, images, t, method=method, size=size, forward_fn=forward_fn, **igos_kwargs)
+    if tuple(maps.shape[-2:]) != (h, w):  # the prototypes live on the layer's grid: each cell's mean saliency
+        maps = F.adaptive_avg_pool2d(maps[:, None], (h, w))[:, 0]
     if normalise:
         maps = normalise_maps(maps)
     return ProbeBatch(acts, maps, torch.softmax(logits, dim=1))

@@ -2,7 +2,7 @@
 pickle). It knows no measure and no figure beyond its presentation accessors."""
 
 from ._analysis import NO_RELIANCE
-from ._format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, READABLE_VERSIONS
+from ._format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MARK_VALUES, MARKS, READABLE_VERSIONS
 from ._run import I2XRun
 
-__all__ = ["I2XRun", "NO_RELIANCE", "FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST"]
+__all__ = ["I2XRun", "NO_RELIANCE", "FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MARKS", "MARK_VALUES"]

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from .. import analysis
-from ..analysis import RELIANCE_ATTACHMENT, SUSPECT_RULE_OPTIONS, Explanation, Reliance, explain, suspect_prototypes
+from ..analysis import RELIANCE_ATTACHMENT, SUSPECT_RULE_OPTIONS, Explanation, Reliance, SuspectReport, Suspects, explain, suspect_report
 from ..errors import I2XRunError
 from ..options import ExplainOptions
 
@@ -64,7 +64,7 @@ class RunAnalysis:
         rel = self.stored_reliance()
         if rel is None:
             return expl
-        return dataclasses.replace(expl, suspects=tuple(self.suspects(rel)))
+        return dataclasses.replace(expl, suspects=Suspects(self.suspect_report(rel)))
 
     def stored_reliance(self) -> Reliance | None:
         """The reliance stored in the run (``RelianceMeasure`` or ``reliance_of_run``), or None when
@@ -81,9 +81,14 @@ class RunAnalysis:
         return rel
 
     def suspects(self, reliance: Reliance | None = None, **thresholds) -> list[int]:
-        """``analysis.suspect_prototypes`` on what the run holds: its stored reliance, its probe
-        assignment and the GradCAM intensities of its last checkpoint; never ground truth.
-        ``thresholds`` override the rule's (``min_reliance=...``).
+        """The suspect ids of ``suspect_report`` (same arguments), most reliant first."""
+        return list(self.suspect_report(reliance, **thresholds).suspects)
+
+    def suspect_report(self, reliance: Reliance | None = None, **thresholds) -> SuspectReport:
+        """``analysis.suspect_report`` on what the run holds: its stored reliance, its probe
+        assignment and the GradCAM intensities of its checkpoints; never ground truth. The
+        suspects, or why there are none (the strongest candidates and the criteria they failed,
+        or "not localised"). ``thresholds`` override the rule's (``min_reliance=...``).
 
         Raises I2XRunError when the run has no prototypes, no stored reliance, or a reliance
         measured on earlier prototypes, saying what to do; ValueError for an unknown threshold."""
@@ -95,8 +100,8 @@ class RunAnalysis:
         unknown = sorted(set(thresholds) - SUSPECT_RULE_OPTIONS)
         if unknown:
             raise ValueError(f"suspects got unknown threshold(s) {unknown}; the rule takes {sorted(SUSPECT_RULE_OPTIONS)}")
-        return suspect_prototypes(rel, self.assignment(), self.labels, intensities=self.intensities()[-1:],
-                                  num_prototypes=self.num_prototypes, **thresholds)
+        return suspect_report(rel, self.assignment(), self.labels, intensities=self.intensities(),
+                              num_prototypes=self.num_prototypes, **thresholds)
 
     def _learning_groups(self, min_cluster_size: int | None, max_cluster_samples: int | None) -> np.ndarray:
         """HDBSCAN labels per interval; they depend on confidences only, so each interval is

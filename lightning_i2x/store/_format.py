@@ -11,13 +11,17 @@ import numpy as np
 from ..errors import I2XRunError, OptionsError
 from ..options import RunConfig
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "load_npz", "check_manifest", "read_config"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MARKS", "MARK_VALUES", "load_npz", "check_manifest", "read_config"]
 
 
 FORMAT_NAME = "lightning-i2x-run"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+# what people marked (the dashboard): its own file beside the manifest, never in it
+MARKS = "marks.json"
+MARKS_FORMAT = "lightning-i2x-marks"
+MARK_VALUES = ("shortcut", "fine")
 
 
 def load_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:

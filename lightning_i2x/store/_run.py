@@ -11,6 +11,8 @@ Format (version 2; everything NumPy ``.npz`` without pickles, or JSON):
     <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
     <run_dir>/attachments/<name>.json|npz  what further measures stored (reliance, a SAG, ...),
                                        each tied to the checkpoint it was measured at
+    <run_dir>/marks.json               what people marked in the dashboard ("shortcut" / "fine"
+                                       per prototype of the current prototypes file), not in the manifest
     <run_dir>/prototypes/proto-00000.npz   projection (p, d), bias (p,), centroids (K, p),
                                        assignment (N, h, w) int32 (from the reference model),
                                        distances (N, h, w) float32, optional: each location's
@@ -37,7 +39,18 @@ from ..errors import I2XRunError
 from ..options import RunConfig
 from ..prototypes import Prototypes
 from ._analysis import RunAnalysis
-from ._format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, READABLE_VERSIONS, check_manifest, load_npz, read_config
+from ._format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    MARK_VALUES,
+    MARKS,
+    MARKS_FORMAT,
+    READABLE_VERSIONS,
+    check_manifest,
+    load_npz,
+    read_config,
+)
 
 __all__ = ["I2XRun"]
 
@@ -304,6 +317,43 @@ class I2XRun(RunAnalysis):
             raise I2XRunError(f"{file} is listed in the run's manifest but missing") from None
         except (ValueError, OSError) as e:
             raise I2XRunError(f"{file} is damaged: {e}") from None
+
+    def marks(self) -> dict[int, str]:
+        """{prototype: "shortcut" | "fine"} as people marked the run's current prototypes (the
+        dashboard writes them to ``marks.json`` beside the manifest); marks made on earlier
+        prototypes (they are refitted at every record) are not returned. Empty when none."""
+        try:
+            raw = json.loads((self.path / MARKS).read_text())
+        except FileNotFoundError:
+            return {}
+        except (ValueError, OSError) as e:
+            raise I2XRunError(f"{self.path / MARKS} is damaged: {e}") from None
+        current = self._manifest["prototypes"]
+        if not isinstance(raw, dict) or raw.get("format") != MARKS_FORMAT or current is None or raw.get("prototypes") != current["file"]:
+            return {}
+        marks = raw.get("marks")
+        if not isinstance(marks, dict):
+            raise I2XRunError(f"{self.path / MARKS} is damaged: marks is not a mapping")
+        return {int(k): v for k, v in marks.items() if str(k).isdigit() and int(k) < self.num_prototypes and v in MARK_VALUES}
+
+    def set_mark(self, prototype: int, mark: str | None) -> dict[int, str]:
+        """Mark a current prototype ``"shortcut"`` or ``"fine"`` (None: clear its mark); written
+        atomically to ``marks.json``, never to the manifest. Returns every mark. ``marks()`` and
+        ``FinetuneOptions(prototypes="marked")`` read them."""
+        self._require_prototypes()
+        k = int(prototype)
+        if not 0 <= k < self.num_prototypes:
+            raise ValueError(f"prototype {k} is not a prototype of the run; its prototypes are 0..{self.num_prototypes - 1}")
+        if mark is not None and mark not in MARK_VALUES:
+            raise ValueError(f"a mark is one of {MARK_VALUES} or None, got {mark!r}")
+        marks = self.marks()
+        if mark is None:
+            marks.pop(k, None)
+        else:
+            marks[k] = mark
+        write_json(self.path / MARKS, {"format": MARKS_FORMAT, "version": 1, "prototypes": self._manifest["prototypes"]["file"],
+                                       "marks": {str(p): v for p, v in sorted(marks.items())}})
+        return marks
 
     @property
     def attachments(self) -> list[str]:

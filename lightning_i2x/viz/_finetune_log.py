@@ -12,7 +12,9 @@ __all__ = ["log_finetune"]
 def log_finetune(sink, result: FinetuneResult, step: int, prefix: str = "i2x/finetune") -> None:
     """To every logger of ``sink`` (``lightning_i2x.sinks``): ``{prefix}/accuracy_before|after``,
     ``{prefix}/confusions_before|after/<a>_as_<b>`` (and ``<a>_<b>`` for both directions), the
-    confusion matrices as images ``{prefix}/confusion_matrix_before|after``, the text ``{prefix}/summary``."""
+    confusion matrices as images ``{prefix}/confusion_matrix_before|after``, the text ``{prefix}/summary``
+    (which says why when nothing was trained, and "within noise" for a gain whose 95 % interval
+    holds 0), ``{prefix}/<accuracy|targeting|control>_gain_low|high`` (those intervals)."""
     sink = LogSink.of(sink)
     sink.text(f"{prefix}/summary", result.to_markdown(), step)
     if result.skipped:
@@ -21,6 +23,9 @@ def log_finetune(sink, result: FinetuneResult, step: int, prefix: str = "i2x/fin
     if result.has_control:
         scalars[f"{prefix}/control_accuracy_after"] = result.control_accuracy_after
         scalars[f"{prefix}/targeting_gain"] = result.targeting_gain
+    for which, g in result.gains.items():  # the paired 95 % intervals of the claimed gains
+        scalars[f"{prefix}/{which}_gain_low"] = g.low
+        scalars[f"{prefix}/{which}_gain_high"] = g.high
     if result.flagged is not None:
         scalars[f"{prefix}/flagged"] = result.flagged
     names = result.class_names

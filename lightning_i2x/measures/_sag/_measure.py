@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..._core import fail, field_choice, field_fraction, field_int, field_number, set_field
 from ..._model import ForwardFn
 from ...analysis import select_classes
 from ...errors import I2XRunError
-from ...options import ViewOptions, _choice, _fraction, _int, _number, _set, fail
+from ...options import ViewOptions
 from ._graph import SAG
 from ._mses import mse_list_stats, mses_many, sag
 from ._regions import (
@@ -110,28 +111,28 @@ class SAGMeasure:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):
             fail(self, "name", "a non-empty name of letters, digits, '-' and '_'", self.name)
-        _choice(self, "when", ("record", "end"))
+        field_choice(self, "when", ("record", "end"))
         if self.classes is not None:
             classes = (self.classes,) if isinstance(self.classes, (str, int)) else self.classes
             if (not isinstance(classes, (list, tuple)) or not classes
                     or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
                 fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
-            _set(self, "classes", tuple(classes))
-        _int(self, "images_per_class")
-        _choice(self, "regions", ("prototypes", "grid"))
-        _fraction(self, "fraction")
-        _int(self, "beam_width")
-        _int(self, "max_size", optional=True)
-        _int(self, "size_slack", low=0, optional=True)
-        _int(self, "max_roots")
-        _int(self, "max_overlap", low=0)
-        _int(self, "max_mses")
-        _fraction(self, "floor", closed_low=True)
-        _int(self, "max_children", optional=True)
-        _int(self, "max_nodes")
-        _int(self, "grid_size", optional=True)
-        _number(self, "sigma", strict=True, optional=True)
-        _int(self, "batch_size")
+            set_field(self, "classes", tuple(classes))
+        field_int(self, "images_per_class")
+        field_choice(self, "regions", ("prototypes", "grid"))
+        field_fraction(self, "fraction")
+        field_int(self, "beam_width")
+        field_int(self, "max_size", optional=True)
+        field_int(self, "size_slack", low=0, optional=True)
+        field_int(self, "max_roots")
+        field_int(self, "max_overlap", low=0)
+        field_int(self, "max_mses")
+        field_fraction(self, "floor", closed_low=True)
+        field_int(self, "max_children", optional=True)
+        field_int(self, "max_nodes")
+        field_int(self, "grid_size", optional=True)
+        field_number(self, "sigma", strict=True, optional=True)
+        field_int(self, "batch_size")
         if self.views is not None and not isinstance(self.views, ViewOptions):
             fail(self, "views", "a lightning_i2x.ViewOptions or None", self.views)
 

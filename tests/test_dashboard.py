@@ -1,0 +1,416 @@
+"""The dashboard (lightning_i2x.dashboard): its routes through werkzeug's test client, path safety,
+headers, the token and read-only mode, the TensorBoard plugin in-process and its entry point, the
+one-file interactive report, and a real headless Chromium session over ``i2x serve``'s app."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from werkzeug.test import Client
+
+from lightning_i2x import I2XRun, Prototypes
+from lightning_i2x.__main__ import main as cli
+from lightning_i2x.dashboard import CSP, DashboardApp, build_interactive_report, find_runs
+
+from .browser import DevTools, require_chromium
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def make_run(path, k=8, n=60, t=6, m=3, hw=(4, 4), size=16, seed=0, images=True) -> I2XRun:
+    """A synthetic run (no model): random maps, confidences drifting to the true class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % m
+    run = I2XRun.create(path, labels=labels, class_names=[f"c{c}" for c in range(m)], feature_shape=hw, num_prototypes=k,
+                        images=rng.normal(size=(n, 1, size, size)).astype(np.float32) if images else None)
+    for step in range(t):
+        append(run, rng, step, t)
+    protos = Prototypes(projection=rng.normal(size=(4, 8)).astype(np.float32), bias=np.zeros(4, np.float32),
+                        centroids=rng.normal(size=(k, 4)).astype(np.float32))
+    run.set_prototypes(protos, rng.integers(0, k, size=(n, *hw)), reference=t - 1, distances=rng.random((n, *hw)).astype(np.float32))
+    return run
+
+
+def append(run, rng, step, t):
+    n, m = run.num_probe, run.num_classes
+    conf = rng.dirichlet(np.ones(m), size=n).astype(np.float32)
+    conf[np.arange(n), run.labels] += step / t
+    run.append_checkpoint(rng.random((n, *run.feature_shape)).astype(np.float32), conf / conf.sum(1, keepdims=True),
+                          epoch=step, global_step=10 * step)
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    make_run(tmp_path / "logs" / "mnist" / "version_0" / "i2x")
+    make_run(tmp_path / "logs" / "other" / "i2x", seed=1, images=False)
+    (tmp_path / "logs" / "not_a_run").mkdir()
+    (tmp_path / "logs" / "not_a_run" / "manifest.json").write_text('{"format": "something-else"}')
+    return tmp_path / "logs"
+
+
+RUN = "mnist/version_0/i2x"
+
+
+@pytest.fixture
+def client(logdir):
+    return Client(DashboardApp(logdir))
+
+
+def get_json(client, url, status=200):
+    r = client.get(url)
+    assert r.status_code == status, (url, r.status_code, r.data[:300])
+    assert r.mimetype == "application/json"
+    return r.get_json()
+
+
+def test_finds_every_run_under_a_log_directory(logdir):
+    assert sorted(find_runs(logdir)) == [RUN, "other/i2x"]
+    assert list(find_runs(logdir / RUN)) == ["i2x"]  # a run directory itself
+    assert find_runs(logdir / "missing") == {}
+
+
+def test_routes_answer_small_json_of_the_documented_shape(client):
+    cfg = get_json(client, "/api/config")
+    assert cfg["runs"] == [RUN, "other/i2x"] and cfg["read_only"] is False and len(cfg["token"]) > 20
+    ov = get_json(client, f"/api/overview?run={RUN}")
+    assert ov["class_names"] == ["c0", "c1", "c2"] and len(ov["checkpoints"]) == 6
+    assert np.array(ov["confidence"]).shape == (3, 6) and len(ov["accuracy"]) == 6 and len(ov["holding"]) == 8
+    ex = ov["explanation"]
+    assert ex["num_intervals"] == 5 and ex["suspects"] is None
+    for row in ex["uncertain"]:  # grouped: one row per prototype, its pairs inside
+        assert set(row) == {"prototype", "score", "pairs"} and row["pairs"]
+    assert len({r["prototype"] for r in ex["uncertain"]}) == len(ex["uncertain"])
+    p = get_json(client, f"/api/prototype?run={RUN}&k=2")
+    assert len(p["intensity"]) == 6 and np.array(p["beta"]).shape == (5, 3) and len(p["thresholds"]) == 5
+    assert 0 < len(p["patches"]) <= 16 and p["num_holding"] >= len(p["holders"]) and p["mark"] is None
+    assert all(set(h) == {"image", "label", "cells", "intensity"} for h in p["holders"])
+    im = get_json(client, f"/api/image?run={RUN}&i=5")
+    assert np.array(im["cams"]).shape == (6, 16) and np.array(im["cells"]).shape == (4, 4)
+    assert np.array(im["confidences"]).shape == (6, 3) and len(im["distances"]) == 16 and im["image_shape"] == [16, 16]
+    assert set(im["intensity"]) == {str(k) for k in np.unique(im["cells"])}
+    for url in (f"/api/sprite.png?run={RUN}&k=2", f"/api/image.png?run={RUN}&i=5"):
+        r = client.get(url)
+        assert r.status_code == 200 and r.mimetype == "image/png" and r.data.startswith(b"\x89PNG")
+    # a run without images: no sprite, the map alone
+    assert get_json(client, "/api/prototype?run=other/i2x&k=0")["patches"] == []
+    assert client.get("/api/sprite.png?run=other/i2x&k=0").status_code == 404
+    assert get_json(client, "/api/image?run=other/i2x&i=0")["image_shape"] is None
+    # bad requests
+    get_json(client, f"/api/prototype?run={RUN}&k=99", 404)
+    get_json(client, f"/api/prototype?run={RUN}&k=-1", 400)
+    get_json(client, f"/api/image?run={RUN}&i=x", 400)
+    get_json(client, "/api/overview?run=nope", 404)
+    get_json(client, "/api/overview?run=not_a_run", 404)
+    assert client.post(f"/api/overview?run={RUN}").status_code == 405
+
+
+def test_every_response_has_a_type_nosniff_and_html_a_strict_csp(client):
+    urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
+            f"/api/sprite.png?run={RUN}&k=0", "/api/nothing", "/static/secret.py", f"/api/file?run={RUN}&path=..%2Fx"]
+    for url in urls:
+        r = client.get(url)
+        assert r.headers.get("Content-Type"), url
+        assert r.headers["X-Content-Type-Options"] == "nosniff", url
+    for url in ("/", "/index.html"):
+        r = client.get(url)
+        assert r.mimetype == "text/html" and r.headers["Content-Security-Policy"] == CSP
+    assert "default-src 'none'" in CSP and "unsafe-inline" not in CSP and "unsafe-eval" not in CSP
+    # the page itself loads nothing from outside
+    assert not re.search(r"(src|href)=\"(https?:)?//", client.get("/").text)
+
+
+@pytest.mark.parametrize("path", [
+    "../manifest.json", "..", "/etc/passwd", "checkpoints/../manifest.json", "checkpoints%2F..%2F..%2Fx", "..%2F..%2Fetc%2Fpasswd",
+    "checkpoints/ckpt-99999.npz", "prototypes", "checkpoints\\..\\manifest.json", "attachments/evil-00000.json", "marks.json",
+])
+def test_only_the_files_the_manifest_lists_are_served(logdir, path, tmp_path):
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"secret": 1}')
+    run_dir = logdir / RUN
+    (run_dir / "attachments").mkdir(exist_ok=True)
+    os.symlink(outside, run_dir / "attachments" / "evil-00000.json")  # listed, but pointing out of the run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["attachments"]["evil"] = {"file": "attachments/evil-00000.json", "checkpoint": 0}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    client = Client(DashboardApp(logdir))
+    r = client.get(f"/api/file?run={RUN}&path={path}")
+    assert r.status_code == 404 and b"secret" not in r.data
+    ok = client.get(f"/api/file?run={RUN}&path=checkpoints/ckpt-00000.npz")
+    assert ok.status_code == 200 and ok.headers["Content-Disposition"].startswith("attachment") and ok.data[:2] == b"PK"
+    assert client.get(f"/api/file?run={RUN}&path=manifest.json").get_json()["format"] == "lightning-i2x-run"
+
+
+def test_writes_need_the_token_and_are_refused_read_only(logdir):
+    app = DashboardApp(logdir)
+    client = Client(app)
+    manifest = (logdir / RUN / "manifest.json").read_bytes()
+    url = f"/api/marks?run={RUN}"
+    assert client.post(url, json={"prototype": 3, "mark": "shortcut"}).status_code == 403
+    assert client.post(url, json={"prototype": 3, "mark": "shortcut"}, headers={"X-I2X-Token": "wrong"}).status_code == 403
+    ok = {"X-I2X-Token": app.token}
+    assert client.post(url, data="prototype=3", headers=ok, content_type="application/x-www-form-urlencoded").status_code == 400
+    assert client.post(url, json={"prototype": 3, "mark": "evil"}, headers=ok).status_code == 400
+    assert client.post(url, json={"prototype": 99, "mark": "fine"}, headers=ok).status_code == 404
+    r = client.post(url, json={"prototype": 3, "mark": "shortcut"}, headers=ok)
+    assert r.status_code == 200 and r.get_json()["marks"] == {"3": "shortcut"}
+    client.post(url, json={"prototype": 5, "mark": "fine"}, headers=ok)
+    assert get_json(client, url)["marks"] == {"3": "shortcut", "5": "fine"}
+    assert I2XRun.load(logdir / RUN).marks() == {3: "shortcut", 5: "fine"}
+    assert (logdir / RUN / "marks.json").exists() and (logdir / RUN / "manifest.json").read_bytes() == manifest
+    client.post(url, json={"prototype": 5, "mark": None}, headers=ok)
+    assert I2XRun.load(logdir / RUN).marks() == {3: "shortcut"}
+
+    ro = DashboardApp(logdir, read_only=True)
+    assert get_json(Client(ro), "/api/config")["token"] is None
+    assert Client(ro).post(url, json={"prototype": 3, "mark": "fine"}, headers={"X-I2X-Token": ro.token}).status_code == 403
+    assert I2XRun.load(logdir / RUN).marks() == {3: "shortcut"}
+
+
+def test_marks_of_earlier_prototypes_are_not_returned(logdir):
+    run = I2XRun.load(logdir / RUN)
+    run.set_mark(1, "shortcut")
+    run.set_prototypes(run.prototypes, run.assignment(), reference=2)  # refitted: other prototypes, same ids
+    assert I2XRun.load(logdir / RUN).marks() == {}
+
+
+def test_marked_prototypes_are_what_the_finetuning_targets(logdir):
+    from lightning_i2x import FinetuneOptions, I2XRunError
+    from lightning_i2x.finetune._targets import prototype_target
+
+    assert FinetuneOptions(prototypes="marked").prototypes == "marked"
+    run = I2XRun.load(logdir / RUN)
+    with pytest.raises(I2XRunError, match="no prototype marked"):
+        prototype_target(run, "marked")
+    run.set_mark(4, "shortcut")
+    run.set_mark(1, "fine")
+    run.set_mark(6, "shortcut")
+    assert prototype_target(I2XRun.load(logdir / RUN), "marked").prototypes == (4, 6)
+
+
+def test_only_loopback_host_names_when_bound_to_loopback(logdir):
+    client = Client(DashboardApp(logdir, allowed_hosts={"127.0.0.1", "localhost", "::1"}))
+    assert client.get("/api/config").status_code == 200  # the test client's host is localhost
+    assert client.get("/api/config", headers={"Host": "127.0.0.1:6007"}).status_code == 200
+    assert client.get("/api/config", headers={"Host": "evil.example:6007"}).status_code == 400  # DNS rebinding
+
+
+def test_a_run_being_written_is_served_whole(logdir):
+    client = Client(DashboardApp(logdir))
+    assert len(get_json(client, f"/api/overview?run={RUN}")["checkpoints"]) == 6
+    run = I2XRun.load(logdir / RUN)
+    rng = np.random.default_rng(5)
+    stop, seen, errors = threading.Event(), [], []
+
+    def read():
+        while not stop.is_set():
+            r = client.get(f"/api/overview?run={RUN}")
+            if r.status_code != 200:
+                errors.append(r.data)
+                continue
+            ov = r.get_json()
+            seen.append(len(ov["checkpoints"]))
+            assert np.array(ov["confidence"]).shape == (3, len(ov["checkpoints"]))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for step in range(6, 10):
+            append(run, rng, step, 10)
+            run.set_prototypes(run.prototypes, run.assignment(), reference=step)
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors and seen == sorted(seen)
+    assert len(get_json(client, f"/api/overview?run={RUN}")["checkpoints"]) == 10
+
+
+def test_the_tensorboard_plugin_in_process(logdir):
+    from tensorboard.plugins import base_plugin
+
+    from lightning_i2x_tensorboard import I2XDashboardLoader
+
+    plugin = I2XDashboardLoader().load(base_plugin.TBContext(logdir=str(logdir)))
+    assert plugin.plugin_name == "i2x" and plugin.is_active()
+    assert plugin.frontend_metadata().es_module_path == "/index.js"
+    client = Client(plugin.get_plugin_apps()["/*"])
+    assert get_json(client, "/data/plugin/i2x/api/runs")["runs"] == [RUN, "other/i2x"]
+    assert len(get_json(client, f"/data/plugin/i2x/api/overview?run={RUN}")["checkpoints"]) == 6
+    entry = client.get("/data/plugin/i2x/index.js")
+    assert entry.mimetype == "text/javascript" and b"export function render" in entry.data
+    page = client.get("/data/plugin/i2x/index.html")
+    assert page.headers["Content-Security-Policy"] == CSP and b'src="static/app.js"' in page.data
+    empty = I2XDashboardLoader().load(base_plugin.TBContext(logdir=str(logdir / "not_a_run")))
+    assert not empty.is_active()
+
+
+def test_the_entry_point_is_registered_and_imports_nothing_heavy():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="tensorboard_plugins") if e.name == "i2x"]
+    assert ep.value == "lightning_i2x_tensorboard:I2XDashboardLoader"
+    code = ("import sys, lightning_i2x_tensorboard; "
+            "print(sorted(m for m in ('torch', 'lightning', 'lightning_i2x', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.replace("'", '"')) == []
+
+
+def test_the_entry_point_leaves_tensorboard_running_when_we_fail(monkeypatch, caplog):
+    from tensorboard.plugins import base_plugin
+
+    import lightning_i2x.dashboard as dashboard
+    from lightning_i2x_tensorboard import I2XDashboardLoader
+
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(dashboard, "tensorboard_plugin", broken)
+    assert I2XDashboardLoader().load(base_plugin.TBContext(logdir=".")) is None
+    assert "boom" in caplog.text
+
+
+def test_the_interactive_report_is_one_file_that_needs_no_network(logdir, tmp_path):
+    page = build_interactive_report(logdir / RUN)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    assert "default-src &#x27;none&#x27;" in csp and "connect-src &#x27;none&#x27;" in csp and "unsafe-inline" not in csp
+    assert not re.search(r"(src|href)=\"(https?:)?//", page) and '<link' not in page
+    data = json.loads(re.search(r'<script type="application/json" id="i2x-data">(.*?)</script>', page, re.S).group(1))
+    assert data["static"] and data["left_out"]["images"] == 0
+    assert "api/overview?run=i2x" in data["responses"] and "api/prototype?k=7&run=i2x" in data["responses"]
+    assert data["images"]["api/sprite.png?k=0&run=i2x"].startswith("data:image/png;base64,")
+    def left_out(max_bytes):
+        small = build_interactive_report(logdir / RUN, max_bytes=max_bytes)
+        return json.loads(re.search(r'id="i2x-data">(.*?)</script>', small, re.S).group(1))["left_out"]["images"]
+
+    assert left_out(1) == 60  # the overview and the prototypes always; images only up to the cap
+    assert 0 < left_out(len(page) * 3 // 4) < 60
+    out = tmp_path / "dash.html"
+    assert cli(["report", str(logdir / RUN), "--out", str(out), "--interactive"]) == 0 and out.read_text().startswith("<!doctype html>")
+    assert cli(["report", str(logdir / "not_a_run"), "--out", str(out), "--interactive"]) == 2
+
+
+def test_serve_refuses_a_directory_without_runs(tmp_path, capsys):
+    assert cli(["serve", str(tmp_path)]) == 2
+    assert "no I2X run" in capsys.readouterr().err
+
+
+def test_serve_binds_loopback_and_says_so_otherwise(logdir, monkeypatch, capsys):
+    import werkzeug.serving
+
+    from lightning_i2x.dashboard import _serve
+
+    bound = []
+
+    class Server:
+        server_port = 1234
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    def fake(host, port, app, threaded):
+        bound.append((host, app.allowed_hosts))
+        return Server()
+
+    monkeypatch.setattr(werkzeug.serving, "make_server", fake)
+    _serve.serve(logdir)
+    assert bound[-1][0] == "127.0.0.1" and "evil.example" not in bound[-1][1]
+    assert "http://127.0.0.1:1234/" in capsys.readouterr().out
+    _serve.serve(logdir, host="0.0.0.0")
+    assert bound[-1] == ("0.0.0.0", None) and "not only on this machine" in capsys.readouterr().err
+
+
+# -- a real browser ----------------------------------------------------------------------------------
+@pytest.fixture
+def live_server(logdir):
+    from werkzeug.serving import make_server
+
+    app = DashboardApp(logdir, allowed_hosts={"127.0.0.1", "localhost"})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/", logdir
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
+    """Moving the slider changes the views, hovering a cell names its prototype, clicking a patch
+    opens its probe image, marking writes marks.json, and no request leaves 127.0.0.1."""
+    require_chromium("the dashboard test")
+    base, logdir = live_server
+    shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    b = DevTools(size=(1300, 900))
+    try:
+        b.goto(base + f"#run={RUN}")
+        b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#conf-now td')")
+        before = b.eval("document.querySelector('#conf-now').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 1; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#conf-now').textContent") != before
+        assert b.eval("document.querySelector('#ckpt-label').textContent").startswith("checkpoint 1 / 5")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 5; s.dispatchEvent(new Event('input')); })()")
+        b.screenshot(shots / "dashboard-overview.png")
+
+        b.goto(base + f"#run={RUN}&view=prototype&k=2")
+        b.wait_for("document.body.dataset.view === 'prototype' && document.querySelector('#sprite') && document.querySelector('#sprite').complete"
+                   " && document.querySelector('#sprite').naturalWidth > 0")
+        now = b.eval("document.querySelector('#proto-now').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 2; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#proto-now').textContent") != now
+        b.click(*b.center("#marks button[data-mark='shortcut']"))
+        b.wait_for("document.querySelector('#marks').dataset.saved === 'shortcut'")
+        assert I2XRun.load(logdir / RUN).marks() == {2: "shortcut"}
+        b.screenshot(shots / "dashboard-prototype.png")
+        first = b.eval("document.querySelector('#sprite').naturalWidth")
+        assert first > 0
+        patch = json.loads(Client(DashboardApp(logdir)).get(f"/api/prototype?run={RUN}&k=2").data)["patches"][0]["image"]
+        b.click(*b.center("#sprite", fx=0.02))  # the first patch
+        b.wait_for(f"document.body.dataset.view === 'image' && location.hash.includes('i={patch}')")
+
+        b.wait_for("!!document.querySelector('#image-canvas')")
+        cell = json.loads(Client(DashboardApp(logdir)).get(f"/api/image?run={RUN}&i={patch}").data)["cells"][1][2]
+        x, y = b.center("#image-canvas", fx=(2 + 0.5) / 4, fy=(1 + 0.5) / 4)
+        b.mouse("mouseMoved", x, y)
+        b.wait_for("document.querySelector('#cell-info').textContent.startsWith('cell (1, 2)')")
+        assert b.eval("document.querySelector('#cell-info').dataset.prototype") == str(cell)
+        assert f"P-{cell}" in b.eval("document.querySelector('#cell-info').textContent")
+        t_before = b.eval("document.querySelector('#image-now').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 4; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#image-now').textContent") != t_before
+        assert b.eval("document.querySelector('#image-canvas').dataset.t") == "4"
+        b.click(*b.center("#outlines"))
+        assert b.eval("document.querySelector('#outlines').checked") is False
+        b.click(*b.center("#outlines"))
+        b.mouse("mouseMoved", x, y)
+        b.screenshot(shots / "dashboard-image.png")
+        assert not b.console, b.console
+    finally:
+        b.close()
+    outside = [u for u in b.requests if not (u.startswith(base) or u.startswith(("data:", "blob:", "about:")))]
+    assert b.requests and not outside, outside
+
+
+def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):
+    require_chromium("the interactive report test")
+    out = tmp_path / "dash.html"
+    out.write_text(build_interactive_report(logdir / RUN))
+    b = DevTools(size=(1300, 900))
+    try:
+        b.goto(out.as_uri() + "#view=prototype&k=1")
+        b.wait_for("document.body.dataset.view === 'prototype' && document.querySelector('#sprite').naturalWidth > 0")
+        b.goto(out.as_uri() + "#view=image&i=3")
+        b.wait_for("document.body.dataset.view === 'image' && !!document.querySelector('#image-canvas')")
+        assert not b.console, b.console
+    finally:
+        b.close()
+    assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in b.requests), b.requests
