@@ -289,13 +289,19 @@ def main(argv=None) -> None:
                                            device=device)
                 t0 = time.perf_counter()
                 res = ft.fit(model, train_loader, test_loader, selection=selection if "curated" in schedule else None)
+                if res.skipped:  # nothing was trained (no sample flagged): this (seed, rule) has no comparison
+                    print(f"  seed {seed} {rule} {name}: skipped ({res.skipped_reason})", file=sys.stderr, flush=True)
+                    skipped.append(f"seed {seed}, rule {rule}: {name} trained nothing ({res.skipped_reason})")
+                    row = None
+                    break
                 row["variants"][name] = res
                 if "curated" not in schedule:
                     shared_full = res
                 print(f"  seed {seed} {rule} {name}: accuracy {100 * res.accuracy_before:.2f} -> {100 * res.accuracy_after:.2f} %, "
                       f"{'/'.join(row['names'])} confusions {pair_confusions(res, pair, 'before')} -> {pair_confusions(res, pair)} "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-            rows.append(row)
+            if row is not None:
+                rows.append(row)
     if tmp is not None:
         tmp.cleanup()
     if not rows:

@@ -142,7 +142,8 @@ class ExplainOptions(_Options):
         standard deviation) or an absolute number.
     tau_scale: multiplier of the automatic threshold.
     min_flips: reversals (``"edges"``) or sign flips (``"difference"``) that make a prototype
-        uncertain.
+        uncertain; default 1 (one reversal is the alternation the paper describes; at 2 the edge
+        rule found a pair in 1 of 5 MNIST protocol seeds, at 1 in all 5: docs, "Reading a run").
     uncertain_rule: what "uncertain for the pair (a, b)" means. ``"edges"`` (the default of new
         runs): the edge between a and b reverses: at interval t prototype k moves confidence from b
         to a (``beta[t][k, a]`` significantly positive and ``beta[t][k, b]`` significantly negative)
@@ -187,7 +188,7 @@ class ExplainOptions(_Options):
     ridge_lambda: float = 1.0
     tau: float | Literal["auto"] = "auto"
     tau_scale: float = 1.0
-    min_flips: int = 2
+    min_flips: int = 1
     shared_frac: float = 0.8
     specialised_frac: float = 0.5
     min_cluster_size: int | None = None

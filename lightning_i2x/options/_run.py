@@ -51,7 +51,7 @@ class RunConfig(_Options):
         """The typed form of a format-1 manifest's free-form ``config`` (lightning-i2x 0.1)."""
         c = dict(config)
         try:
-            explain = ExplainOptions.from_stored(dict(c.get("explain_kwargs") or {}), strict=False)
+            explain = ExplainOptions.from_stored({"min_flips": 2, **dict(c.get("explain_kwargs") or {})}, strict=False)  # 0.1's default
             return cls(
                 str(c["target_layer"]), str(c.get("cam", "gradcam")), int(c.get("every_n_epochs", 1)),
                 ProbePassOptions(cam_target=c.get("cam_target", "label"), normalise_maps=bool(c.get("normalise_maps", True)),
