@@ -26,12 +26,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._model import ForwardFn, default_forward, evaluation_mode, preserved_rng, split_batch
 from ..prototypes import Prototypes
-from ._penalty import balance_weight
+from ._trainer import balanced_loss
 
 __all__ = ["LatentBasis", "suspect_basis", "layer_features", "project_out", "Projection", "latent_penalty", "LatentModule",
            "parameters_after"]
@@ -337,15 +336,7 @@ class LatentModule(pl.LightningModule):
                                          generator=self.generator, return_logits=True)
         else:
             logits, pen = self(x), None
-        ce = F.cross_entropy(logits.float(), y)
-        loss = ce
-        if pen is not None:
-            if self.weight is None and float(pen.detach()) > 0:
-                self.weight = balance_weight(ce, pen, self.ratio)
-            if self.weight is not None:
-                loss = ce + self.weight * pen
-        self.log("finetune_loss", loss.detach(), prog_bar=True)
-        return loss
+        return balanced_loss(self, logits, y, pen)
 
     def configure_optimizers(self):
         self.module._trainer = self._trainer

@@ -127,19 +127,25 @@ class PenalisedModule(pl.LightningModule):
             logits, pen = self(x), None
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise TypeError(f"mode='penalise' needs a classifier returning (B, M) scores, got {tuple(getattr(logits, 'shape', ()))}")
-        ce = F.cross_entropy(logits.float(), y)
-        loss = ce
-        if pen is not None:
-            if self.weight is None and float(pen.detach()) > 0:
-                self.weight = balance_weight(ce, pen, self.ratio)
-            if self.weight is not None:
-                loss = ce + self.weight * pen
-        self.log("finetune_loss", loss.detach(), prog_bar=True)
-        return loss
+        return balanced_loss(self, logits, y, pen)
 
     def configure_optimizers(self):
         self.module._trainer = self._trainer  # a configure_optimizers that reads self.trainer (schedulers) works
         return self.module.configure_optimizers()
+
+
+def balanced_loss(module: pl.LightningModule, logits: torch.Tensor, y: torch.Tensor, pen: torch.Tensor | None) -> torch.Tensor:
+    """``cross_entropy + module.weight * pen``, the weight set by ``balance_weight`` (against
+    ``module.ratio``) on the first batch with a positive penalty; logged as ``finetune_loss``."""
+    ce = F.cross_entropy(logits.float(), y)
+    loss = ce
+    if pen is not None:
+        if module.weight is None and float(pen.detach()) > 0:
+            module.weight = balance_weight(ce, pen, module.ratio)
+        if module.weight is not None:
+            loss = ce + module.weight * pen
+    module.log("finetune_loss", loss.detach(), prog_bar=True)
+    return loss
 
 
 def detached_copy(model: pl.LightningModule) -> pl.LightningModule:
