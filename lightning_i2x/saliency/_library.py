@@ -22,7 +22,7 @@ __all__ = ["library_cam_class", "library_cam"]
 
 def library_cam_class(name: str) -> type:
     """The pytorch-grad-cam class for ``name``, made to return maps at feature resolution."""
-    base = getattr(require("pytorch_grad_cam"), CAM_METHODS[name].library_class)
+    base = getattr(require("pytorch_grad_cam"), CAM_METHODS[name].grad_cam_class)
 
     class FeatureResolution(base):
         def get_target_width_height(self, input_tensor):

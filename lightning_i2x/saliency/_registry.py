@@ -23,7 +23,7 @@ class SaliencyMethod:
 
     name: str
     kind: Literal["native", "library", "igos"]
-    library_class: str | None = None
+    grad_cam_class: str | None = None
     ddp_safe: bool = False
     takes_forward_fn: bool = False
     optional_normalisation: bool = False
