@@ -72,12 +72,14 @@ def _git(*args: str) -> str | None:
 
 
 def commit() -> str:
-    """``git rev-parse --short HEAD``, plus ``+dirty`` when lightning_i2x/, benchmarks/ or examples/
-    have uncommitted changes; ``unknown (no git)`` outside a git checkout (a shallow clone works)."""
+    """``git rev-parse --short HEAD``, plus ``+dirty`` when lightning_i2x/, benchmarks/ (not its
+    results/) or examples/ have uncommitted changes; ``unknown (no git)`` outside a git checkout (a shallow clone works)."""
     head = _git("rev-parse", "--short", "HEAD")
     if not head:
         return "unknown (no git)"
-    status = _git("status", "--porcelain", "--", *DIRTY_PATHS)
+    # results tables are outputs, not measured code: a table written earlier in a series of runs
+    # does not make the next one dirty
+    status = _git("status", "--porcelain", "--", *DIRTY_PATHS, ":(exclude)benchmarks/results")
     if status is None:
         return f"{head} (dirty state unknown)"
     return head + ("+dirty" if status else "")
