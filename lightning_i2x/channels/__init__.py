@@ -1,0 +1,1 @@
+"""Disentangled channels (InfoDisent, EPIC): an interpretable head and a prototype source."""

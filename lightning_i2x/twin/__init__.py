@@ -1,0 +1,1 @@
+"""A GLANCE-inspired causal twin surrogate over measured context (Morpho-MNIST measures)."""
