@@ -108,6 +108,85 @@ def new_record(model, images, labels):
     return stream.fit(), np.concatenate(cams), np.concatenate(conf)
 
 
+class PhasePeaks:
+    """Peak resident set size per phase of a record, sampled every 2 ms by a thread: the callback's
+    steps are wrapped so the sampler knows which one runs (nested steps join their names by '/')."""
+
+    PHASES = (("lightning_i2x.record", ("materialise_probe", "open_or_resume", "probe_pass", "analyse_record")),
+              ("lightning_i2x.callbacks._i2x", ("log_summary", "log_figures")))
+
+    def __init__(self) -> None:
+        import threading
+        self.stack, self.peaks, self.seconds, self._stop = ["other"], {}, {}, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            key = "/".join(self.stack[1:]) or "other"
+            self.peaks[key] = max(self.peaks.get(key, 0), rss_bytes())
+            time.sleep(0.002)
+
+    def wrap(self) -> None:
+        import functools
+        import importlib
+
+        for module_name, names in self.PHASES:
+            module = importlib.import_module(module_name)
+            for name in names:
+                fn = getattr(module, name)
+
+                def wrapped(*a, _fn=fn, _name=name, **kw):
+                    self.stack.append(_name)
+                    start = time.perf_counter()
+                    try:
+                        return _fn(*a, **kw)
+                    finally:
+                        self.stack.pop()
+                        self.seconds[_name] = self.seconds.get(_name, 0.0) + time.perf_counter() - start
+
+                setattr(module, name, functools.wraps(fn)(wrapped))
+
+    def __enter__(self) -> PhasePeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def callback_record(model, images, labels) -> dict:
+    """One record as a user gets it: ``trainer.validate`` with ``I2XCallback`` at its defaults (views,
+    background analysis), the probe passed as an (images, labels) pair; returns the per-phase peaks."""
+    import tempfile
+
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_i2x import I2XCallback, ProbePassOptions
+
+    class Wrapped(pl.LightningModule):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def validation_step(self, batch, _):
+            return None
+
+    root = tempfile.mkdtemp()
+    callback = I2XCallback((images, labels), "net.layer4", K, run_dir=f"{root}/run", probe_pass=ProbePassOptions(batch_size=BATCH))
+    trainer = pl.Trainer(accelerator="cpu", logger=pl.loggers.TensorBoardLogger(root), callbacks=[callback],
+                         enable_progress_bar=False, enable_model_summary=False)
+    phases = PhasePeaks()
+    phases.wrap()
+    with phases:
+        trainer.validate(Wrapped(model), DataLoader(TensorDataset(images[:BATCH], labels[:BATCH]), batch_size=BATCH), verbose=False)
+    return {"peaks": phases.peaks, "seconds": phases.seconds}
+
+
 def partition_inertia(y: np.ndarray, labels: np.ndarray) -> float:
     """k-means objective of a partition: sum |y|^2 - sum_c |sum_{i in c} y_i|^2 / n_c (float64)."""
     y = y.astype(np.float64)
@@ -154,6 +233,7 @@ def child(spec: dict) -> dict:
         "new_batch": lambda: next(probe_batches(model, model.layer4, images[:BATCH], labels[:BATCH], batch_size=BATCH)),
         "old": lambda: old_record(model, images, labels),
         "new": lambda: new_record(model, images, labels),
+        "callback": lambda: callback_record(model, images, labels),
     }[mode]
     base, before_peak = rss_bytes(), peak_bytes()
     t0 = time.perf_counter()
@@ -164,8 +244,9 @@ def child(spec: dict) -> dict:
         out = fn()
     seconds = time.perf_counter() - t0
     peak = peak_bytes()
+    phases = {k: {"extra": v - base, "seconds": out["seconds"].get(k)} for k, v in out["peaks"].items()} if mode == "callback" else None
     del out
-    return {"extra": peak - base, "earlier_peak_over_base": max(0, before_peak - base), "seconds": seconds}
+    return {"extra": peak - base, "earlier_peak_over_base": max(0, before_peak - base), "seconds": seconds, "phases": phases}
 
 
 def run_child(spec: dict) -> dict:

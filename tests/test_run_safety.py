@@ -491,7 +491,7 @@ def test_truncate_by_the_writer_deletes_what_a_crash_left_unlisted(run_dir):
     run.truncate(NUM_CHECKPOINTS - 1)
     assert run.manifest["prototypes"] is None  # fitted on a dropped checkpoint
     listed = {run_dir / c["file"] for c in run.manifest["checkpoints"]}
-    left = {f for f in run_dir.rglob("*") if f.is_file()} - {run_dir / "manifest.json", run_dir / "probe.npz"}
+    left = {f for f in run_dir.rglob("*") if f.is_file()} - {run_dir / "manifest.json", run_dir / "probe.npz", run_dir / "probe-images.npy"}
     assert left == listed and len(listed) == NUM_CHECKPOINTS - 1
     again = I2XRun.load(run_dir)
     np.testing.assert_array_equal(again.cams(), run.cams())

@@ -9,16 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_bytes", "write_json", "write_npz"]
+__all__ = ["write_bytes", "write_json", "write_npz", "write_npy_chunked"]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    _write_with(path, lambda f: f.write(data))
+
+
+def _write_with(path: str | os.PathLike, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,3 +47,18 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_bytes(path, buf.getvalue())
+
+
+def write_npy_chunked(path: str | os.PathLike, array: np.ndarray, dtype, rows: int = 256) -> None:
+    """``array`` as an .npy file of ``dtype``, converted and written ``rows`` leading-axis slices at
+    a time: the file is never assembled in memory, so a large probe costs one chunk, not a copy."""
+    array = np.asarray(array)
+    dtype = np.dtype(dtype)
+
+    def write(f) -> None:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                                 "shape": tuple(array.shape)})
+        for s in range(0, array.shape[0], rows):
+            f.write(np.ascontiguousarray(array[s : s + rows], dtype=dtype).tobytes())
+
+    _write_with(path, write)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -148,11 +149,20 @@ class Explanation:
 
     def uncertain_pairs(self) -> list[tuple[int, int]]:
         """Class pairs with at least one uncertain prototype, best first."""
-        seen: list[tuple[int, int]] = []
+        return list(dict.fromkeys(u.classes for u in self._uncertain))
+
+    @cached_property
+    def _by_class(self) -> dict[int, tuple[list[UncertainPrototype], list[LearningStep]]]:
+        """Each class's uncertain prototypes and learning steps, in their order: with M classes there
+        are M(M-1)/2 steps, so per-class views must not scan them all once per class."""
+        index: dict[int, tuple[list, list]] = {c: ([], []) for c in range(self.num_classes)}
         for u in self._uncertain:
-            if u.classes not in seen:
-                seen.append(u.classes)
-        return seen
+            for c in u.classes:
+                index[c][0].append(u)
+        for s in self._order:
+            for c in s.classes:
+                index[c][1].append(s)
+        return index
 
     def learning_order(self) -> list[LearningStep]:
         """Class pairs with the interval in which each was resolved, earliest first, unresolved last."""
@@ -231,13 +241,12 @@ class Explanation:
         for t, b, _, ks in self.edges(ci):
             by_t.setdefault(t, []).append(f"{name[b]} ({_fmt_protos(ks)})")
         lines.append("- edges: " + ("; ".join(f"{', '.join(v)} -> T{t}" for t, v in by_t.items()) if by_t else "none"))
-        unc = [u for u in self._uncertain if ci in u.classes]
+        unc, steps = self._by_class[ci]
         more = f" and {len(unc) - max_uncertain} more" if len(unc) > max_uncertain else ""
         lines.append("- uncertain: " + (", ".join(
             f"P-{u.prototype} ({name[u.classes[0]]} <-> {name[u.classes[1]]}, {u.flips} {_flip_word(self.params)})"
             for u in unc[:max_uncertain]) + more
             if unc else "none"))
-        steps = [s for s in self._order if ci in s.classes]
         lines.append("- learning order: " + (", ".join(
             f"{name[s.classes[0]]}/{name[s.classes[1]]} " + (f"@T{s.interval}" if s.interval is not None else "unresolved")
             for s in steps) if steps else "none"))
@@ -289,6 +298,9 @@ def _rule_text(params: dict) -> str:
         what = f"{params.get('bootstrap_samples')}-resample bootstrap" if sig == "bootstrap" else "standard-error"
         how = f"a coefficient counts when its {100 * (1 - params.get('significance_level', 0.05)):.4g} % {what} interval excludes 0"
     return f"uncertain when {rule} >= {params.get('min_flips')} times; {how}"
+
+
+_PAIR_CHUNK_VALUES = 2**21
 
 
 def explain(
@@ -380,30 +392,30 @@ def explain(
     groups = groups.astype(np.int64)
     beta = np.stack([analysis.ridge(dp[t], dy[t], ridge_lambda) for t in range(t_ - 1)]) if t_ > 1 else np.zeros((0, k, m))
     thresholds = analysis.interval_thresholds(beta, tau, tau_scale)
-    pairs = [(a, b) for a in range(m) for b in range(a + 1, m)]
-    diff_signs: dict[tuple[int, int], np.ndarray] = {}
+    first, second = np.triu_indices(m, 1)  # every pair a < b, in the order (0, 1), (0, 2), ..., (1, 2), ...
     if significance == "tau" or t_ < 2:
         signs = analysis.coefficient_signs(beta, thresholds)
+        differences = None
     else:
-        signs, diff_signs = _interval_signs(dp, dy, pairs, ridge_lambda, significance, significance_level, bootstrap_samples,
-                                            bootstrap_seed, with_differences=uncertain_rule == "difference")
+        signs, differences = _interval_signs(dp, dy, ridge_lambda, significance, significance_level, bootstrap_samples, bootstrap_seed)
 
     uncertain: list[UncertainPrototype] = []
     order: list[LearningStep] = []
-    for a, b in pairs:
+    chunk = max(1, _PAIR_CHUNK_VALUES // max(1, (t_ - 1) * k))  # pairs at a time: (T-1, K, chunk) temporaries stay small
+    for start in range(0, first.size, chunk):
+        a, b = first[start : start + chunk], second[start : start + chunk]
         if t_ < 2:
-            flips, magnitude, last_flip = np.zeros(k, int), np.zeros(k), np.full(k, -1)
+            flips, magnitude, last_flip = np.zeros((k, a.size), int), np.zeros((k, a.size)), np.full((k, a.size), -1)
         elif uncertain_rule == "edges":
             flips, magnitude, last_flip = analysis.pair_reversals(beta, signs, a, b)
         else:
-            flips, magnitude, last_flip = analysis.pair_flips(beta, thresholds, a, b, diff_signs.get((a, b)))
-        for kk in np.flatnonzero(flips >= min_flips):
-            uncertain.append(UncertainPrototype(int(kk), (a, b), int(flips[kk]), float(flips[kk] * magnitude[kk])))
-        last = int(last_flip.max())
-        if not (magnitude > 0).any() or (last >= 0 and last == t_ - 2):
-            order.append(LearningStep((a, b), None))  # never separated, or still flipping
-        else:
-            order.append(LearningStep((a, b), max(last, 0)))
+            diff = None if differences is None else differences(a, b)
+            flips, magnitude, last_flip = analysis.pair_flips(beta, thresholds, a, b, diff)
+        for kk, j in zip(*np.nonzero(flips >= min_flips)):
+            uncertain.append(UncertainPrototype(int(kk), (int(a[j]), int(b[j])), int(flips[kk, j]), float(flips[kk, j] * magnitude[kk, j])))
+        last = last_flip.max(axis=0)
+        unresolved = ~(magnitude > 0).any(axis=0) | ((last >= 0) & (last == t_ - 2))  # never separated, or still flipping
+        order.extend(LearningStep((int(pa), int(pb)), None if u else max(int(li), 0)) for pa, pb, u, li in zip(a, b, unresolved, last))
     uncertain.sort(key=lambda u: (-u.score, u.prototype, u.classes))
     order.sort(key=lambda s: (s.interval is None, s.interval if s.interval is not None else 0, s.classes))
 
@@ -429,21 +441,17 @@ def explain(
                        signs=signs)
 
 
-def _interval_signs(dp, dy, pairs, lam, method, level, samples, seed, with_differences):
-    """The significant sign of every coefficient (T-1, K, M) by its interval and, ``with_differences``,
-    of every pair difference {(a, b): (T-1, K)}; the bootstrap draws its resamples once."""
-    t1, n, _ = dp.shape
-    m = dy.shape[2]
-    contrast = np.zeros((m, len(pairs)))
-    for j, (a, b) in enumerate(pairs):
-        contrast[a, j], contrast[b, j] = 1.0, -1.0
+def _interval_signs(dp, dy, lam, method, level, samples, seed):
+    """The significant sign of every coefficient (T-1, K, M) by its interval, and a function of index
+    arrays (a, b) giving the significant sign (T-1, K, P) of each pair's difference ``dy_a - dy_b``,
+    computed for those pairs only; the bootstrap draws its resamples once, for both."""
+    n = dp.shape[1]
     counts = analysis.bootstrap_counts(n, samples, seed) if method == "bootstrap" and n > 0 else None
-    signs, diffs = [], []
-    for t in range(t1):
-        y = np.concatenate([dy[t], dy[t] @ contrast], axis=1) if with_differences else dy[t]
-        lo, hi = analysis.ridge_intervals(dp[t], y, lam, method, level, samples, seed, counts=counts)
-        sign = analysis.interval_signs(lo, hi)
-        signs.append(sign[:, :m])
-        diffs.append(sign[:, m:])
-    diff = np.stack(diffs)
-    return np.stack(signs), ({p: diff[:, :, j] for j, p in enumerate(pairs)} if with_differences else {})
+
+    def signs_of(t: int, y: np.ndarray) -> np.ndarray:
+        return analysis.interval_signs(*analysis.ridge_intervals(dp[t], y, lam, method, level, samples, seed, counts=counts))
+
+    def differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.stack([signs_of(t, dy[t][:, a] - dy[t][:, b]) for t in range(dp.shape[0])])
+
+    return np.stack([signs_of(t, dy[t]) for t in range(dp.shape[0])]), differences

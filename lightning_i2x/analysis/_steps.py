@@ -209,9 +209,10 @@ def interval_thresholds(beta: np.ndarray, tau: float | str = "auto", tau_scale: 
 
 
 def pair_flips(
-    beta: np.ndarray, thresholds: np.ndarray, a: int, b: int, difference_signs: np.ndarray | None = None
+    beta: np.ndarray, thresholds: np.ndarray, a: int | np.ndarray, b: int | np.ndarray, difference_signs: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The difference rule of "uncertain" for the class pair (a, b), per prototype: the number of
+    """The difference rule of "uncertain" for the class pair (a, b) (or index arrays of P pairs:
+    every pair at once, each result and ``difference_signs`` with a trailing P axis), per prototype: the number of
     sign flips of ``beta[t][k, a] - beta[t][k, b]`` across the intervals where it is significant,
     the mean magnitude over those intervals, and the interval of the last flip (-1 if none).
     Significant: its magnitude exceeds the interval's threshold, or, when ``difference_signs``
@@ -219,9 +220,9 @@ def pair_flips(
     ``ridge_intervals`` on ``dy_a - dy_b``), where that sign is nonzero.
     Returns three (K,) arrays.
     """
-    s = beta[:, :, a] - beta[:, :, b]  # (T-1, K)
+    s = beta[:, :, a] - beta[:, :, b]  # (T-1, K) or (T-1, K, P)
     if difference_signs is None:
-        significant = np.abs(s) > thresholds[:, None]
+        significant = np.abs(s) > np.asarray(thresholds).reshape((-1,) + (1,) * (s.ndim - 1))
         sign = np.where(significant, np.sign(s), 0.0)
     else:
         sign = np.asarray(difference_signs, dtype=np.float64)
@@ -348,12 +349,11 @@ def ridge_intervals(
 
 
 def _sign_changes(sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of a (T-1, K) array of -1/0/+1: how often a nonzero value differs from the last
+    """Per column of a (T-1, ...) array of -1/0/+1: how often a nonzero value differs from the last
     nonzero value before it (zeros skipped), and the row of the last such change (-1: none)."""
-    num_k = sign.shape[1]
-    changes = np.zeros(num_k, dtype=np.int64)
-    last = np.full(num_k, -1, dtype=np.int64)
-    prev = np.zeros(num_k)
+    changes = np.zeros(sign.shape[1:], dtype=np.int64)
+    last = np.full(sign.shape[1:], -1, dtype=np.int64)
+    prev = np.zeros(sign.shape[1:])
     for t in range(sign.shape[0]):
         changed = (sign[t] != 0) & (prev != 0) & (sign[t] != prev)
         changes += changed
@@ -362,8 +362,9 @@ def _sign_changes(sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return changes, last
 
 
-def pair_reversals(beta: np.ndarray, signs: np.ndarray, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The edge rule of "uncertain" for the class pair (a, b), per prototype k.
+def pair_reversals(beta: np.ndarray, signs: np.ndarray, a: int | np.ndarray, b: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edge rule of "uncertain" for the class pair (a, b), per prototype k (for index arrays
+    ``a``, ``b`` of P pairs: every pair at once, each result (K, P)).
 
     ``signs`` (T-1, K, M) is the significant sign of every coefficient (``coefficient_signs`` or
     ``interval_signs``). At interval t the edge b -> a holds when ``signs[t, k, a] = +1`` and

@@ -30,6 +30,7 @@ from ..saliency import TargetLayer, check_saliency_use, resolve_target_layer
 from ..store import I2XRun
 from ..viz import DrawBudget, LogSink, log_figures, log_finetune, log_summary
 from ._isolation import At, Isolation
+from ._strategy import check_strategy
 
 __all__ = ["I2XCallback"]
 
@@ -154,6 +155,7 @@ class I2XCallback(pl.Callback):
 
     # -- setup: every check before the first training step -------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_strategy(trainer.strategy)
         if self._images is None:
             self._images, self._labels, self._dataset_names = record.materialise_probe(self.probe)
         self._layer = resolve_target_layer(pl_module, self.target_layer, self._images[:2], forward_fn=self.forward_fn or default_forward,

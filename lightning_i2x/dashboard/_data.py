@@ -41,7 +41,7 @@ def marks(snap: Snapshot) -> dict[str, str]:
 def served_files(snap: Snapshot) -> list[str]:
     """The run's files a client may download: the manifest, the probe and what the manifest lists."""
     m = snap.run.manifest
-    files = [MANIFEST, "probe.npz", *(c["file"] for c in m["checkpoints"]), *(a["file"] for a in m.get("attachments", {}).values())]
+    files = [MANIFEST, "probe.npz", *([m["probe_images"]] if m.get("probe_images") else []), *(c["file"] for c in m["checkpoints"]), *(a["file"] for a in m.get("attachments", {}).values())]
     if m.get("prototypes"):
         files.append(m["prototypes"]["file"])
     return files

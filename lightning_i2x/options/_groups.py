@@ -242,6 +242,9 @@ class ViewOptions(_Options):
     gallery_prototypes: at most this many prototypes in the gallery (uncertain ones first).
     max_rows: prototypes per evolution grid or pair view.
     scalar_prototypes: prototypes whose intensity is logged (uncertain ones first).
+    max_text_classes: every class gets its markdown text at each record when the run has at most
+        this many classes; above, only the drawn classes do (the summary text says so), since with
+        M classes the text lists M(M-1)/2 pairs and 1,000 texts a record swamp the event file.
     dpi: resolution of every image (a 6-inch figure is 6 x dpi pixels wide).
     time_budget: the images of a record are drawn only when the last drawing took at most this
         fraction of the time since it ended, so drawing stays a bounded share of training on short
@@ -258,6 +261,7 @@ class ViewOptions(_Options):
     gallery_prototypes: int = 32
     max_rows: int = 12
     scalar_prototypes: int = 8
+    max_text_classes: int = 100
     dpi: int = 80
     time_budget: float | None = 0.02
 
@@ -268,7 +272,8 @@ class ViewOptions(_Options):
             if not classes or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
                 fail(self, "classes", "a non-empty list of class indices or names, or None", self.classes)
             _set(self, "classes", classes)
-        for name in ("max_classes", "max_pairs", "overlay_samples", "gallery_patches", "gallery_prototypes", "scalar_prototypes"):
+        for name in ("max_classes", "max_pairs", "overlay_samples", "gallery_patches", "gallery_prototypes", "scalar_prototypes",
+                     "max_text_classes"):
             _int(self, name, low=0)
         _int(self, "max_rows")
         _int(self, "dpi", low=20, high=300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,14 @@ from torch.utils.data import DataLoader, Dataset
 from .._model import preserved_rng, split_item
 
 __all__ = ["materialise_probe", "probe_fingerprint"]
+
+_CHUNK_BYTES = 8 * 2**20  # images are checked and hashed this many bytes at a time
+
+
+def _chunks(images: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Consecutive slices of ``images`` (views, no copies) of about ``_CHUNK_BYTES`` each."""
+    rows = max(1, _CHUNK_BYTES // max(1, images[:1].numel() * images.element_size()))
+    return (images[s : s + rows] for s in range(0, images.shape[0], rows))
 
 
 def _image_label(item: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,16 +55,18 @@ def materialise_probe(probe: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]
         raise ValueError(f"probe labels must be (N,) = ({images.shape[0]},), got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"probe labels must be integer class indices, got dtype {labels.dtype}")
-    if not torch.isfinite(images.float()).all():
+    images = images.float().contiguous()  # no copy when the probe already is float32 and contiguous
+    if not all(torch.isfinite(chunk).all() for chunk in _chunks(images)):
         raise ValueError("probe images contain NaN or inf")
     names = [str(c) for c in classes] if classes is not None else None
-    return images.float().contiguous(), labels.to(torch.int64), names
+    return images, labels.to(torch.int64), names
 
 
 def probe_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     """A content hash of the probe set, to tell whether a run was recorded on the same probe."""
     h = hashlib.sha256()
     h.update(str(tuple(images.shape)).encode())
-    h.update(np.ascontiguousarray(images.numpy()).tobytes())
-    h.update(np.ascontiguousarray(labels.numpy()).tobytes())
+    for chunk in _chunks(images):  # a large probe is never copied whole
+        h.update(np.ascontiguousarray(chunk.numpy()).data)
+    h.update(np.ascontiguousarray(labels.numpy()).data)
     return h.hexdigest()[:16]

@@ -11,7 +11,8 @@ import numpy as np
 from ..errors import I2XRunError, OptionsError
 from ..options import RunConfig
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MARKS", "MARK_VALUES", "load_npz", "check_manifest", "read_config"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MARKS", "MARK_VALUES", "PROBE_IMAGES", "load_npz",
+           "read_probe_images", "check_manifest", "read_config"]
 
 
 FORMAT_NAME = "lightning-i2x-run"
@@ -22,6 +23,7 @@ MANIFEST = "manifest.json"
 MARKS = "marks.json"
 MARKS_FORMAT = "lightning-i2x-marks"
 MARK_VALUES = ("shortcut", "fine")
+PROBE_IMAGES = "probe-images.npy"
 
 
 def load_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -42,6 +44,20 @@ def load_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> d
         if v.dtype.kind not in "biuf":
             raise I2XRunError(f"{path} is damaged or not an I2X run file (array {k!r} has dtype {v.dtype})")
     return out
+
+
+def read_probe_images(path: Path, num_probe: int) -> np.ndarray:
+    """The stored probe images (N, C, H, W) float16, memory-mapped read-only: only the images a view
+    shows are read. An I2XRunError names the file when it is missing, damaged or of another shape."""
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise I2XRunError(f"{path} is listed in the run's manifest but missing") from None
+    except Exception as e:
+        raise I2XRunError(f"{path} is damaged or not an I2X run file ({type(e).__name__}: {e})") from None
+    if not isinstance(images, np.ndarray) or images.dtype != np.float16 or images.ndim != 4 or images.shape[0] != num_probe:
+        raise I2XRunError(f"{path} does not hold the run's {num_probe} probe images as (N, C, H, W) float16")
+    return images
 
 
 def check_manifest(manifest: Any, where: Path) -> None:
@@ -79,6 +95,9 @@ def check_manifest(manifest: Any, where: Path) -> None:
             isinstance(a, dict) and rel_file(a.get("file")) and str(a["file"]).endswith((".json", ".npz"))
             and count(a.get("checkpoint"), 0) and a["checkpoint"] < len(m["checkpoints"]) for a in attachments.values()):
         raise bad(f"attachments entry is malformed: {attachments!r}")
+    images = m.get("probe_images")
+    if images is not None and not (rel_file(images) and str(images).endswith(".npy")):
+        raise bad(f"probe_images {images!r} is not an .npy file inside the run")
     pr = m.get("prototypes")
     if pr is not None and not (isinstance(pr, dict) and rel_file(pr.get("file")) and count(pr.get("reference"), 0)
                                and pr["reference"] < len(m["checkpoints"])):

@@ -7,7 +7,9 @@ Format (version 2; everything NumPy ``.npz`` without pickles, or JSON):
                                        and explanation options), fingerprint, the list of
                                        checkpoints, the current
                                        prototypes file, recorded errors
-    <run_dir>/probe.npz                labels (N,) int64; images (N, C, H, W) float16 if stored
+    <run_dir>/probe.npz                labels (N,) int64 (runs of 0.2 and earlier: also the images)
+    <run_dir>/probe-images.npy         images (N, C, H, W) float16 if stored; read memory-mapped,
+                                       so a large probe costs no memory until an image is shown
     <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
     <run_dir>/attachments/<name>.json|npz  what further measures stored (reliance, a SAG, ...),
                                        each tied to the checkpoint it was measured at
@@ -34,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .. import analysis
-from .._core import write_json, write_npz
+from .._core import write_json, write_npy_chunked, write_npz
 from ..errors import I2XRunError
 from ..options import RunConfig
 from ..prototypes import Prototypes
@@ -46,10 +48,12 @@ from ._format import (
     MARK_VALUES,
     MARKS,
     MARKS_FORMAT,
+    PROBE_IMAGES,
     READABLE_VERSIONS,
     check_manifest,
     load_npz,
     read_config,
+    read_probe_images,
 )
 
 __all__ = ["I2XRun"]
@@ -98,10 +102,9 @@ class I2XRun(RunAnalysis):
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (path / "prototypes").mkdir(exist_ok=True)
         labels = np.asarray(labels, dtype=np.int64)
-        arrays = {"labels": labels}
+        write_npz(path / "probe.npz", labels=labels)
         if images is not None:
-            arrays["images"] = np.asarray(images, dtype=np.float16)
-        write_npz(path / "probe.npz", **arrays)
+            write_npy_chunked(path / PROBE_IMAGES, images, np.float16)
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -111,13 +114,14 @@ class I2XRun(RunAnalysis):
             "num_prototypes": int(num_prototypes),
             "config": None if config is None else config.to_dict(),
             "fingerprint": fingerprint or {},
+            **({"probe_images": PROBE_IMAGES} if images is not None else {}),
             "checkpoints": [],
             "prototypes": None,
             "attachments": {},
             "errors": [],
         }
         write_json(path / MANIFEST, manifest)
-        run = cls(path, manifest, labels, arrays.get("images"))
+        run = cls(path, manifest, labels, None if images is None else read_probe_images(path / PROBE_IMAGES, labels.shape[0]))
         run._config = config
         return run
 
@@ -146,6 +150,8 @@ class I2XRun(RunAnalysis):
         labels, images = probe["labels"], probe.get("images")
         if labels.shape != (manifest["num_probe"],) or labels.dtype.kind not in "iu" or (images is not None and images.shape[:1] != labels.shape):
             raise I2XRunError(f"{path / 'probe.npz'} does not match the run's {manifest['num_probe']} probe samples")
+        if manifest.get("probe_images") is not None:
+            images = read_probe_images(path / manifest["probe_images"], manifest["num_probe"])
         run = cls(path, manifest, labels.astype(np.int64), images)
         run._config = config
         n, m = run.num_probe, run.num_classes

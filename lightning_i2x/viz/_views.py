@@ -125,9 +125,14 @@ def log_summary(sink, run, expl, step: int, options: ViewOptions) -> None:
     sink = LogSink.of(sink)
     sink.layout(custom_scalars_layout())  # tiny; rewritten so any event file has it
     sink.scalars(summary_scalars(run, expl, options), step)
-    sink.text(TAG_SUMMARY, expl.to_markdown(), step)
-    for c, name in enumerate(run.class_names):
-        sink.text(TAG_CLASS_TEXT.format(cls=tag_name(name)), expl.class_markdown(c), step)
+    texts = range(len(run.class_names)) if len(run.class_names) <= options.max_text_classes else drawn_classes(run, expl, options)
+    summary = expl.to_markdown()
+    if len(texts) < len(run.class_names):
+        summary += (f"\nPer-class text for {len(texts)} of {len(run.class_names)} classes (the drawn ones): the run has more "
+                    f"than ViewOptions.max_text_classes = {options.max_text_classes}.\n")
+    sink.text(TAG_SUMMARY, summary, step)
+    for c in texts:
+        sink.text(TAG_CLASS_TEXT.format(cls=tag_name(run.class_names[c])), expl.class_markdown(c), step)
 
 
 def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
