@@ -11,6 +11,7 @@ from ._epic import EpicResult, channel_purity, fit_epic
 from ._features import CachedFeatures, HeadMismatchError, LinearHead, cache_features, channel_head, find_linear_head
 from ._fit import ChannelExplanation, InfoDisentResult, fit_infodisent
 from ._head import InfoDisentHead, unmix
+from ._localisation import localisation_rate
 from ._prototypes import ChannelStream, channel_prototypes, top_channels
 from ._unmix import amari_index, mx_pool, orthogonal, relaxed_mx_pool
 
@@ -19,5 +20,5 @@ __all__ = [
     "InfoDisentHead", "fit_infodisent", "InfoDisentResult", "ChannelExplanation",
     "CachedFeatures", "cache_features", "LinearHead", "find_linear_head", "channel_head", "HeadMismatchError",
     "EpicResult", "fit_epic", "channel_purity",
-    "ChannelStream", "channel_prototypes", "top_channels",
+    "ChannelStream", "channel_prototypes", "top_channels", "localisation_rate",
 ]
