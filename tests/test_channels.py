@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from werkzeug.test import Client
 
-from lightning_i2x import I2XCallback, I2XRun, PrototypeOptions, RelianceMeasure
+from lightning_i2x import I2XCallback, I2XRun, PrototypeOptions, RelianceMeasure, ViewOptions
 from lightning_i2x.channels import (
     HeadMismatchError,
     InfoDisentHead,
@@ -192,7 +192,7 @@ def test_epic_makes_planted_channels_pure(planted):
 # -- on a real model ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(digits):
-    return trained_tiny_cnn(digits, 60)
+    return trained_tiny_cnn(digits, 30)
 
 
 def test_epic_keeps_a_trained_models_logits(tiny, digits):
@@ -259,7 +259,8 @@ def test_callback_with_channel_prototypes_explains_and_measures(tmp_path, digits
     pl.seed_everything(0, verbose=False)
     model = TinyCNN()
     cb = I2XCallback(probe, num_prototypes=8, prototypes=PrototypeOptions(source="channels", epic_epochs=3),
-                     measures=[RelianceMeasure(max_images_per_prototype=8), InfoDisentMeasure(epochs=3)])
+                     measures=[RelianceMeasure(max_images_per_prototype=8), InfoDisentMeasure(epochs=3)],
+                     views=ViewOptions(max_classes=1, max_pairs=0, overlay_samples=0, gallery_patches=2, time_budget=None, dpi=40))
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[cb]))
     trainer.fit(model, DataLoader(train, batch_size=64, shuffle=True), DataLoader(probe, batch_size=100))
     run = I2XRun.load(cb.run.path)
@@ -291,7 +292,7 @@ def test_callback_with_channel_prototypes_explains_and_measures(tmp_path, digits
     events.Reload()
     tags = set(events.Tags()["images"])
     assert {"i2x/channels/gallery", "i2x/channels/weights", "i2x/channels/contributions1"} <= tags
-    html = build_report(run)
+    html = build_report(run, classes=[0], max_pairs=0, gallery_patches=2, dpi=40)
     assert 'id="channels"' in html and "channel-gallery" in html and "contributions-" in html
     client = Client(DashboardApp(tmp_path))
     name = "lightning_logs/version_0/i2x"
@@ -319,6 +320,7 @@ def test_localisation_rate_by_hand():
     assert localisation_rate(scores[2:], np.full((1, 2, 3), -np.inf), np.array([0]), np.array([0]))[0] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_data_dir")
 def test_decoy_mnist_top_channels_peak_in_the_swatch(record_property):
     """A small CNN trained on 3,000 Decoy MNIST images (the swatch's shade is the label) reads the
