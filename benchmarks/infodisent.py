@@ -5,7 +5,8 @@ MNIST against k-means prototypes, and the cost in probe passes.
     python benchmarks/infodisent.py [--quick] [--out FILE] [--threads T] [--data-dir DIR]
 
 Protocol (seed 0 throughout; the full run is sized for about 8 minutes on 2 idle cores, an estimate: on
-a shared, loaded 2-core machine one SmallCNN epoch over 12000 images took 451 s, hence 6000 here):
+a shared, loaded 2-core machine one SmallCNN epoch over 12000 images took 451 s with 2 threads, and over
+6000 images 31 s with --threads 1, which this table's command uses):
   mnist, fashion  examples' SmallCNN (width 32, Adam 1e-3 without the one-cycle schedule, batch 32)
                   trained 1 epoch on a seeded random --train (6000) images of the train split;
                   validation = a class-balanced 2000 test images. Target layer `features` (64 x 7 x 7)
