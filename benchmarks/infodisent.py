@@ -6,12 +6,12 @@ MNIST against k-means prototypes, and the cost in probe passes.
 
 Protocol (seed 0 throughout; the full run is sized for about 8 minutes on 2 idle cores, an estimate: on
 a shared, loaded 2-core machine one SmallCNN epoch over 12000 images took 451 s with 2 threads, and over
-6000 images 31 s with --threads 1, which this table's command uses):
+6000 images 31 s with --threads 1, which this table's command uses; two ResNet-18 epochs took 610 s there):
   mnist, fashion  examples' SmallCNN (width 32, Adam 1e-3 without the one-cycle schedule, batch 32)
                   trained 1 epoch on a seeded random --train (6000) images of the train split;
                   validation = a class-balanced 2000 test images. Target layer `features` (64 x 7 x 7)
   cifar           torchvision ResNet-18 adapted to 32 px (3 x 3 stride-1 first convolution, max-pool
-                  kept: layer4 is 512 x 2 x 2), trained --cifar-epochs (2) epochs (Adam 1e-3, batch
+                  kept: layer4 is 512 x 2 x 2), trained --cifar-epochs (1) epoch(s) (Adam 1e-3, batch
                   128) on the CIFAR-10 subset's 5000 train images; validation = its 1000 test images.
                   Target layer `layer4`. A short CPU training: the accuracy it reaches is in the table
   InfoDisent      fit_infodisent on the target layer: features cached once (train and validation),
@@ -150,14 +150,14 @@ def localisation(n_train, epochs):
 def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--train", type=int, default=None, help="MNIST / Fashion-MNIST train images (default 6000; --quick: 1000)")
-    ap.add_argument("--cifar-epochs", type=int, default=None, help="ResNet-18 epochs on the CIFAR-10 subset (default 2; --quick: 0, skipped)")
+    ap.add_argument("--cifar-epochs", type=int, default=None, help="ResNet-18 epochs on the CIFAR-10 subset (default 1; --quick: 0, skipped)")
     ap.add_argument("--head-epochs", type=int, default=None, help="InfoDisent head epochs (default 10; --quick: 2)")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
     info = _common.machine()
     n_train = args.train or (1000 if args.quick else 6000)
-    cifar_epochs = args.cifar_epochs if args.cifar_epochs is not None else (0 if args.quick else 2)
+    cifar_epochs = args.cifar_epochs if args.cifar_epochs is not None else (0 if args.quick else 1)
     head_epochs = args.head_epochs or (2 if args.quick else 10)
     n_val = 200 if args.quick else 2000
     from demo_data import balanced_indices, load_cifar10_subset, load_mnist
