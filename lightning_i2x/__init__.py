@@ -13,7 +13,7 @@ from .analysis import Explanation, LearningStep, Reliance, UncertainPrototype, e
 from .callbacks import I2XCallback
 from .errors import I2XRunError, OptionsError
 from .finetune import FinetuneResult, PerturbationFinetuner
-from .measures import FaithfulnessMeasure, Measure, RelianceMeasure, SAGMeasure, reliance_of_run
+from .measures import FaithfulnessMeasure, InfoDisentMeasure, Measure, RelianceMeasure, SAGMeasure, reliance_of_run
 from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
 from .prototypes import Prototypes, PrototypeStream, fit_prototypes
 from .record import ProbeEvidence, Recorder, probe_pass
@@ -42,6 +42,7 @@ __all__ = [
     "Measure",
     "FaithfulnessMeasure",
     "SAGMeasure",
+    "InfoDisentMeasure",
     "RelianceMeasure",
     "reliance_of_run",
     "Reliance",

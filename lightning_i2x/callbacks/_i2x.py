@@ -22,6 +22,7 @@ from .. import record
 from .._core import check_bool, check_choice, check_int
 from .._model import ForwardFn, default_forward, preserved_rng
 from ..analysis import Explanation
+from ..channels import LinearHead, channel_head
 from ..finetune import FinetuneResult, finetune_after_fit
 from ..measures import Measure, check_measures
 from ..options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions, check_groups
@@ -119,6 +120,7 @@ class I2XCallback(pl.Callback):
         self.explanation: Explanation | None = None
         self.finetune_result: FinetuneResult | None = None
         self._recorder = Recorder(num_prototypes, prototypes, explain)
+        self._head: LinearHead | None = None  # the avg-pool + linear head, for the channel prototype source
         self._budget = DrawBudget(views.time_budget)
         self._worker: AnalysisWorker | None = None
         self._run: I2XRun | None = None
@@ -151,7 +153,7 @@ class I2XCallback(pl.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for spawn strategies): a copy reopens its run from the state dict or anew."""
-        return {**self.__dict__, "_run": None, "_layer": None, "_worker": None}
+        return {**self.__dict__, "_run": None, "_layer": None, "_worker": None, "_head": None}
 
     # -- setup: every check before the first training step -------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -163,6 +165,8 @@ class I2XCallback(pl.Callback):
         self._names = record.check_fit(self._labels, self._layer, num_prototypes=self.num_prototypes, cam=self.cam, views=self.views,
                                 class_names=self.class_names or self._dataset_names, world_size=trainer.world_size,
                                 finetune=self.finetune if self.auto_finetune else None)
+        if self.prototypes.source == "channels":
+            self._head = channel_head(pl_module, self._layer, self._images, self._labels, self.num_prototypes, self.forward_fn)
         if trainer.is_global_zero and self._run is None:
             self._run_path = record.check_writable(self.run_dir or Path(trainer.log_dir or trainer.default_root_dir) / "i2x")
 
@@ -191,6 +195,8 @@ class I2XCallback(pl.Callback):
         """The whole probe's evidence in probe order on rank 0; None elsewhere or when the pass failed
         on any rank. Each rank runs its share; alone, the features stream into the prototypes."""
         world = trainer.world_size
+        if self._head is not None:  # the channel source carries over the head as it is now
+            self._recorder.head = self._head.read()
         part = record.probe_share(trainer.global_rank, world, self._images.shape[0])
         local = None if part.start == part.stop else self._guarded(
             "probe pass", trainer, record.probe_pass, pl_module, self._layer.module, self._images[part], self._labels[part], cam=self.cam,

@@ -91,6 +91,7 @@ def overview(snap: Snapshot, name: str) -> dict:
             "suspects": None if expl.suspects is None else list(expl.suspects),
         },
         "note": note,
+        "channels": _channels(run),
         "holding": [int(x) for x in holding],
         "marks": marks(snap),
         "errors": len(run.errors),
@@ -184,6 +185,36 @@ def _check_image(snap: Snapshot, i: int) -> None:
         raise LookupError(f"no probe image {i}; the probe holds 0..{snap.run.num_probe - 1}")
 
 
+def _channel_arrays(run) -> dict | None:
+    found = run.attachment("infodisent") if "infodisent" in run.attachments else None
+    return None if found is None else found[0]
+
+
+def _channels(run, shown: int = 12) -> dict | None:
+    """What an ``InfoDisentMeasure`` stored, for the overview: the channels that contribute most
+    over the probe, each with its purity before/after EPIC and the class it weighs most."""
+    a = _channel_arrays(run)
+    if a is None:
+        return None
+    order = np.argsort(-np.abs(a["contributions"]).sum(0), kind="stable")[:shown]
+    return {"channels": [{"channel": int(k), "purity_before": _f(a["purity_before"][k]), "purity_after": _f(a["purity_after"][k]),
+                          "top_class": int(np.argmax(a["weight"][:, k]))} for k in order],
+            "purity_before": _f(a["purity_before"].mean()), "purity_after": _f(a["purity_after"].mean()),
+            "num_channels": int(a["weight"].shape[1])}
+
+
+def _contributions(run, i: int, k: int = 8) -> dict | None:
+    """Probe image ``i``'s largest positive and negative channel contributions to its predicted class."""
+    a = _channel_arrays(run)
+    if a is None:
+        return None
+    row, c = a["contributions"][i], int(a["predicted"][i])
+    order = np.argsort(row)
+    picked = [int(j) for j in np.concatenate([order[::-1][:k], order[:k]]) if row[j] != 0]
+    return {"predicted": c, "bias": _f(a["bias"][c]), "logit": _f(row.sum() + a["bias"][c]),
+            "bars": [{"channel": j, "value": _f(row[j])} for j in dict.fromkeys(picked)]}
+
+
 def image(snap: Snapshot, i: int) -> dict:
     """One probe image's page: its maps at every checkpoint (h x w each), its cells' prototypes and
     distances, each prototype's intensity in it over the checkpoints, its confidences."""
@@ -205,6 +236,7 @@ def image(snap: Snapshot, i: int) -> dict:
         "distances": None if dist is None else _fl(dist[i].reshape(-1)),
         "intensity": intensity,
         "confidences": _fl(run.confidences()[:, i]),
+        "contributions": _contributions(run, i),
     }
 
 

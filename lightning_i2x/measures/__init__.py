@@ -1,7 +1,8 @@
 """Measures that need the model, run by ``I2XCallback(measures=[...])`` after a record or at the
-end of fit: faithfulness (deletion/insertion), reliance on each prototype, and SAG's minimal
-sufficient explanations. Each also works on its own, on a model and a run."""
+end of fit: faithfulness (deletion/insertion), reliance on each prototype, SAG's minimal
+sufficient explanations, and InfoDisent/EPIC's disentangled channels. Each also works on its own, on a model and a run."""
 
+from ._channels import INFODISENT_ATTACHMENT, InfoDisentMeasure
 from ._faithfulness import FaithfulnessMeasure, FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline, random_maps
 from ._protocol import Measure, check_measures
 from ._reliance import DEFAULT_FILL, DEFAULT_INTERVENTION, RelianceMeasure, latent_reliance, prototype_reliance, random_locations, reliance_of_run
@@ -26,6 +27,7 @@ from ._sag import (
 
 __all__ = [
     "Measure", "check_measures",
+    "InfoDisentMeasure", "INFODISENT_ATTACHMENT",
     "FaithfulnessMeasure", "FaithfulnessResult", "deletion_insertion", "pixel_ranks", "random_baseline", "random_maps",
     "RelianceMeasure", "prototype_reliance", "latent_reliance", "random_locations", "reliance_of_run", "DEFAULT_FILL",
     "DEFAULT_INTERVENTION",

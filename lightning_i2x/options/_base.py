@@ -17,6 +17,7 @@ from ..errors import OptionsError
 __all__ = ["_bool", "_choice", "_fraction", "_int", "_number", "_set", "_Options"]
 
 CamTarget = Literal["label", "predicted"]
+PrototypeSource = Literal["kmeans", "channels"]
 FinetuneMode = Literal["remove", "mask"]
 MaskFill = Literal["blur", "noise", "baseline", "random", "mean", "resample"]
 FILLS: tuple[str, ...] = get_args(MaskFill)

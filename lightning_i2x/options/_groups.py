@@ -11,6 +11,7 @@ from ._base import (
     SIGNIFICANCE_METHODS,
     UNCERTAIN_RULES,
     CamTarget,
+    PrototypeSource,
     Significance,
     UncertainRule,
     _bool,
@@ -116,21 +117,34 @@ class ProbePassOptions(_Options):
 
 @dataclass(frozen=True)
 class PrototypeOptions(_Options):
-    """How the K prototypes are fitted at each record (PCA then k-means, FAISS).
+    """How the K prototypes are fitted at each record.
 
-    pca_components: dimension of the PCA space the centroids live in.
+    source: ``"kmeans"`` (PCA then k-means, FAISS; ids matched between records) or
+        ``"channels"`` (EPIC's prediction-preserving unmixing of the target layer's channels,
+        fitted on the probe features; each location goes to its largest unmixed channel among the
+        K the head weighs most; ids are channel indices, so no matching: ``lightning_i2x.channels``).
+        The channel source needs K <= the layer's channels and a global average pool + linear
+        head after the target layer. A run stored before 0.3 reads as ``"kmeans"``.
+    pca_components: dimension of the PCA space the centroids live in (k-means).
     kmeans_iters: k-means iterations.
-    seed: k-means (and k-means++ start) seed.
+    seed: k-means (and k-means++ start) seed; the order of EPIC's batches.
+    epic_epochs: EPIC's epochs over the probe features at each record (channels).
     """
+
+    LEGACY: ClassVar[dict[str, Any]] = {"source": "kmeans", "epic_epochs": 20}
 
     pca_components: int = 64
     kmeans_iters: int = 20
     seed: int = 0
+    source: PrototypeSource = "kmeans"
+    epic_epochs: int = 20
 
     def __post_init__(self):
         _int(self, "pca_components")
         _int(self, "kmeans_iters")
         _int(self, "seed", low=0)
+        _choice(self, "source", get_args(PrototypeSource))
+        _int(self, "epic_epochs")
 
 
 @dataclass(frozen=True)

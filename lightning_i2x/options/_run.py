@@ -42,7 +42,7 @@ class RunConfig(_Options):
         return cls(
             values["target_layer"], values["cam"], values["every_n_epochs"],
             ProbePassOptions.from_stored(values["probe_pass"], strict=strict),
-            PrototypeOptions.from_dict(values["prototypes"], strict=strict),
+            PrototypeOptions.from_stored(values["prototypes"], strict=strict),
             ExplainOptions.from_stored(values["explain"], strict=strict),
         )
 

@@ -36,6 +36,7 @@ import torch
 
 from .._model import ForwardFn
 from ..analysis import Explanation
+from ..channels import ChannelStream
 from ..options import ExplainOptions, ProbePassOptions, PrototypeOptions, RunConfig
 from ..prototypes import Prototypes, PrototypeStream
 from ..saliency import TargetLayer, probe_batches
@@ -171,13 +172,22 @@ class Recorder:
     num_prototypes: int
     prototypes: PrototypeOptions = field(default_factory=PrototypeOptions)
     explain: ExplainOptions = field(default_factory=ExplainOptions)
+    head: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """The model's avg-pool + linear head (weight (M, D), bias (M,)) as read before the probe pass:
+    what the channel source (``PrototypeOptions(source="channels")``) carries over; None for k-means."""
     latest: ProbeEvidence | None = field(default=None, init=False, repr=False)
     """The last appended record's float32 maps and confidences (on the CPU; no features), for the
     end-of-fit measures."""
 
-    def new_stream(self) -> PrototypeStream:
-        """An empty ``PrototypeStream`` with these options, for ``probe_pass(stream=...)``."""
+    def new_stream(self) -> PrototypeStream | ChannelStream:
+        """An empty ``PrototypeStream`` with these options (a ``ChannelStream`` for the channel
+        source, holding the head read last), for ``probe_pass(stream=...)``."""
         o = self.prototypes
+        if o.source == "channels":
+            if self.head is None:
+                raise ValueError("the channel prototype source needs the model's head: set Recorder.head = channels.LinearHead.read() "
+                                 "(I2XCallback does it before each probe pass)")
+            return ChannelStream(self.num_prototypes, self.head, epochs=o.epic_epochs, seed=o.seed)
         return PrototypeStream(self.num_prototypes, n_components=o.pca_components, niter=o.kmeans_iters, seed=o.seed)
 
     def append(self, run: I2XRun, evidence: ProbeEvidence, *, epoch: int, global_step: int) -> int:
@@ -194,6 +204,11 @@ class Recorder:
         previous = None if run.prototypes is None else run.assignment().reshape(-1)
         protos, assignment, distances = stream.fit(previous_assignment=previous)
         run.set_prototypes(protos, assignment, reference=index, distances=distances)
+        if isinstance(stream, ChannelStream):  # what the channel views draw: the unmixing, the carried-over head, the ids' channels
+            epic = stream.epic
+            run.save_attachment("channel_source", arrays={
+                "channels": stream.channels, "rotation": epic.rotation.numpy(), "weight": epic.weight.numpy(), "bias": epic.bias.numpy(),
+                "purity_before": np.float64(epic.purity_before), "purity_after": np.float64(epic.purity_after)}, checkpoint=index)
         self.latest = ProbeEvidence(None, evidence.cams.detach().float().cpu(), evidence.confidences.detach().float().cpu(), None,
                                     evidence.images, evidence.labels)
         return index

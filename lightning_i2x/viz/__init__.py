@@ -16,6 +16,9 @@ from ._patches import display_images, extract_patch, nearest_locations, patch_bo
 from ._sinks import LogSink
 from ._views import (
     TAG_BETA,
+    TAG_CHANNEL_CONTRIBUTIONS,
+    TAG_CHANNEL_GALLERY,
+    TAG_CHANNEL_WEIGHTS,
     TAG_CLASS_TEXT,
     TAG_CONFIDENCE,
     TAG_EVOLUTION,
@@ -42,11 +45,12 @@ from ._views import (
 __all__ = [
     "prototype_gallery", "evolution_grid", "checkpoint_graph", "confused_pair", "ridge_heatmap", "confidence_curves",
     "saliency_overlays", "confusion_matrix", "to_rgb", "to_png", "plot_sag", "faithfulness_figure", "has_faithfulness",
-    "plot_faithfulness", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
+    "plot_faithfulness", "channel_gallery", "contribution_bars", "channel_weights", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
     "LogSink", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "DrawBudget",
     "drawn_classes", "drawn_pairs", "tag_name", "build_report", "write_report", "log_finetune",
     "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
     "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
+    "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS",
 ]
 
 # name -> the module of this package that defines it, imported when the name is first used
@@ -55,10 +59,12 @@ _LAZY = {
                      "prototype_gallery", "ridge_heatmap", "saliency_overlays", "to_png", "to_rgb"], "_figures"),
     **dict.fromkeys(["faithfulness_figure", "has_faithfulness", "plot_faithfulness"], "_faithfulness_figure"),
     "plot_sag": "_sag_figure",
+    **dict.fromkeys(["channel_gallery", "contribution_bars", "channel_weights"], "_channels_figure"),
     **dict.fromkeys(["build_report", "write_report"], "_report"),
 }
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs
+    from ._channels_figure import channel_gallery, channel_weights, contribution_bars
     from ._faithfulness_figure import faithfulness_figure, has_faithfulness, plot_faithfulness
     from ._figures import (
         checkpoint_graph,

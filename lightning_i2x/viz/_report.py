@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .._core import require, write_bytes
@@ -23,6 +24,7 @@ from ..analysis import Explanation
 from ..measures import stored_sags
 from ..options import ViewOptions
 from ..store import I2XRun
+from . import _channels_figure as chf
 from . import _figures as plots
 from ._faithfulness_figure import faithfulness_figure, has_faithfulness
 from ._views import drawn_classes, drawn_pairs, tag_name
@@ -123,6 +125,20 @@ def build_report(
                       f"class {names[s.cls]}: the structured attention graph of probe image {s.image} (checkpoint {s.checkpoint})",
                       lambda s=s: s.sag.plot(image=None if run.images is None else run.images[s.image], max_per_level=6, dpi=dpi)))
 
+    channels = "infodisent" in run.attachments
+    if channels:
+        if has_images:
+            tasks.append(("channels", "channel-gallery", "gallery", "each EPIC-unmixed channel's top probe patches, with its purity",
+                          lambda: chf.channel_gallery(run, dpi=dpi)))
+        tasks.append(("channels", "channel-weights", "beta", "the carried-over head A U^T: which channel moves which class",
+                      lambda: chf.channel_weights(run, dpi=dpi)))
+        for c in chosen:
+            members = np.flatnonzero(run.labels == c)
+            if members.size:
+                tasks.append(("channels", f"contributions-{tag_name(names[c])}", "contributions",
+                              f"class {names[c]}, probe image {int(members[0])}: the channels' contributions to its predicted class",
+                              lambda i=int(members[0]): chf.contribution_bars(run, i, dpi=dpi)))
+
     blocks: dict[str, list[str]] = {}
     for section, view_id, kind, caption, make in tqdm(tasks, desc="i2x report", unit="view", file=sys.stderr, disable=not progress):
         blocks.setdefault(section, []).append(_figure_html(view_id, kind, plots.to_png(make()), caption))
@@ -137,7 +153,8 @@ def build_report(
         f"<code>{html.escape(str(run.config.target_layer if run.config else None))}</code>; generated "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         '<nav><a href="#summary">findings</a><a href="#overview">prototypes</a><a href="#pairs">confused pairs</a>'
-        '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "") + "</nav>",
+        '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "")
+        + ('<a href="#channels">channels</a>' if channels else "") + "</nav>",
     ]
     if not has_images:
         out.append('<p class="note">This run holds no probe images (store_probe_images=False, or a probe over 64 MiB): '
@@ -167,6 +184,11 @@ def build_report(
                     f"{len(g.all_mses)} minimal sufficient explanations found, the roots:</p><ul>{lines}</ul>",
                     *blocks.get(f"sag-{i}", []), "</article>"]
         out.append("</section>")
+    if channels:
+        out += ['<section id="channels"><h2>Disentangled channels</h2>',
+                "<p>The target layer's channels unmixed by EPIC's orthogonal U (InfoDisentMeasure); the head becomes A U^T, so "
+                "each prediction is unchanged and equals the sum of the channels' contributions plus the bias.</p>",
+                *blocks.get("channels", []), "</section>"]
     out += [f"<script>{_SCRIPT}</script>", "</body></html>"]
     return "\n".join(out)
 

@@ -19,6 +19,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/class<n>/overlay`` | GradCAM over probe images, salient prototypes outlined |
 | image | ``i2x/pair<n>`` | Fig. 5: a confused pair's prototypes, uncertain ones outlined |
 | image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
+| image | ``i2x/channels/gallery``, ``i2x/channels/weights``, ``i2x/channels/contributions<n>`` | with ``InfoDisentMeasure``: each EPIC-unmixed channel's top patches, the channel-to-class weights, one probe image per drawn class as signed contribution bars |
 
 plus a custom-scalars layout (the "CUSTOM SCALARS" dashboard) grouping the scalars.
 
@@ -45,7 +46,8 @@ from ._sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
-           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG"]
+           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
+           "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS"]
 
 TAG_TRUE_CONFIDENCE = "i2x/true_class_confidence"
 TAG_UNCERTAIN = "i2x/uncertain_prototypes"
@@ -60,6 +62,9 @@ TAG_GRAPH = "i2x/class{slot}/graph"
 TAG_OVERLAY = "i2x/class{slot}/overlay"
 TAG_PAIR = "i2x/pair{slot}"
 TAG_SAG = "i2x/class{slot}/sag"
+TAG_CHANNEL_GALLERY = "i2x/channels/gallery"
+TAG_CHANNEL_WEIGHTS = "i2x/channels/weights"
+TAG_CHANNEL_CONTRIBUTIONS = "i2x/channels/contributions{slot}"
 
 
 def tag_name(name: str) -> str:
@@ -170,6 +175,22 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
             image(TAG_PAIR.format(slot=slot), plots.confused_pair(expl, a, b, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))
     if has_images and "sag" in run.attachments:
         _log_sags(image, run, classes, options)
+    if "infodisent" in run.attachments:
+        _log_channels(image, run, classes, options, has_images)
+
+
+def _log_channels(image, run, classes: list[int], options: ViewOptions, has_images: bool) -> None:
+    """What an ``InfoDisentMeasure`` stored: the channel gallery, the channel-to-class weights, and
+    the contribution bars of the first probe image of each drawn class."""
+    from . import _channels_figure as channels
+
+    if has_images:
+        image(TAG_CHANNEL_GALLERY, channels.channel_gallery(run, n=min(6, max(options.gallery_patches, 1)), dpi=options.dpi))
+    image(TAG_CHANNEL_WEIGHTS, channels.channel_weights(run, dpi=options.dpi))
+    for slot, c in enumerate(classes, 1):
+        members = np.flatnonzero(run.labels == c)
+        if members.size:
+            image(TAG_CHANNEL_CONTRIBUTIONS.format(slot=slot), channels.contribution_bars(run, int(members[0]), dpi=options.dpi))
 
 
 def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:

@@ -95,6 +95,16 @@ function lineChart(series, { width = 460, height = 200, ymin = null, ymax = null
   return { node: root, setCursor(i) { const x = X(Math.max(0, Math.min(n - 1, i))); cursor.setAttribute("x1", x); cursor.setAttribute("x2", x); cursor.dataset.at = i; } };
 }
 
+// signed horizontal bars: blue raises the class, red lowers it; widths relative to the largest |value|
+function contributionBars(bars) {
+  const top = Math.max(1e-12, ...bars.map((b) => Math.abs(b.value)));
+  return el("div", { class: "bars" }, bars.map((b) => el("div", { class: "bar-row" },
+    el("span", { class: "bar-label", text: `ch ${b.channel}` }),
+    (() => { const bar = el("span", { class: "bar" }); Object.assign(bar.style, { display: "inline-block", height: "0.8em",
+      width: `${(45 * Math.abs(b.value)) / top}%`, background: b.value > 0 ? "#2b8cbe" : "#e34a33" }); return bar; })(),
+    el("span", { class: "muted", text: ` ${fmt(b.value, 3)}` }))));
+}
+
 function legend(names, only = null) {
   return el("div", { class: "legend" }, names.map((name, c) => (only !== null && only !== c ? null : el("span", {}, (() => { const i = el("i"); i.style.background = color(c); return i; })(), name))));
 }
@@ -240,6 +250,9 @@ class App {
       el("section", { class: "card" }, el("h2", { text: "Uncertain prototypes (one row per prototype, with its pairs)" }), filters, uncertain),
       el("section", { class: "card" }, el("h2", { text: "Suspected shortcuts" }), suspects,
         el("h2", { text: "Learning order (pair resolved after interval)" }), order),
+      ov.channels ? el("section", { class: "card", id: "channels" }, el("h2", { text: `Disentangled channels (EPIC): purity ${fmt(ov.channels.purity_before, 2)} → ${fmt(ov.channels.purity_after, 2)}` }),
+        el("table", { class: "small" }, el("tr", {}, el("th", { text: "channel" }), el("th", { text: "purity before" }), el("th", { text: "after" }), el("th", { text: "class it weighs most" })),
+          ov.channels.channels.map((c) => el("tr", {}, el("td", { text: `ch ${c.channel}` }), el("td", { text: fmt(c.purity_before, 2) }), el("td", { text: fmt(c.purity_after, 2) }), el("td", { text: names[c.top_class] }))))) : null,
       el("section", { class: "card" }, el("h2", { text: `All ${ov.num_prototypes} prototypes` }), all,
         el("p", { class: "muted" }, `${ov.num_probe} probe images, ${ov.checkpoints.length} checkpoints, feature map ${ov.feature_shape.join("×")}; open image `,
           el("input", { type: "number", id: "goto-image", min: 0, max: ov.num_probe - 1, value: 0, onchange: (e) => this.go({ view: "image", i: e.target.value, k: null }) })),
@@ -400,7 +413,10 @@ class App {
         el("section", { class: "card" }, el("h2", { text: "Saliency map and its prototype cells" }), canvas,
           el("div", {}, el("label", {}, outlines, " outlines"), " ", el("label", {}, showMap, " saliency map")), info),
         el("section", { class: "card" }, el("h2", { text: "Its confidence in every class over training" }), conf.node, legend(names), now,
-          el("h2", { text: "Its prototypes (intensity at this checkpoint)" }), protos))].filter(Boolean));
+          el("h2", { text: "Its prototypes (intensity at this checkpoint)" }), protos),
+        d.contributions ? el("section", { class: "card", id: "contributions" },
+          el("h2", { text: `Channel contributions to ${names[d.contributions.predicted]}: logit ${fmt(d.contributions.logit, 2)} = channels + bias ${fmt(d.contributions.bias, 2)}` }),
+          contributionBars(d.contributions.bars)) : null)].filter(Boolean));
     return { setT: (nt) => {
       t = nt; conf.setCursor(t); draw(); describe(); drawProtos();
       const row = d.confidences[t] || [];
