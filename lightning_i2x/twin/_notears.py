@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import scipy.optimize
+from threadpoolctl import threadpool_limits
 
 from .._core import check_number
 
@@ -60,6 +61,14 @@ def notears_linear(x, *, lambda1: float = 0.05, w_threshold: float = 0.3, forbid
         W = unpack(w)
         return np.trace(scipy.linalg.expm(W * W)) - d
 
+    with threadpool_limits(1):  # d x d products: BLAS threads only contend
+        w = _augmented_lagrangian(objective, h_of, bounds, d, max_iter, h_tol, rho_max)
+    W = unpack(w)
+    W[np.abs(W) < w_threshold] = 0.0
+    return W
+
+
+def _augmented_lagrangian(objective, h_of, bounds, d, max_iter, h_tol, rho_max) -> np.ndarray:
     w, rho, alpha, h = np.zeros(2 * d * d), 1.0, 0.0, np.inf
     for _ in range(max_iter):
         while rho < rho_max:
@@ -73,9 +82,7 @@ def notears_linear(x, *, lambda1: float = 0.05, w_threshold: float = 0.3, forbid
         alpha += rho * h
         if h <= h_tol or rho >= rho_max:
             break
-    W = unpack(w)
-    W[np.abs(W) < w_threshold] = 0.0
-    return W
+    return w
 
 
 def structural_hamming_distance(a, b) -> int:

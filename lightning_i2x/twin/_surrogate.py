@@ -29,7 +29,7 @@ class TwinVAE(nn.Module):
     """Encoder (two stride-2 convolutions) to a ``latent_dim`` Gaussian, decoder back to the
     image (two transposed convolutions, sigmoid), and a linear head on z to the classes."""
 
-    def __init__(self, channels: int, size: tuple[int, int], latent_dim: int, num_classes: int, width: int = 32):
+    def __init__(self, channels: int, size: tuple[int, int], latent_dim: int, num_classes: int, width: int = 16):
         super().__init__()
         h, w = size
         self.size, self.channels = (h, w), channels
@@ -39,9 +39,9 @@ class TwinVAE(nn.Module):
             nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.1), nn.Flatten())
         with torch.no_grad():
             flat = self.encoder(torch.zeros(1, channels, h, w)).shape[1]
-        self.to_stats = nn.Sequential(nn.Linear(flat, 256), nn.LeakyReLU(0.1), nn.Linear(256, 2 * latent_dim))
-        self.from_z = nn.Sequential(nn.Linear(latent_dim, 256), nn.LeakyReLU(0.1),
-                                    nn.Linear(256, 2 * width * self.inner[0] * self.inner[1]), nn.LeakyReLU(0.1))
+        self.to_stats = nn.Sequential(nn.Linear(flat, 128), nn.LeakyReLU(0.1), nn.Linear(128, 2 * latent_dim))
+        self.from_z = nn.Sequential(nn.Linear(latent_dim, 128), nn.LeakyReLU(0.1),
+                                    nn.Linear(128, 2 * width * self.inner[0] * self.inner[1]), nn.LeakyReLU(0.1))
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.LeakyReLU(0.1),
             nn.ConvTranspose2d(width, channels, 4, 2, 1))
@@ -115,7 +115,7 @@ def train_surrogate(x01: torch.Tensor, teacher: torch.Tensor, concepts: torch.Te
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append(total / n)
     vae.eval()
     return vae, history
