@@ -162,7 +162,7 @@ def fit_twin(
     epochs: int = 15,
     batch_size: int = 128,
     lr: float = 2e-3,
-    losses: SurrogateLosses = SurrogateLosses(),
+    losses: SurrogateLosses | None = None,
     holdout: float = 0.25,
     lambda1: float = 0.02,
     w_threshold: float = 0.3,
@@ -178,10 +178,11 @@ def fit_twin(
     colour images; Morpho-MNIST's measures by default); ``concepts`` names the features aligned to
     the first latents. ``target``: the class whose logit is explained (default 1 for a two-class
     model; required beyond). The model's weights, modes, gradients and the RNGs are left as they
-    were. Cost: one pass of the classifier and of ``context`` over ``data``, ``epochs`` of a small
+    were. ``losses``: the surrogate's loss weights (``SurrogateLosses()`` by default). Cost: one pass of the classifier and of ``context`` over ``data``, ``epochs`` of a small
     VAE, NOTEARS on ``latent_dim + 1`` nodes, and ``len(concepts) x steps`` decoded batches
     re-measured by ``context``."""
     t0 = time.perf_counter()
+    losses = losses or SurrogateLosses()
     concepts = tuple(concepts)
     if not concepts or not all(isinstance(c, str) for c in concepts) or len(set(concepts)) != len(concepts):
         raise ValueError(f"fit_twin.concepts must be distinct feature names, got {concepts!r}")

@@ -5,9 +5,9 @@ is a CPU-sized redesign, not a reproduction. The loss of one batch is
 
     reconstruction (binary cross-entropy on the image mapped to [0, 1])
     + beta x KL(q(z | x) || N(0, I))                        (the VAE prior)
-    + distill x KL(classifier softmax || softmax(head(z)))  (the twin classifier)
+    + distill x KL(classifier softmax || softmax(head(mu)))  (the twin classifier, on the mean)
     + align x mean squared error of z[:, :k] to the standardised concepts
-    + decorrelate x the squared correlations of each residual latent with every other latent,
+    + decorrelate x the sum of squared correlations of each residual latent with every other latent,
 
 so z[:, j] for j < k reads concept j in standard units, and the residual latents hold what the
 concepts do not, linearly unrelated to them.
@@ -75,8 +75,7 @@ def _residual_correlation(mu: torch.Tensor, k: int) -> torch.Tensor:
     z = (mu - mu.mean(0)) / (mu.std(0) + 1e-4)
     c = z.T @ z / (len(z) - 1)
     off = c - torch.diag(torch.diag(c))
-    off = off[k:]  # rows of the residual latents: against every other latent
-    return (off**2).sum() / max(off.numel(), 1)
+    return (off[k:] ** 2).sum()  # rows of the residual latents: against every other latent
 
 
 def train_surrogate(x01: torch.Tensor, teacher: torch.Tensor, concepts: torch.Tensor, *, latent_dim: int, epochs: int,
@@ -108,7 +107,7 @@ def train_surrogate(x01: torch.Tensor, teacher: torch.Tensor, concepts: torch.Te
             z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
             recon = F.binary_cross_entropy_with_logits(vae.decode_logits(z), x, reduction="sum") / len(x)
             kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1).mean()
-            distill = F.kl_div(F.log_softmax(vae.head(z), dim=1), p, reduction="batchmean")
+            distill = F.kl_div(F.log_softmax(vae.head(mu), dim=1), p, reduction="batchmean")
             align = F.mse_loss(mu[:, :k], c, reduction="sum") / len(x)
             loss = (recon + losses.beta * kl + losses.distill * distill + losses.align * align
                     + losses.decorrelate * _residual_correlation(mu, k))

@@ -27,6 +27,7 @@ from ._views import (
     TAG_SAG,
     TAG_SUMMARY,
     TAG_TRUE_CONFIDENCE,
+    TAG_TWIN,
     TAG_UNCERTAIN,
     DrawBudget,
     custom_scalars_layout,
@@ -42,11 +43,11 @@ from ._views import (
 __all__ = [
     "prototype_gallery", "evolution_grid", "checkpoint_graph", "confused_pair", "ridge_heatmap", "confidence_curves",
     "saliency_overlays", "confusion_matrix", "to_rgb", "to_png", "plot_sag", "faithfulness_figure", "has_faithfulness",
-    "plot_faithfulness", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
+    "plot_faithfulness", "twin_graph_figure", "twin_effects_figure", "twin_counterfactuals_figure", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
     "LogSink", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "DrawBudget",
     "drawn_classes", "drawn_pairs", "tag_name", "build_report", "write_report", "log_finetune",
     "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
-    "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
+    "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG", "TAG_TWIN",
 ]
 
 # name -> the module of this package that defines it, imported when the name is first used
@@ -55,6 +56,7 @@ _LAZY = {
                      "prototype_gallery", "ridge_heatmap", "saliency_overlays", "to_png", "to_rgb"], "_figures"),
     **dict.fromkeys(["faithfulness_figure", "has_faithfulness", "plot_faithfulness"], "_faithfulness_figure"),
     "plot_sag": "_sag_figure",
+    **dict.fromkeys(["twin_graph_figure", "twin_effects_figure", "twin_counterfactuals_figure"], "_twin_figure"),
     **dict.fromkeys(["build_report", "write_report"], "_report"),
 }
 
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs
     )
     from ._report import build_report, write_report
     from ._sag_figure import plot_sag
+    from ._twin_figure import twin_counterfactuals_figure, twin_effects_figure, twin_graph_figure
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .._core import require, write_bytes
 from ..analysis import Explanation
-from ..measures import stored_sags
+from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
 from ..store import I2XRun
 from . import _figures as plots
@@ -123,6 +123,17 @@ def build_report(
                       f"class {names[s.cls]}: the structured attention graph of probe image {s.image} (checkpoint {s.checkpoint})",
                       lambda s=s: s.sag.plot(image=None if run.images is None else run.images[s.image], max_per_level=6, dpi=dpi)))
 
+    twin = stored_twin(run) if "twin" in run.attachments else None
+    if twin is not None:
+        from . import _twin_figure as twin_plots
+
+        for view, caption, draw in (
+                ("graph", "the causal graph NOTEARS found over the twin's concepts, residual latents and the logit", twin_plots.twin_graph_figure),
+                ("effects", "the logit's change per unit of each concept: direct and mediated (equations), total (decoded counterfactuals)",
+                 twin_plots.twin_effects_figure),
+                ("counterfactuals", "do(concept = v): decoded, re-measured and classified", twin_plots.twin_counterfactuals_figure)):
+            tasks.append(("twin", f"twin-{view}", f"twin-{view}", caption, lambda draw=draw: draw(twin, dpi=dpi)))
+
     blocks: dict[str, list[str]] = {}
     for section, view_id, kind, caption, make in tqdm(tasks, desc="i2x report", unit="view", file=sys.stderr, disable=not progress):
         blocks.setdefault(section, []).append(_figure_html(view_id, kind, plots.to_png(make()), caption))
@@ -137,7 +148,8 @@ def build_report(
         f"<code>{html.escape(str(run.config.target_layer if run.config else None))}</code>; generated "
         f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         '<nav><a href="#summary">findings</a><a href="#overview">prototypes</a><a href="#pairs">confused pairs</a>'
-        '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "") + "</nav>",
+        '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "")
+        + ('<a href="#twin">causal twin</a>' if twin is not None else "") + "</nav>",
     ]
     if not has_images:
         out.append('<p class="note">This run holds no probe images (store_probe_images=False, or a probe over 64 MiB): '
@@ -167,6 +179,11 @@ def build_report(
                     f"{len(g.all_mses)} minimal sufficient explanations found, the roots:</p><ul>{lines}</ul>",
                     *blocks.get(f"sag-{i}", []), "</article>"]
         out.append("</section>")
+    if twin is not None:
+        out += ['<section id="twin"><h2>Causal twin surrogate</h2>',
+                "<p>A small VAE distilled from the classifier with its first latents aligned to measured concepts, a causal graph "
+                "over them (NOTEARS) and interventions decoded and re-measured (GLANCE-inspired, not a reproduction).</p>",
+                _md(twin.to_markdown()), *blocks.get("twin", []), "</section>"]
     out += [f"<script>{_SCRIPT}</script>", "</body></html>"]
     return "\n".join(out)
 

@@ -19,6 +19,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/class<n>/overlay`` | GradCAM over probe images, salient prototypes outlined |
 | image | ``i2x/pair<n>`` | Fig. 5: a confused pair's prototypes, uncertain ones outlined |
 | image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
+| image | ``i2x/twin/graph``, ``i2x/twin/effects``, ``i2x/twin/counterfactuals`` | with ``TwinMeasure``: the twin's causal graph, the effects on the logit, the counterfactual strips |
 
 plus a custom-scalars layout (the "CUSTOM SCALARS" dashboard) grouping the scalars.
 
@@ -39,13 +40,13 @@ import warnings
 import numpy as np
 
 from ..analysis import SALIENCY_THRESHOLD, select_classes, select_pairs, select_prototypes
-from ..measures import stored_sags
+from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
 from ._sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
-           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG"]
+           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG", "TAG_TWIN"]
 
 TAG_TRUE_CONFIDENCE = "i2x/true_class_confidence"
 TAG_UNCERTAIN = "i2x/uncertain_prototypes"
@@ -60,6 +61,7 @@ TAG_GRAPH = "i2x/class{slot}/graph"
 TAG_OVERLAY = "i2x/class{slot}/overlay"
 TAG_PAIR = "i2x/pair{slot}"
 TAG_SAG = "i2x/class{slot}/sag"
+TAG_TWIN = "i2x/twin/{view}"
 
 
 def tag_name(name: str) -> str:
@@ -165,6 +167,18 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
             image(TAG_PAIR.format(slot=slot), plots.confused_pair(expl, a, b, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))
     if has_images and "sag" in run.attachments:
         _log_sags(image, run, classes, options)
+    if "twin" in run.attachments:
+        _log_twin(image, run, options)
+
+
+def _log_twin(image, run, options: ViewOptions) -> None:
+    """The three views of the twin a ``TwinMeasure`` stored."""
+    from . import _twin_figure as twin_plots
+
+    result = stored_twin(run)
+    for view, draw in (("graph", twin_plots.twin_graph_figure), ("effects", twin_plots.twin_effects_figure),
+                       ("counterfactuals", twin_plots.twin_counterfactuals_figure)):
+        image(TAG_TWIN.format(view=view), draw(result, dpi=options.dpi))
 
 
 def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:
