@@ -21,7 +21,7 @@ from torch import nn
 
 from lightning_i2x.twin import morpho_measures, set_slant, set_thickness
 
-__all__ = ["BASE", "EFFECT", "NOISE", "render_chain", "ChainCNN", "train_classifier"]
+__all__ = ["BASE", "EFFECT", "NOISE", "render_chain", "labels_of", "ChainCNN", "train_classifier"]
 
 BASE, EFFECT, NOISE = 2.6, 0.8, 0.3
 
@@ -46,24 +46,24 @@ def labels_of(chain: dict[str, np.ndarray], role: str) -> np.ndarray:
 
 
 class ChainCNN(nn.Module):
-    """A small two-class CNN."""
+    """A small CNN (two classes by default)."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 16, num_classes: int = 2):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(2 * width, 2))
+            nn.Linear(2 * width, num_classes))
 
     def forward(self, x):
         return self.net(x)
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, *, epochs: int = 6, seed: int = 0, lr: float = 3e-3) -> ChainCNN:
-    """A ``ChainCNN`` trained with Adam (batch 64), in eval mode."""
+    """A ``ChainCNN`` (as many classes as ``labels`` holds) trained with Adam (batch 64), in eval mode."""
     torch.manual_seed(seed)
-    model = ChainCNN()
+    model = ChainCNN(num_classes=int(labels.max()) + 1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(seed)

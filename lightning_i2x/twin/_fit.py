@@ -5,13 +5,17 @@ The steps (GLANCE-inspired, arXiv 2207.01917; a redesign for a CPU, not a reprod
 1. the context of every image (``context``, the Morpho-MNIST measures by default) and the
    classifier's probabilities; a held-out share kept aside;
 2. the twin surrogate trained on the rest (``_surrogate``);
-3. on the held-out images, the nodes: each concept latent in the concept's own units
-   (mean + std x z_j), the residual latents, and the classifier's logit of ``target``
-   (log p / (1 - p)); NOTEARS (linear) over them with the logit a sink, then each node refitted on
-   its parents by least squares (the structural equations);
-4. ``do(c_j = v)`` on ``strip_images`` held-out images for ``steps`` values of v (the concept's 5th
-   to 95th percentile): the node values are propagated to the descendants through the equations
-   with each image's own residuals kept (a counterfactual), decoded, classified and re-measured.
+3. on the held-out images, the nodes: each concept as measured, in its own units (what its
+   aligned latent z_j = (c_j - mean) / std encodes), the residual latents, and the classifier's
+   logit of ``target`` (log p / (1 - p)); NOTEARS (linear) over them with the logit a sink, then
+   each node refitted on its parents by least squares (the structural equations). The measured
+   values rather than the latents: the latents' alignment error would add noise to the concepts'
+   variances, which is what orients NOTEARS' edges between two concepts (see the docs);
+4. ``do(c_j = v)`` on ``effect_images`` held-out images for ``steps`` values of v (the concept's
+   5th to 95th percentile): the node values are propagated to the descendants through the
+   equations with each image's own residuals kept (a counterfactual), each image's latents set
+   (z_j = standardised v) or shifted by the change, decoded, classified and re-measured; the
+   first ``strip_images`` are kept as strips.
 
 Effects per unit of each concept: from the equations, the direct (the edge to the logit) and the
 total (all paths, (I - W)^-1), the mediated being their difference; from the classifier on the
@@ -164,7 +168,7 @@ def fit_twin(
     lr: float = 2e-3,
     losses: SurrogateLosses | None = None,
     holdout: float = 0.25,
-    lambda1: float = 0.02,
+    lambda1: float = 0.01,
     w_threshold: float = 0.3,
     steps: int = 5,
     strip_images: int = 4,
@@ -244,7 +248,7 @@ def fit_twin(
 
     # the nodes: concepts in their units, residual latents, the logit (a sink)
     nodes = (*concepts, *(f"z{j}" for j in range(k, latent_dim)), LOGIT)
-    values = np.column_stack([mean + std * mu[:, :k], mu[:, k:], _target_logit(probs[test], target)])
+    values = np.column_stack([c_raw[test], mu[:, k:], _target_logit(probs[test], target)])
     d = len(nodes)
     forbidden = np.zeros((d, d), bool)
     forbidden[-1, :] = True
@@ -272,7 +276,9 @@ def fit_twin(
             direct = values[rows].copy()
             direct[:, j] = v
             for kind, nv in (("total", new), ("direct", direct)):
-                z = np.column_stack([(nv[:, :k] - mean) / std, nv[:, k:-1]])
+                # each image's own latents, shifted by what the intervention changed; z_j set to v
+                z = mu[rows] + np.column_stack([(nv[:, :k] - values[rows, :k]) / std, nv[:, k:-1] - values[rows, k:-1]])
+                z[:, j] = (v - mean[j]) / std[j]
                 img = batched(vae.decode, torch.from_numpy(z).float())
                 lg = _target_logit(classify(img), target)
                 if kind == "total":
