@@ -9,7 +9,7 @@ Protocol:
            N(0, 0.3) by dilation/erosion, label = re-measured thickness above its median; a ChainCNN
            (3 convolutions, 6 epochs of Adam 3e-3, batch 64) trained on 80 % of it, accuracy on
            the other 20 %; fit_twin(model, all images) with its defaults (concepts thickness and
-           slant, latent 6, 15 epochs, 25 % held out, NOTEARS lambda1 0.02, threshold 0.3, seed
+           slant, latent 6, 15 epochs, 25 % held out, NOTEARS lambda1 0.01, standardised threshold 0.1, seed
            = the seed). The swap: seed 0 again with label = slant above its median.
   planted  the graph over (slant, thickness, logit) holds exactly slant -> thickness -> logit
            (swap: slant -> thickness, slant -> logit); mediated ratio = the slant's mediated effect

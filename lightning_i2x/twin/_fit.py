@@ -7,8 +7,9 @@ The steps (GLANCE-inspired, arXiv 2207.01917; a redesign for a CPU, not a reprod
 2. the twin surrogate trained on the rest (``_surrogate``);
 3. on the held-out images, the nodes: each concept as measured, in its own units (what its
    aligned latent z_j = (c_j - mean) / std encodes), the residual latents, and the classifier's
-   logit of ``target`` (log p / (1 - p)); NOTEARS (linear) over them with the logit a sink, then
-   each node refitted on its parents by least squares (the structural equations). The measured
+   logit of ``target`` (log p / (1 - p)); NOTEARS (linear) over them with the logit a sink, its
+   edges cut where the standardised coefficient (W_ij sd_i / sd_j) is below ``w_threshold``, so
+   the cut does not depend on the concepts' units; then each node refitted on its parents by least squares (the structural equations). The measured
    values rather than the latents: the latents' alignment error would add noise to the concepts'
    variances, which is what orients NOTEARS' edges between two concepts (see the docs);
 4. ``do(c_j = v)`` on ``effect_images`` held-out images for ``steps`` values of v (the concept's
@@ -169,7 +170,7 @@ def fit_twin(
     losses: SurrogateLosses | None = None,
     holdout: float = 0.25,
     lambda1: float = 0.01,
-    w_threshold: float = 0.3,
+    w_threshold: float = 0.1,
     steps: int = 5,
     strip_images: int = 4,
     effect_images: int = 128,
@@ -252,7 +253,9 @@ def fit_twin(
     d = len(nodes)
     forbidden = np.zeros((d, d), bool)
     forbidden[-1, :] = True
-    structure = notears_linear(values, lambda1=lambda1, w_threshold=w_threshold, forbidden=forbidden)
+    structure = notears_linear(values, lambda1=lambda1, w_threshold=0.0, forbidden=forbidden)
+    scale = values.std(axis=0) + 1e-12
+    structure[np.abs(structure * scale[:, None] / scale[None, :]) < w_threshold] = 0.0  # cut in standard units
     W, _ = fit_linear_sem(values, structure)
     order = _topological(W)
     total_matrix = np.linalg.inv(np.eye(d) - W)  # total effects: sum over paths
