@@ -36,12 +36,12 @@ import time
 
 import numpy as np
 import torch
-from planted_chain import EFFECT, labels_of, render_chain, train_classifier
 
 from lightning_i2x.twin import fit_twin
 
 import _common
 from demo_data import load_mnist
+from planted_chain import EFFECT, labels_of, render_chain, train_classifier
 
 PLANTED = {"thickness": {("slant", "thickness"), ("thickness", "logit")}, "slant": {("slant", "thickness"), ("slant", "logit")}}
 

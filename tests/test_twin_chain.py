@@ -17,9 +17,8 @@ N_IMAGES = 1500
 
 @pytest.fixture(scope="module")
 def chain(local_data_dir):
-    from planted_chain import render_chain
-
     from demo_data import load_mnist
+    from planted_chain import render_chain
 
     x = load_mnist(True, local_data_dir).tensors[0][:N_IMAGES, 0].numpy() * 0.5 + 0.5
     return render_chain(x, seed=0)
