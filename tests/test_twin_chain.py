@@ -39,6 +39,7 @@ def fitted(chain, role):
     return result
 
 
+@pytest.mark.slow
 def test_the_rendering_plants_the_chain(chain):
     slope = np.polyfit(chain["slant"], chain["thickness"], 1)[0]
     assert 0.55 < slope < 1.0, slope  # 0.8 planted; the rendering's own error attenuates it a little
