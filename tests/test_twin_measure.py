@@ -69,6 +69,9 @@ def test_twin_measure_stores_draws_reports_and_serves(tmp_path, digits, one_torc
     png = client.get("/api/twin.png", query_string={"view": "graph"})
     assert png.status_code == 200 and png.data[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get("/api/twin.png", query_string={"view": "nope"}).status_code == 404
+    from lightning_i2x.dashboard import build_interactive_report
+
+    assert "api/twin.png?run=" in build_interactive_report(run.path)  # the one-file dashboard carries the figures
 
 
 def measure_views():
