@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-from threadpoolctl import threadpool_limits
 
 from .._core import check_number
 
@@ -60,6 +59,8 @@ def notears_linear(x, *, lambda1: float = 0.05, w_threshold: float = 0.3, forbid
     def h_of(w):
         W = unpack(w)
         return np.trace(scipy.linalg.expm(W * W)) - d
+
+    from threadpoolctl import threadpool_limits  # on first use: not at ``import lightning_i2x``
 
     with threadpool_limits(1):  # d x d products: BLAS threads only contend
         w = _augmented_lagrangian(objective, h_of, bounds, d, max_iter, h_tol, rho_max)
