@@ -69,7 +69,7 @@ def chain_row(x01: np.ndarray, seed: int, role: str, epochs: int, twin_epochs: i
 
 def main(argv=None) -> None:
     ap = _common.parser(__doc__)
-    ap.add_argument("--images", type=int, default=3000, help="MNIST train images per planted chain (default 3000)")
+    ap.add_argument("--images", type=int, default=2000, help="MNIST train images per planted chain (default 2000)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
