@@ -49,8 +49,8 @@ def twin_graph_figure(result, *, dpi: int = 80):
 def twin_effects_figure(result, *, dpi: int = 80):
     """Per concept, the logit's change per unit: direct and mediated from the structural
     equations, and the total the classifier shows on decoded counterfactuals."""
-    fig = _figure((5.6, 3.0), dpi)
-    ax = fig.add_axes((0.12, 0.2, 0.6, 0.68))
+    fig = _figure((6.4, 3.0), dpi)
+    ax = fig.add_axes((0.11, 0.2, 0.5, 0.68))
     n = len(result.concepts)
     x = np.arange(n)
     direct = [result.effects[c]["direct"] for c in result.concepts]
@@ -74,8 +74,9 @@ def twin_counterfactuals_figure(result, *, dpi: int = 80):
     blocks = [(c, result.counterfactuals[c]) for c in result.concepts]
     rows = sum(len(cf["images"]) for _, cf in blocks)
     cols = max(len(cf["values"]) for _, cf in blocks)
-    fig = _figure((1.1 * cols + 0.6, 1.15 * rows + 0.4 * len(blocks)), dpi)
-    grid = fig.add_gridspec(rows, cols, hspace=0.6, wspace=0.1, top=0.93, bottom=0.02, left=0.02, right=0.98)
+    height = 1.2 * rows + 0.4 * len(blocks) + 0.5
+    fig = _figure((1.1 * cols + 0.6, height), dpi)
+    grid = fig.add_gridspec(rows, cols, hspace=0.7, wspace=0.1, top=1 - 0.75 / height, bottom=0.02, left=0.02, right=0.98)
     r = 0
     for c, cf in blocks:
         for s in range(len(cf["images"])):
