@@ -15,6 +15,7 @@ _INSTALL = {
     "pytorch_grad_cam": ("pytorch-grad-cam's saliency methods", "pip install grad-cam"),
     "matplotlib": ("the figures", "pip install matplotlib"),
     "markdown": ("the HTML report", "pip install markdown"),
+    "skimage": ("the Morpho-MNIST measures (lightning_i2x.twin)", "pip install 'lightning-i2x[morpho]' (scikit-image)"),
 }
 
 

@@ -76,6 +76,7 @@ class DashboardApp:
             Rule("/api/sprite.png", endpoint="sprite"),
             Rule("/api/image", endpoint="image"),
             Rule("/api/image.png", endpoint="image_png"),
+            Rule("/api/twin.png", endpoint="twin_png"),
             Rule("/api/marks", endpoint="marks", methods=["GET", "POST"]),
             Rule("/api/file", endpoint="file"),
         ], strict_slashes=False)
@@ -189,6 +190,10 @@ class DashboardApp:
     def on_image_png(self, request: Request) -> Response:
         _, snap = self._snapshot(request)
         return Response(_data.image_png(snap, self._int(request, "i")), mimetype="image/png")
+
+    def on_twin_png(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return Response(_data.twin_png(snap, request.args.get("view", "")), mimetype="image/png")
 
     def on_marks(self, request: Request) -> Response:
         _, snap = self._snapshot(request)

@@ -8,12 +8,16 @@ import math
 
 import numpy as np
 
+from ..measures import stored_twin
 from ..store import MANIFEST
 from ..viz import display_images, extract_patch, nearest_locations, patch_box
 from ._png import png_bytes
 from ._runs import Snapshot
 
-__all__ = ["overview", "prototype", "image", "sprite_png", "image_png", "served_files", "marks", "PATCHES", "MAX_HOLDERS"]
+__all__ = ["overview", "prototype", "image", "sprite_png", "image_png", "twin_png", "served_files", "marks", "PATCHES", "MAX_HOLDERS",
+           "TWIN_VIEWS"]
+
+TWIN_VIEWS = ("graph", "effects", "counterfactuals")
 
 PATCHES = 16  # patches per prototype sprite
 MAX_HOLDERS = 48  # probe images listed on a prototype page
@@ -96,7 +100,39 @@ def overview(snap: Snapshot, name: str) -> dict:
         "marks": marks(snap),
         "errors": len(run.errors),
         "files": served_files(snap),
+        "twin": _twin_summary(snap),
     }
+
+
+def _twin(snap: Snapshot):
+    return snap.memo(("twin",), lambda: stored_twin(snap.run) if "twin" in snap.run.attachments else None)
+
+
+def _twin_summary(snap: Snapshot) -> dict | None:
+    """What a ``TwinMeasure`` stored, as the overview's card shows it (None without one)."""
+    t = _twin(snap)
+    if t is None:
+        return None
+    return {"target": t.target, "fidelity": _f(t.fidelity), "reconstruction_fidelity": _f(t.reconstruction_fidelity),
+            "concepts": [{"name": c, "alignment_r2": _f(t.alignment_r2[c]), "intended": _f(t.intended[c]),
+                          **{k: _f(v) for k, v in t.effects[c].items()}} for c in t.concepts],
+            "edges": [{"from": a, "to": b, "weight": _f(w)} for a, b, w in t.edges()], "views": list(TWIN_VIEWS)}
+
+
+def twin_png(snap: Snapshot, view: str) -> bytes:
+    """One figure of the stored twin (``TWIN_VIEWS``) as PNG."""
+    t = _twin(snap)
+    if t is None:
+        raise LookupError("this run holds no twin (add TwinMeasure() to I2XCallback(measures=[...]))")
+    if view not in TWIN_VIEWS:
+        raise LookupError(f"no twin view {view!r}; the views are {list(TWIN_VIEWS)}")
+
+    def draw():
+        from ..viz import to_png, twin_counterfactuals_figure, twin_effects_figure, twin_graph_figure
+
+        fig = {"graph": twin_graph_figure, "effects": twin_effects_figure, "counterfactuals": twin_counterfactuals_figure}[view](t)
+        return to_png(fig)
+    return snap.memo(("twin_png", view), draw)
 
 
 def _locations(snap: Snapshot, k: int) -> list[tuple[int, int, int]]:

@@ -70,6 +70,8 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
             if has_images:
                 get("/api/sprite.png", {"k": k}, binary=True)
             wanted += [p["image"] for p in proto["patches"]] + [h["image"] for h in proto["holders"][:8]]
+    for view in (ov["twin"] or {}).get("views", []):
+        get("/api/twin.png", {"view": view}, binary=True)
     order = list(dict.fromkeys(wanted + list(range(ov["num_probe"]))))
     included = 0
     for i in order:

@@ -30,6 +30,7 @@ from ._views import (
     TAG_SAG,
     TAG_SUMMARY,
     TAG_TRUE_CONFIDENCE,
+    TAG_TWIN,
     TAG_UNCERTAIN,
     DrawBudget,
     custom_scalars_layout,
@@ -45,12 +46,13 @@ from ._views import (
 __all__ = [
     "prototype_gallery", "evolution_grid", "checkpoint_graph", "confused_pair", "ridge_heatmap", "confidence_curves",
     "saliency_overlays", "confusion_matrix", "to_rgb", "to_png", "plot_sag", "faithfulness_figure", "has_faithfulness",
-    "plot_faithfulness", "channel_gallery", "contribution_bars", "channel_weights", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
+    "plot_faithfulness", "channel_gallery", "contribution_bars", "channel_weights", "twin_graph_figure", "twin_effects_figure",
+    "twin_counterfactuals_figure", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
     "LogSink", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "DrawBudget",
     "drawn_classes", "drawn_pairs", "tag_name", "build_report", "write_report", "log_finetune",
     "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
     "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
-    "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS",
+    "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS", "TAG_TWIN",
 ]
 
 # name -> the module of this package that defines it, imported when the name is first used
@@ -60,6 +62,7 @@ _LAZY = {
     **dict.fromkeys(["faithfulness_figure", "has_faithfulness", "plot_faithfulness"], "_faithfulness_figure"),
     "plot_sag": "_sag_figure",
     **dict.fromkeys(["channel_gallery", "contribution_bars", "channel_weights"], "_channels_figure"),
+    **dict.fromkeys(["twin_graph_figure", "twin_effects_figure", "twin_counterfactuals_figure"], "_twin_figure"),
     **dict.fromkeys(["build_report", "write_report"], "_report"),
 }
 
@@ -80,6 +83,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs
     )
     from ._report import build_report, write_report
     from ._sag_figure import plot_sag
+    from ._twin_figure import twin_counterfactuals_figure, twin_effects_figure, twin_graph_figure
 
 
 def __getattr__(name: str) -> Any:

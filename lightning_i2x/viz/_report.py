@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .._core import require, write_bytes
 from ..analysis import Explanation
-from ..measures import stored_sags
+from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
 from ..store import I2XRun
 from . import _channels_figure as chf
@@ -138,6 +138,16 @@ def build_report(
                 tasks.append(("channels", f"contributions-{tag_name(names[c])}", "contributions",
                               f"class {names[c]}, probe image {int(members[0])}: the channels' contributions to its predicted class",
                               lambda i=int(members[0]): chf.contribution_bars(run, i, dpi=dpi)))
+    twin = stored_twin(run) if "twin" in run.attachments else None
+    if twin is not None:
+        from . import _twin_figure as twin_plots
+
+        for view, caption, draw in (
+                ("graph", "the causal graph NOTEARS found over the twin's concepts, residual latents and the logit", twin_plots.twin_graph_figure),
+                ("effects", "the logit's change per unit of each concept: direct and mediated (equations), total (decoded counterfactuals)",
+                 twin_plots.twin_effects_figure),
+                ("counterfactuals", "do(concept = v): decoded, re-measured and classified", twin_plots.twin_counterfactuals_figure)):
+            tasks.append(("twin", f"twin-{view}", f"twin-{view}", caption, lambda draw=draw: draw(twin, dpi=dpi)))
 
     blocks: dict[str, list[str]] = {}
     for section, view_id, kind, caption, make in tqdm(tasks, desc="i2x report", unit="view", file=sys.stderr, disable=not progress):
@@ -154,7 +164,8 @@ def build_report(
         f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>",
         '<nav><a href="#summary">findings</a><a href="#overview">prototypes</a><a href="#pairs">confused pairs</a>'
         '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "")
-        + ('<a href="#channels">channels</a>' if channels else "") + "</nav>",
+        + ('<a href="#channels">channels</a>' if channels else "")
+        + ('<a href="#twin">causal twin</a>' if twin is not None else "") + "</nav>",
     ]
     if not has_images:
         out.append('<p class="note">This run holds no probe images (store_probe_images=False, or a probe over 64 MiB): '
@@ -189,6 +200,11 @@ def build_report(
                 "<p>The target layer's channels unmixed by EPIC's orthogonal U (InfoDisentMeasure); the head becomes A U^T, so "
                 "each prediction is unchanged and equals the sum of the channels' contributions plus the bias.</p>",
                 *blocks.get("channels", []), "</section>"]
+    if twin is not None:
+        out += ['<section id="twin"><h2>Causal twin surrogate</h2>',
+                "<p>A small VAE distilled from the classifier with its first latents aligned to measured concepts, a causal graph "
+                "over them (NOTEARS) and interventions decoded and re-measured (GLANCE-inspired, not a reproduction).</p>",
+                _md(twin.to_markdown()), *blocks.get("twin", []), "</section>"]
     out += [f"<script>{_SCRIPT}</script>", "</body></html>"]
     return "\n".join(out)
 

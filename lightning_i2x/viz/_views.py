@@ -20,6 +20,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/pair<n>`` | Fig. 5: a confused pair's prototypes, uncertain ones outlined |
 | image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
 | image | ``i2x/channels/gallery``, ``i2x/channels/weights``, ``i2x/channels/contributions<n>`` | with ``InfoDisentMeasure``: each EPIC-unmixed channel's top patches, the channel-to-class weights, one probe image per drawn class as signed contribution bars |
+| image | ``i2x/twin/graph``, ``i2x/twin/effects``, ``i2x/twin/counterfactuals`` | with ``TwinMeasure``: the twin's causal graph, the effects on the logit, the counterfactual strips |
 
 plus a custom-scalars layout (the "CUSTOM SCALARS" dashboard) grouping the scalars.
 
@@ -40,14 +41,14 @@ import warnings
 import numpy as np
 
 from ..analysis import SALIENCY_THRESHOLD, select_classes, select_pairs, select_prototypes
-from ..measures import stored_sags
+from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
 from ._sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
            "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
-           "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS"]
+           "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS", "TAG_TWIN"]
 
 TAG_TRUE_CONFIDENCE = "i2x/true_class_confidence"
 TAG_UNCERTAIN = "i2x/uncertain_prototypes"
@@ -65,6 +66,7 @@ TAG_SAG = "i2x/class{slot}/sag"
 TAG_CHANNEL_GALLERY = "i2x/channels/gallery"
 TAG_CHANNEL_WEIGHTS = "i2x/channels/weights"
 TAG_CHANNEL_CONTRIBUTIONS = "i2x/channels/contributions{slot}"
+TAG_TWIN = "i2x/twin/{view}"
 
 
 def tag_name(name: str) -> str:
@@ -191,6 +193,18 @@ def _log_channels(image, run, classes: list[int], options: ViewOptions, has_imag
         members = np.flatnonzero(run.labels == c)
         if members.size:
             image(TAG_CHANNEL_CONTRIBUTIONS.format(slot=slot), channels.contribution_bars(run, int(members[0]), dpi=options.dpi))
+    if "twin" in run.attachments:
+        _log_twin(image, run, options)
+
+
+def _log_twin(image, run, options: ViewOptions) -> None:
+    """The three views of the twin a ``TwinMeasure`` stored."""
+    from . import _twin_figure as twin_plots
+
+    result = stored_twin(run)
+    for view, draw in (("graph", twin_plots.twin_graph_figure), ("effects", twin_plots.twin_effects_figure),
+                       ("counterfactuals", twin_plots.twin_counterfactuals_figure)):
+        image(TAG_TWIN.format(view=view), draw(result, dpi=options.dpi))
 
 
 def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:

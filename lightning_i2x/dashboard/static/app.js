@@ -256,11 +256,27 @@ class App {
       el("section", { class: "card" }, el("h2", { text: `All ${ov.num_prototypes} prototypes` }), all,
         el("p", { class: "muted" }, `${ov.num_probe} probe images, ${ov.checkpoints.length} checkpoints, feature map ${ov.feature_shape.join("×")}; open image `,
           el("input", { type: "number", id: "goto-image", min: 0, max: ov.num_probe - 1, value: 0, onchange: (e) => this.go({ view: "image", i: e.target.value, k: null }) })),
-        this.inline ? null : el("p", { class: "muted" }, "files: ", ov.files.slice(0, 3).map((f) => [el("a", { href: new URL(keyOf("api/file", { run: this.run, path: f }), document.baseURI).href, text: f }), " "]), ov.files.length > 3 ? `and ${ov.files.length - 3} more` : ""))));
+        this.inline ? null : el("p", { class: "muted" }, "files: ", ov.files.slice(0, 3).map((f) => [el("a", { href: new URL(keyOf("api/file", { run: this.run, path: f }), document.baseURI).href, text: f }), " "]), ov.files.length > 3 ? `and ${ov.files.length - 3} more` : "")),
+      ov.twin ? this.twinCard(ov.twin) : null));
     return { setT: (t) => {
       conf.setCursor(t); drawNow(t);
       for (const li of order.children) li.classList.toggle("resolved", li.dataset.interval !== "" && Number(li.dataset.interval) < t);
     } };
+  }
+
+  // The causal twin a TwinMeasure stored: fidelity, effects per concept, edges, its three figures.
+  twinCard(t) {
+    const head = ["concept", "alignment R²", "direct", "mediated", "total", "decoded total", "moved as intended"];
+    const table = el("table", { class: "small", id: "twin-effects" }, el("tr", {}, head.map((h) => el("th", { text: h }))),
+      t.concepts.map((c) => el("tr", {}, el("td", { text: c.name }), el("td", { text: fmt(c.alignment_r2) }), el("td", { text: fmt(c.direct, 2) }),
+        el("td", { text: fmt(c.mediated, 2) }), el("td", { text: fmt(c.total, 2) }), el("td", { text: fmt(c.decoded_total, 2) }), el("td", { text: fmt(c.intended, 2) }))));
+    const figures = t.views.map((v) => {
+      const src = this.src.imageUrl("api/twin.png", { run: this.run, view: v });
+      return src ? el("img", { class: "twin", "data-twin-view": v, src, alt: `twin ${v}` }) : null;
+    });
+    return el("section", { class: "card", id: "twin" }, el("h2", { text: `Causal twin surrogate (logit of class ${this.ov.class_names[t.target] ?? t.target})` }),
+      el("p", { class: "muted", text: `fidelity ${fmt(t.fidelity, 3)} on held-out images; reconstructions classified alike ${fmt(t.reconstruction_fidelity, 3)}` }),
+      table, el("p", { class: "muted", text: "edges: " + (t.edges.map((e) => `${e.from} → ${e.to} (${fmt(e.weight, 2)})`).join(", ") || "none") }), figures);
   }
 
   // -- prototype page ----------------------------------------------------------------------------
