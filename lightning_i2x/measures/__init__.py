@@ -1,6 +1,6 @@
 """Measures that need the model, run by ``I2XCallback(measures=[...])`` after a record or at the
 end of fit: faithfulness (deletion/insertion), reliance on each prototype, and SAG's minimal
-sufficient explanations. Each also works on its own, on a model and a run."""
+sufficient explanations, XNN's x-features at the end of fit. Each also works on its own, on a model and a run."""
 
 from ._faithfulness import FaithfulnessMeasure, FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline, random_maps
 from ._protocol import Measure, check_measures
@@ -23,6 +23,7 @@ from ._sag import (
     sag_blur_sigma,
     stored_sags,
 )
+from ._xfeatures import XFeatureMeasure
 
 __all__ = [
     "Measure", "check_measures",
@@ -31,4 +32,5 @@ __all__ = [
     "DEFAULT_INTERVENTION",
     "SAG", "SAGNode", "SAGEdge", "MSEResult", "SAGMeasure", "StoredSAG", "stored_sags", "sag", "minimal_sufficient_explanations",
     "diverse_mses", "mse_stats", "grid_regions", "default_grid_size", "sag_blur_sigma", "DEFAULT_BLUR", "DEFAULT_SIZE_SLACK",
+    "XFeatureMeasure",
 ]

@@ -28,6 +28,7 @@ from ._views import (
     TAG_SUMMARY,
     TAG_TRUE_CONFIDENCE,
     TAG_UNCERTAIN,
+    TAG_XFEATURES,
     DrawBudget,
     custom_scalars_layout,
     drawn_classes,
@@ -46,7 +47,7 @@ __all__ = [
     "LogSink", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "DrawBudget",
     "drawn_classes", "drawn_pairs", "tag_name", "build_report", "write_report", "log_finetune",
     "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
-    "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
+    "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG", "TAG_XFEATURES", "plot_xfeatures",
 ]
 
 # name -> the module of this package that defines it, imported when the name is first used
@@ -55,6 +56,7 @@ _LAZY = {
                      "prototype_gallery", "ridge_heatmap", "saliency_overlays", "to_png", "to_rgb"], "_figures"),
     **dict.fromkeys(["faithfulness_figure", "has_faithfulness", "plot_faithfulness"], "_faithfulness_figure"),
     "plot_sag": "_sag_figure",
+    "plot_xfeatures": "_xfeature_figure",
     **dict.fromkeys(["build_report", "write_report"], "_report"),
 }
 
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs
     )
     from ._report import build_report, write_report
     from ._sag_figure import plot_sag
+    from ._xfeature_figure import plot_xfeatures
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/class<n>/overlay`` | GradCAM over probe images, salient prototypes outlined |
 | image | ``i2x/pair<n>`` | Fig. 5: a confused pair's prototypes, uncertain ones outlined |
 | image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
+| image | ``i2x/class<n>/xfeatures`` | with ``XFeatureMeasure``: the class's x-features (top images, saliency, contribution bars) |
 
 plus a custom-scalars layout (the "CUSTOM SCALARS" dashboard) grouping the scalars.
 
@@ -28,7 +29,7 @@ while the classes worth drawing change during training (pin them with ``classes`
 tags are made tag-safe (``tag_name``). The interval views need two checkpoints, the gallery and the
 overlays the run's probe images; what cannot be drawn yet is left out. A stored SAG
 (``lightning_i2x.sag.SAGMeasure``) goes to the slot of its class, or after the drawn classes when
-its class is not drawn now.
+its class is not drawn now; so do stored x-feature panels (``XFeatureMeasure``).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ import numpy as np
 from ..analysis import SALIENCY_THRESHOLD, select_classes, select_pairs, select_prototypes
 from ..measures import stored_sags
 from ..options import ViewOptions
+from ..xfeatures import PANEL_ATTACHMENT, stored_xfeatures
 from ._sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
-           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG"]
+           "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG", "TAG_XFEATURES"]
 
 TAG_TRUE_CONFIDENCE = "i2x/true_class_confidence"
 TAG_UNCERTAIN = "i2x/uncertain_prototypes"
@@ -60,6 +62,7 @@ TAG_GRAPH = "i2x/class{slot}/graph"
 TAG_OVERLAY = "i2x/class{slot}/overlay"
 TAG_PAIR = "i2x/pair{slot}"
 TAG_SAG = "i2x/class{slot}/sag"
+TAG_XFEATURES = "i2x/class{slot}/xfeatures"
 
 
 def tag_name(name: str) -> str:
@@ -165,6 +168,21 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
             image(TAG_PAIR.format(slot=slot), plots.confused_pair(expl, a, b, run=thumbs, max_rows=options.max_rows, dpi=options.dpi))
     if has_images and "sag" in run.attachments:
         _log_sags(image, run, classes, options)
+    if PANEL_ATTACHMENT in run.attachments:
+        _log_xfeatures(image, run, classes, options)
+
+
+def _log_xfeatures(image, run, classes: list[int], options: ViewOptions) -> None:
+    """Each class's stored x-feature panel, in its class's slot (after the drawn classes otherwise)."""
+    from . import plot_xfeatures
+
+    slots = {c: slot for slot, c in enumerate(classes, 1)}
+    extra = len(classes)
+    for p in stored_xfeatures(run):
+        if p.class_index not in slots:
+            extra += 1
+            slots[p.class_index] = extra
+        image(TAG_XFEATURES.format(slot=slots[p.class_index]), plot_xfeatures(p, run.images, run.class_names[p.class_index], dpi=options.dpi))
 
 
 def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:
