@@ -23,6 +23,7 @@ from lightning_i2x.xfeatures import (
 from .conftest import global_rng_untouched
 
 FAST = SRAEOptions(pretrain_epochs=2, epochs=20, lr_step=15)
+SHORT = dict(pretrain_epochs=1, epochs=12, lr_step=10)  # the two comparisons: fewer epochs on fewer samples
 
 
 def planted(n: int = 1000, k: int = 3, noise: int = 3, d: int = 20, active: float = 0.3, seed: int = 0):
@@ -78,12 +79,12 @@ def test_planted_sources_are_recovered_with_faithful_score(one_torch_thread):
 
 
 def test_pull_away_lowers_the_correlation_of_contributions(one_torch_thread):
-    x, y, _ = planted(seed=2)
+    x, y, _ = planted(n=600, seed=2)
     xs = (x - x.mean(0)) / x.std(0)
     ys = (y - y.mean()) / y.std()
     corr = {}
     for alpha in (0.0, 0.5):
-        model = train_srae(xs, ys, 3, SRAEOptions(pretrain_epochs=2, epochs=20, lr_step=15, alpha_pt=alpha))
+        model = train_srae(xs, ys, 3, SRAEOptions(**SHORT, alpha_pt=alpha))
         with torch.no_grad():
             corr[alpha] = _mean_offdiag(model.contributions(model.encode(torch.as_tensor(xs, dtype=torch.float32))).numpy())
     assert corr[0.5] < corr[0.0], corr
@@ -93,7 +94,7 @@ def test_log_reconstruction_lets_noise_dimensions_go(one_torch_thread):
     """30 % of the input dimensions replaced by noise nothing predicts: the log loss reconstructs
     the clean ones better than plain MSE, which spends the bottleneck on the noise."""
     rng = np.random.default_rng(3)
-    x, y, _ = planted(d=20, seed=3)
+    x, y, _ = planted(n=600, d=20, seed=3)
     noisy = rng.choice(20, size=6, replace=False)
     x[:, noisy] = rng.standard_normal((len(x), 6)) * x.std(0)[noisy] * 3
     xs = (x - x.mean(0)) / x.std(0)
@@ -101,7 +102,7 @@ def test_log_reconstruction_lets_noise_dimensions_go(one_torch_thread):
     clean = np.setdiff1d(np.arange(20), noisy)
     err = {}
     for rec in ("log", "mse"):
-        model = train_srae(xs, ys, 3, SRAEOptions(pretrain_epochs=2, epochs=20, lr_step=15, reconstruction=rec))
+        model = train_srae(xs, ys, 3, SRAEOptions(**SHORT, reconstruction=rec))
         with torch.no_grad():
             recon = model(torch.as_tensor(xs, dtype=torch.float32))[1].numpy()
         err[rec] = float(((recon - xs)[:, clean] ** 2).mean())

@@ -60,7 +60,7 @@ class FittedSRAE:
     def contributions(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, n_x) x-feature times head weight, in the score's units."""
         with torch.no_grad():
-            z = self.xfeatures(torch.as_tensor(np.asarray(x, dtype=np.float32)))
+            z = self.xfeatures(torch.from_numpy(np.array(x, dtype=np.float32)))
         return z.numpy().astype(np.float64) * self.head_weight
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._core import check_int, check_number, fail
 
-__all__ = ["SRAE", "SRAEOptions", "log_reconstruction_loss", "pull_away_loss", "train_srae"]
+__all__ = ["SRAE", "SRAEOptions", "log_reconstruction_loss", "pull_away_loss", "train_srae", "bic_score"]
 
 HIDDEN = (800, 100)
 """The encoder's two hidden widths in the paper."""
