@@ -174,7 +174,7 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
 
 def _log_xfeatures(image, run, classes: list[int], options: ViewOptions) -> None:
     """Each class's stored x-feature panel, in its class's slot (after the drawn classes otherwise)."""
-    from . import plot_xfeatures
+    from ._xfeature_figure import plot_xfeatures
 
     slots = {c: slot for slot, c in enumerate(classes, 1)}
     extra = len(classes)
