@@ -3,6 +3,8 @@ TensorBoard, reported, and read by run.explain(concepts="xfeatures"); old runs s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -10,8 +12,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
+from werkzeug.test import Client
 
 from lightning_i2x import I2XCallback, I2XRun, I2XRunError, ViewOptions, XFeatureMeasure
+from lightning_i2x.dashboard import DashboardApp, find_runs
 from lightning_i2x.viz import build_report
 from lightning_i2x.xfeatures import SRAEOptions, XFeatureExplainer, concept_contributions, stored_xfeatures
 
@@ -58,6 +62,15 @@ def test_xfeature_measure_in_a_fit_stores_logs_reports_and_explains(tmp_path, di
     assert len([t for t in acc.Tags()["images"] if t.endswith("/xfeatures")]) == 2
     page = build_report(run)
     assert 'id="xfeatures"' in page and page.count('data-view="xfeatures"') == 2
+    # the dashboard's overview carries the panels: bars that sum to the explained score
+    app = DashboardApp(tmp_path)
+    (name,) = [n for n, path in find_runs(tmp_path).items() if Path(path).resolve() == Path(run.path).resolve()]
+    ov = Client(app).get(f"/api/overview?run={name}").get_json()
+    assert [x["class"] for x in ov["xfeatures"]] == [0, 1]
+    for x, p in zip(ov["xfeatures"], panels):
+        assert x["n_x"] == 2 and x["top_images"] == p.top_images.tolist()
+        for b in x["bars"]:
+            assert sum(b["contributions"]) + b["bias"] == pytest.approx(b["explained"], rel=1e-3, abs=1e-3)  # JSON rounds
 
 
 def test_runs_without_pooled_features_or_contributions_say_what_to_do(tmp_path, digits, one_torch_thread):
