@@ -13,7 +13,7 @@ from .analysis import Explanation, LearningStep, Reliance, UncertainPrototype, e
 from .callbacks import I2XCallback
 from .errors import I2XRunError, OptionsError
 from .finetune import FinetuneResult, PerturbationFinetuner
-from .measures import FaithfulnessMeasure, InfoDisentMeasure, Measure, RelianceMeasure, SAGMeasure, reliance_of_run
+from .measures import FaithfulnessMeasure, InfoDisentMeasure, Measure, RelianceMeasure, SAGMeasure, XFeatureMeasure, reliance_of_run
 from .options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions
 from .prototypes import Prototypes, PrototypeStream, fit_prototypes
 from .record import ProbeEvidence, Recorder, probe_pass
@@ -44,6 +44,7 @@ __all__ = [
     "SAGMeasure",
     "InfoDisentMeasure",
     "RelianceMeasure",
+    "XFeatureMeasure",
     "reliance_of_run",
     "Reliance",
     "PerturbationFinetuner",

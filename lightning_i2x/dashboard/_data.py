@@ -11,11 +11,12 @@ import numpy as np
 from ..measures import stored_twin
 from ..store import MANIFEST
 from ..viz import display_images, extract_patch, nearest_locations, patch_box
+from ..xfeatures import PANEL_ATTACHMENT, stored_xfeatures
 from ._png import png_bytes
 from ._runs import Snapshot
 
-__all__ = ["overview", "prototype", "image", "sprite_png", "image_png", "twin_png", "served_files", "marks", "PATCHES", "MAX_HOLDERS",
-           "TWIN_VIEWS"]
+__all__ = ["overview", "xfeatures", "prototype", "image", "sprite_png", "image_png", "twin_png", "served_files", "marks", "PATCHES",
+           "MAX_HOLDERS", "TWIN_VIEWS"]
 
 TWIN_VIEWS = ("graph", "effects", "counterfactuals")
 
@@ -101,6 +102,7 @@ def overview(snap: Snapshot, name: str) -> dict:
         "errors": len(run.errors),
         "files": served_files(snap),
         "twin": _twin_summary(snap),
+        "xfeatures": xfeatures(snap),
     }
 
 
@@ -133,6 +135,22 @@ def twin_png(snap: Snapshot, view: str) -> bytes:
         fig = {"graph": twin_graph_figure, "effects": twin_effects_figure, "counterfactuals": twin_counterfactuals_figure}[view](t)
         return to_png(fig)
     return snap.memo(("twin_png", view), draw)
+
+
+def xfeatures(snap: Snapshot, bar_images: int = 3) -> list[dict] | None:
+    """The stored x-feature panels (``XFeatureMeasure``), None when the run holds none: per class
+    n_x, held-out R^2, each x-feature's top probe images and the contribution bars of the probe
+    images the network scores highest."""
+    run = snap.run
+    if PANEL_ATTACHMENT not in run.attachments:
+        return None
+    out = []
+    for p in stored_xfeatures(run):
+        top = np.argsort(-p.score, kind="stable")[:bar_images]
+        out.append({"class": p.class_index, "n_x": p.n_x, "r2": _f(p.r2), "top_images": p.top_images.tolist(),
+                    "bars": [{"image": int(i), "contributions": _fl(p.contributions[i]), "bias": _f(p.bias),
+                              "explained": _f(p.explained[i]), "score": _f(p.score[i])} for i in top]})
+    return out
 
 
 def _locations(snap: Snapshot, k: int) -> list[tuple[int, int, int]]:

@@ -1,7 +1,8 @@
 """Measures that need the model, run by ``I2XCallback(measures=[...])`` after a record or at the
 end of fit: faithfulness (deletion/insertion), reliance on each prototype, SAG's minimal
-sufficient explanations, InfoDisent/EPIC's disentangled channels, and the causal twin surrogate
-(``TwinMeasure``, at the end of fit). Each also works on its own, on a model and a run."""
+sufficient explanations, InfoDisent/EPIC's disentangled channels, the causal twin surrogate
+(``TwinMeasure``) and XNN's x-features (``XFeatureMeasure``), the last two at the end of fit. Each
+also works on its own, on a model and a run."""
 
 from ._channels import INFODISENT_ATTACHMENT, InfoDisentMeasure
 from ._faithfulness import FaithfulnessMeasure, FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline, random_maps
@@ -26,6 +27,7 @@ from ._sag import (
     stored_sags,
 )
 from ._twin import TwinMeasure, stored_twin
+from ._xfeatures import XFeatureMeasure
 
 __all__ = [
     "Measure", "check_measures",
@@ -35,5 +37,5 @@ __all__ = [
     "DEFAULT_INTERVENTION",
     "SAG", "SAGNode", "SAGEdge", "MSEResult", "SAGMeasure", "StoredSAG", "stored_sags", "sag", "minimal_sufficient_explanations",
     "diverse_mses", "mse_stats", "grid_regions", "default_grid_size", "sag_blur_sigma", "DEFAULT_BLUR", "DEFAULT_SIZE_SLACK",
-    "TwinMeasure", "stored_twin",
+    "TwinMeasure", "stored_twin", "XFeatureMeasure",
 ]

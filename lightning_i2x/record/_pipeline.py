@@ -62,6 +62,7 @@ class ProbeEvidence:
     stream: PrototypeStream | None = None
     images: torch.Tensor | None = None  # the probe images (N, C, H, W) and labels (N,) on the CPU, for measures
     labels: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None  # (N, d) the features averaged over the locations, stored with each record (x-features)
 
     def __len__(self) -> int:
         return int(self.cams.shape[0])
@@ -70,7 +71,13 @@ class ProbeEvidence:
         """A CPU copy with the probe's images and labels, for the background worker: the training
         thread may go on changing the model's device buffers meanwhile."""
         copy = lambda t: None if t is None else t.detach().to("cpu", copy=True)  # noqa: E731
-        return ProbeEvidence(copy(self.activations), copy(self.cams), copy(self.confidences), self.stream, images, labels)
+        return ProbeEvidence(copy(self.activations), copy(self.cams), copy(self.confidences), self.stream, images, labels, copy(self.pooled))
+
+    def pooled_features(self) -> torch.Tensor | None:
+        """(N, d) pooled features: kept from the pass, else averaged from whole activations; None with neither."""
+        if self.pooled is not None:
+            return self.pooled
+        return None if self.activations is None else self.activations.float().mean(dim=(2, 3))
 
     @classmethod
     def empty(cls, feature_shape: tuple[int, int, int], num_classes: int, device: torch.device | str = "cpu") -> ProbeEvidence:
@@ -96,19 +103,20 @@ def probe_pass(
     into it (projected on their device) and are not kept. Raises ValueError for an empty probe."""
     if images.shape[0] == 0:
         raise ValueError("probe_pass needs at least one image")
-    acts, cams, confs = [], [], []
+    acts, cams, confs, pooled = [], [], [], []
     for batch in probe_batches(
         model, layer, images, labels, cam=cam, cam_target=options.cam_target, batch_size=options.batch_size,
         reshape_transform=reshape_transform, forward_fn=forward_fn, normalise=options.normalise_maps,
         igos=options.igos.igos_kwargs(),
     ):
+        pooled.append(batch.activations.float().mean(dim=(2, 3)))
         if stream is not None:
             stream.add(batch.activations)
         else:
             acts.append(batch.activations.float())
         cams.append(batch.cams.float())
         confs.append(batch.confidences.float())
-    return ProbeEvidence(None if stream is not None else torch.cat(acts), torch.cat(cams), torch.cat(confs), stream)
+    return ProbeEvidence(None if stream is not None else torch.cat(acts), torch.cat(cams), torch.cat(confs), stream, pooled=torch.cat(pooled))
 
 
 def run_fingerprint(images: torch.Tensor, labels: torch.Tensor, layer: TargetLayer, num_prototypes: int) -> dict[str, Any]:
@@ -191,11 +199,12 @@ class Recorder:
         return PrototypeStream(self.num_prototypes, n_components=o.pca_components, niter=o.kmeans_iters, seed=o.seed)
 
     def append(self, run: I2XRun, evidence: ProbeEvidence, *, epoch: int, global_step: int) -> int:
-        """Store the checkpoint's maps and confidences, then refit the prototypes on its features
+        """Store the checkpoint's maps, confidences and pooled features, then refit the prototypes on its features
         (streamed; whole activations are streamed here in chunks), ids matched to the previous
         prototypes; returns the checkpoint index."""
+        pooled = evidence.pooled_features()
         index = run.append_checkpoint(evidence.cams.cpu().numpy(), evidence.confidences.cpu().numpy(),
-                                      epoch=epoch, global_step=global_step)
+                                      epoch=epoch, global_step=global_step, pooled=None if pooled is None else pooled.cpu().numpy())
         stream = evidence.stream
         if stream is None:
             stream = self.new_stream()

@@ -12,7 +12,17 @@ from ..analysis import RELIANCE_ATTACHMENT, SUSPECT_RULE_OPTIONS, Explanation, R
 from ..errors import I2XRunError
 from ..options import ExplainOptions
 
-__all__ = ["RunAnalysis", "NO_RELIANCE"]
+__all__ = ["RunAnalysis", "NO_RELIANCE", "CONCEPT_SOURCES", "XFEATURE_CONTRIBUTIONS"]
+
+CONCEPT_SOURCES = ("prototypes", "xfeatures")
+"""What ``run.explain`` reads as concepts: the prototypes' GradCAM intensities (I2X) or the
+x-features' contributions (XNN), stored by ``lightning_i2x.xfeatures.store_xfeatures``."""
+
+XFEATURE_CONTRIBUTIONS = "xfeature-contributions"
+"""The attachment holding the x-features' contributions (T, N, K) at every checkpoint."""
+
+NO_XFEATURES = ("add XFeatureMeasure(classes=[...]) to I2XCallback(measures=[...]) or call "
+                "lightning_i2x.xfeatures.store_xfeatures(run, explainer) with a fitted XFeatureExplainer first")
 
 NO_RELIANCE = ("add RelianceMeasure() to I2XCallback(measures=[...]) or call "
                "lightning_i2x.reliance_of_run(run, model) first")
@@ -30,12 +40,19 @@ class RunAnalysis:
         n = self.num_probe
         return analysis.salient_presence(self._cams[ref].reshape(n, -1), self._assignment.reshape(n, -1), self.num_prototypes, threshold)
 
-    def explain(self, options: ExplainOptions | None = None, *, reference: int | None = None, **params) -> Explanation:
+    def explain(self, options: ExplainOptions | None = None, *, reference: int | None = None, concepts: str = "prototypes",
+                **params) -> Explanation:
         """The structured explanation (Steps 4-6) with ``options`` (default: the run's recorded
         ``config.explain``, else the method's defaults); keyword ``params`` override single
-        options (``run.explain(min_flips=3)``). Raises I2XRunError before the first record and
-        ValueError (naming the option) for an unknown or bad option."""
+        options (``run.explain(min_flips=3)``). ``concepts="xfeatures"`` reads the x-features'
+        contributions in place of the prototype intensities (their ids are the columns of
+        ``xfeature_concepts()``; present where the contribution is nonzero at the reference).
+        Raises I2XRunError before the first record or, for x-features, when the run holds no
+        contributions of its current checkpoints, and ValueError (naming the option) for an
+        unknown or bad option."""
         self._require_prototypes()
+        if concepts not in CONCEPT_SOURCES:
+            raise ValueError(f"run.explain concepts must be one of {CONCEPT_SOURCES}, got {concepts!r}")
         if options is None:
             options = self._config.explain if self._config is not None else ExplainOptions()
         elif not isinstance(options, ExplainOptions):
@@ -46,17 +63,45 @@ class RunAnalysis:
                 raise ValueError(f"run.explain got unknown option(s) {unknown}; ExplainOptions has {sorted(options.to_dict())}")
             options = ExplainOptions(**{**options.to_dict(), **params})
         kw = options.analysis_kwargs()
+        if concepts == "xfeatures":
+            intensities = self.xfeature_contributions()
+            presence = intensities[self.reference if reference is None else reference] != 0
+        else:
+            intensities, presence = self.intensities(), self.presence(reference, options.saliency_threshold)
         expl = explain(
-            self.intensities(),
+            intensities,
             self.confidences(),
             self.labels,
-            self.presence(reference, options.saliency_threshold),
+            presence,
             class_names=self.class_names,
             groups=self._learning_groups(kw["min_cluster_size"], kw["max_cluster_samples"]),
             saliency_threshold=options.saliency_threshold,
             **kw,
         )
-        return self._with_suspects(expl)
+        return expl if concepts == "xfeatures" else self._with_suspects(expl)
+
+    def xfeature_contributions(self) -> np.ndarray:
+        """(T, N, K) the x-features' contributions at every checkpoint, K = all explained classes'
+        x-features in turn. Raises I2XRunError saying what to do when the run holds none for its
+        current checkpoints."""
+        stored = self.attachment(XFEATURE_CONTRIBUTIONS)
+        if stored is None:
+            raise I2XRunError(f"{self.path} holds no x-feature contributions: {NO_XFEATURES}")
+        arrays, _ = stored
+        values = np.asarray(arrays["contributions"], dtype=np.float64)
+        if values.ndim != 3 or values.shape[:2] != (self.num_checkpoints, self.num_probe):
+            raise I2XRunError(f"{self.path} holds x-feature contributions of shape {values.shape}, not of its {self.num_checkpoints} "
+                              f"checkpoints and {self.num_probe} probe images: {NO_XFEATURES} again")
+        return values
+
+    def xfeature_concepts(self) -> list[tuple[int, int]]:
+        """(class, x-feature) of each column of ``xfeature_contributions``."""
+        stored = self.attachment(XFEATURE_CONTRIBUTIONS)
+        if stored is None:
+            raise I2XRunError(f"{self.path} holds no x-feature contributions: {NO_XFEATURES}")
+        arrays, _ = stored
+        classes = np.asarray(arrays["concept_class"], dtype=np.int64)
+        return [(int(c), int(np.sum(classes[:i] == c))) for i, c in enumerate(classes)]
 
     def _with_suspects(self, expl: Explanation) -> Explanation:
         """The explanation with its ``suspects`` when the run holds a reliance of its current

@@ -10,7 +10,9 @@ Format (version 2; everything NumPy ``.npz`` without pickles, or JSON):
     <run_dir>/probe.npz                labels (N,) int64 (runs of 0.2 and earlier: also the images)
     <run_dir>/probe-images.npy         images (N, C, H, W) float16 if stored; read memory-mapped,
                                        so a large probe costs no memory until an image is shown
-    <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32
+    <run_dir>/checkpoints/ckpt-00000.npz   cams (N, h, w) float16, confidences (N, M) float32,
+                                       optional: pooled (N, d) float32, the target layer's map
+                                       averaged over its locations (0.3 records it; x-features)
     <run_dir>/attachments/<name>.json|npz  what further measures stored (reliance, a SAG, ...),
                                        each tied to the checkpoint it was measured at
     <run_dir>/marks.json               what people marked in the dashboard ("shortcut" / "fine"
@@ -71,6 +73,7 @@ class I2XRun(RunAnalysis):
         self.images = images
         self._cams: list[np.ndarray] = []
         self._confidences: list[np.ndarray] = []
+        self._pooled: list[np.ndarray | None] = []
         self._prototypes: Prototypes | None = None
         self._assignment: np.ndarray | None = None
         self._distances: np.ndarray | None = None
@@ -157,11 +160,15 @@ class I2XRun(RunAnalysis):
         n, m = run.num_probe, run.num_classes
         h, w = manifest["feature_shape"]
         for entry in manifest["checkpoints"]:
-            data = load_npz(path / entry["file"], ("cams", "confidences"))
+            data = load_npz(path / entry["file"], ("cams", "confidences"), optional=("pooled",))
             if data["cams"].shape != (n, h, w) or data["confidences"].shape != (n, m):
                 raise I2XRunError(f"{path / entry['file']} has shapes {data['cams'].shape}, {data['confidences'].shape}; expected {(n, h, w)}, {(n, m)}")
+            pooled = data.get("pooled")
+            if pooled is not None and (pooled.ndim != 2 or pooled.shape[0] != n):
+                raise I2XRunError(f"{path / entry['file']} holds pooled features of shape {pooled.shape}; expected ({n}, d)")
             run._cams.append(data["cams"])
             run._confidences.append(data["confidences"])
+            run._pooled.append(pooled)
         if manifest["prototypes"] is not None:
             file = path / manifest["prototypes"]["file"]
             data = load_npz(file, ("projection", "bias", "centroids", "inertia", "assignment"), optional=("distances",))
@@ -182,17 +189,22 @@ class I2XRun(RunAnalysis):
         return run
 
     # -- appending (used by the callback) -------------------------------------------------------
-    def append_checkpoint(self, cams: np.ndarray, confidences: np.ndarray, *, epoch: int, global_step: int) -> int:
-        """Store one checkpoint's maps and confidences; returns its index."""
+    def append_checkpoint(self, cams: np.ndarray, confidences: np.ndarray, *, epoch: int, global_step: int,
+                          pooled: np.ndarray | None = None) -> int:
+        """Store one checkpoint's maps, confidences and (optional) pooled features (N, d); returns its index."""
         n, m = self.num_probe, self.num_classes
         h, w = self.feature_shape
         cams16 = np.asarray(cams, dtype=np.float16).reshape(n, h, w)
         conf = np.asarray(confidences, dtype=np.float32).reshape(n, m)
+        arrays = {"cams": cams16, "confidences": conf}
+        if pooled is not None:
+            arrays["pooled"] = np.asarray(pooled, dtype=np.float32).reshape(n, -1)
         index = self.num_checkpoints
         name = f"checkpoints/ckpt-{index:05d}.npz"
-        write_npz(self.path / name, cams=cams16, confidences=conf)
+        write_npz(self.path / name, **arrays)
         self._cams.append(cams16)
         self._confidences.append(conf)
+        self._pooled.append(arrays.get("pooled"))
         self._stacked.clear()
         self._manifest["checkpoints"].append({"index": index, "epoch": int(epoch), "global_step": int(global_step), "file": name})
         self._write_manifest()
@@ -228,7 +240,7 @@ class I2XRun(RunAnalysis):
         prototypes) are deleted; readers never see them either way."""
         if not 0 <= num_checkpoints <= self.num_checkpoints:
             raise I2XRunError(f"{self.path} has {self.num_checkpoints} checkpoints; cannot keep {num_checkpoints}")
-        del self._cams[num_checkpoints:], self._confidences[num_checkpoints:]
+        del self._cams[num_checkpoints:], self._confidences[num_checkpoints:], self._pooled[num_checkpoints:]
         del self._manifest["checkpoints"][num_checkpoints:]
         attachments = self._manifest.get("attachments", {})
         for name in [n for n, a in attachments.items() if a["checkpoint"] >= num_checkpoints]:
@@ -465,6 +477,16 @@ class I2XRun(RunAnalysis):
         if not self._confidences:
             raise I2XRunError(f"{self.path} has no checkpoint yet")
         return self._confidences[-1]
+
+    def pooled_features(self) -> np.ndarray:
+        """(T, N, d) float32 target-layer features averaged over the locations, per checkpoint (the
+        x-features' input). Raises I2XRunError when a checkpoint was recorded without them."""
+        missing = [i for i, p in enumerate(self._pooled) if p is None]
+        if not self._pooled or missing:
+            which = "has no checkpoint yet" if not self._pooled else f"has checkpoints without pooled features ({len(missing)} of {len(self._pooled)}, first {missing[0]})"
+            raise I2XRunError(f"{self.path} {which}: x-feature concepts need the target layer's pooled features of every record; "
+                              "record the run again with lightning-i2x >= 0.3, whose records store them")
+        return self._cached("pooled", lambda: np.stack(self._pooled))
 
     def intensities(self) -> np.ndarray:
         """(T, N, K) mean saliency of each prototype in each sample, NaN where absent (computed once

@@ -32,6 +32,7 @@ from ._views import (
     TAG_TRUE_CONFIDENCE,
     TAG_TWIN,
     TAG_UNCERTAIN,
+    TAG_XFEATURES,
     DrawBudget,
     custom_scalars_layout,
     drawn_classes,
@@ -52,7 +53,7 @@ __all__ = [
     "drawn_classes", "drawn_pairs", "tag_name", "build_report", "write_report", "log_finetune",
     "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
     "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
-    "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS", "TAG_TWIN",
+    "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS", "TAG_TWIN", "TAG_XFEATURES", "plot_xfeatures",
 ]
 
 # name -> the module of this package that defines it, imported when the name is first used
@@ -63,6 +64,7 @@ _LAZY = {
     "plot_sag": "_sag_figure",
     **dict.fromkeys(["channel_gallery", "contribution_bars", "channel_weights"], "_channels_figure"),
     **dict.fromkeys(["twin_graph_figure", "twin_effects_figure", "twin_counterfactuals_figure"], "_twin_figure"),
+    "plot_xfeatures": "_xfeature_figure",
     **dict.fromkeys(["build_report", "write_report"], "_report"),
 }
 
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs
     from ._report import build_report, write_report
     from ._sag_figure import plot_sag
     from ._twin_figure import twin_counterfactuals_figure, twin_effects_figure, twin_graph_figure
+    from ._xfeature_figure import plot_xfeatures
 
 
 def __getattr__(name: str) -> Any:

@@ -24,10 +24,12 @@ from ..analysis import Explanation
 from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
 from ..store import I2XRun
+from ..xfeatures import PANEL_ATTACHMENT, stored_xfeatures
 from . import _channels_figure as chf
 from . import _figures as plots
 from ._faithfulness_figure import faithfulness_figure, has_faithfulness
 from ._views import drawn_classes, drawn_pairs, tag_name
+from ._xfeature_figure import plot_xfeatures
 
 __all__ = ["build_report", "write_report"]
 
@@ -148,6 +150,12 @@ def build_report(
                  twin_plots.twin_effects_figure),
                 ("counterfactuals", "do(concept = v): decoded, re-measured and classified", twin_plots.twin_counterfactuals_figure)):
             tasks.append(("twin", f"twin-{view}", f"twin-{view}", caption, lambda draw=draw: draw(twin, dpi=dpi)))
+    panels = stored_xfeatures(run) if PANEL_ATTACHMENT in run.attachments else []
+    for p in panels:
+        tasks.append(("xfeatures", f"xfeatures-{tag_name(names[p.class_index])}", "xfeatures",
+                      f"class {names[p.class_index]}: {p.n_x} x-features, their top probe images and GradCAM maps; bars: contributions "
+                      "that sum with the bias to the explained score",
+                      lambda p=p: plot_xfeatures(p, run.images, names[p.class_index], dpi=dpi)))
 
     blocks: dict[str, list[str]] = {}
     for section, view_id, kind, caption, make in tqdm(tasks, desc="i2x report", unit="view", file=sys.stderr, disable=not progress):
@@ -165,7 +173,8 @@ def build_report(
         '<nav><a href="#summary">findings</a><a href="#overview">prototypes</a><a href="#pairs">confused pairs</a>'
         '<a href="#classes">classes</a>' + ('<a href="#sag">minimal sufficient explanations</a>' if sags else "")
         + ('<a href="#channels">channels</a>' if channels else "")
-        + ('<a href="#twin">causal twin</a>' if twin is not None else "") + "</nav>",
+        + ('<a href="#twin">causal twin</a>' if twin is not None else "")
+        + ('<a href="#xfeatures">x-features</a>' if panels else "") + "</nav>",
     ]
     if not has_images:
         out.append('<p class="note">This run holds no probe images (store_probe_images=False, or a probe over 64 MiB): '
@@ -205,6 +214,13 @@ def build_report(
                 "<p>A small VAE distilled from the classifier with its first latents aligned to measured concepts, a causal graph "
                 "over them (NOTEARS) and interventions decoded and re-measured (GLANCE-inspired, not a reproduction).</p>",
                 _md(twin.to_markdown()), *blocks.get("twin", []), "</section>"]
+    if panels:
+        rows = "".join(f"<tr><td>{html.escape(names[p.class_index])}</td><td>{p.n_x}</td><td>{p.r2:.3f}</td></tr>" for p in panels)
+        out += ['<section id="xfeatures"><h2>X-features</h2>',
+                "<p>A few concepts per class whose contributions sum, with a bias, to the network's score for it (XNN's "
+                "sparse reconstruction autoencoder on the pooled target-layer features, fitted on the final model).</p>",
+                f"<table><tr><th>class</th><th>n_x</th><th>held-out R²</th></tr>{rows}</table>",
+                *blocks.get("xfeatures", []), "</section>"]
     out += [f"<script>{_SCRIPT}</script>", "</body></html>"]
     return "\n".join(out)
 

@@ -21,6 +21,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
 | image | ``i2x/channels/gallery``, ``i2x/channels/weights``, ``i2x/channels/contributions<n>`` | with ``InfoDisentMeasure``: each EPIC-unmixed channel's top patches, the channel-to-class weights, one probe image per drawn class as signed contribution bars |
 | image | ``i2x/twin/graph``, ``i2x/twin/effects``, ``i2x/twin/counterfactuals`` | with ``TwinMeasure``: the twin's causal graph, the effects on the logit, the counterfactual strips |
+| image | ``i2x/class<n>/xfeatures`` | with ``XFeatureMeasure``: the class's x-features (top images, saliency, contribution bars) |
 
 plus a custom-scalars layout (the "CUSTOM SCALARS" dashboard) grouping the scalars.
 
@@ -30,7 +31,7 @@ while the classes worth drawing change during training (pin them with ``classes`
 tags are made tag-safe (``tag_name``). The interval views need two checkpoints, the gallery and the
 overlays the run's probe images; what cannot be drawn yet is left out. A stored SAG
 (``lightning_i2x.sag.SAGMeasure``) goes to the slot of its class, or after the drawn classes when
-its class is not drawn now.
+its class is not drawn now; so do stored x-feature panels (``XFeatureMeasure``).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ import numpy as np
 from ..analysis import SALIENCY_THRESHOLD, select_classes, select_pairs, select_prototypes
 from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
+from ..xfeatures import PANEL_ATTACHMENT, stored_xfeatures
 from ._sinks import LogSink
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
            "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",
-           "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS", "TAG_TWIN"]
+           "TAG_CHANNEL_GALLERY", "TAG_CHANNEL_WEIGHTS", "TAG_CHANNEL_CONTRIBUTIONS", "TAG_TWIN", "TAG_XFEATURES"]
 
 TAG_TRUE_CONFIDENCE = "i2x/true_class_confidence"
 TAG_UNCERTAIN = "i2x/uncertain_prototypes"
@@ -67,6 +69,7 @@ TAG_CHANNEL_GALLERY = "i2x/channels/gallery"
 TAG_CHANNEL_WEIGHTS = "i2x/channels/weights"
 TAG_CHANNEL_CONTRIBUTIONS = "i2x/channels/contributions{slot}"
 TAG_TWIN = "i2x/twin/{view}"
+TAG_XFEATURES = "i2x/class{slot}/xfeatures"
 
 
 def tag_name(name: str) -> str:
@@ -179,6 +182,10 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
         _log_sags(image, run, classes, options)
     if "infodisent" in run.attachments:
         _log_channels(image, run, classes, options, has_images)
+    if "twin" in run.attachments:
+        _log_twin(image, run, options)
+    if PANEL_ATTACHMENT in run.attachments:
+        _log_xfeatures(image, run, classes, options)
 
 
 def _log_channels(image, run, classes: list[int], options: ViewOptions, has_images: bool) -> None:
@@ -193,8 +200,6 @@ def _log_channels(image, run, classes: list[int], options: ViewOptions, has_imag
         members = np.flatnonzero(run.labels == c)
         if members.size:
             image(TAG_CHANNEL_CONTRIBUTIONS.format(slot=slot), channels.contribution_bars(run, int(members[0]), dpi=options.dpi))
-    if "twin" in run.attachments:
-        _log_twin(image, run, options)
 
 
 def _log_twin(image, run, options: ViewOptions) -> None:
@@ -205,6 +210,19 @@ def _log_twin(image, run, options: ViewOptions) -> None:
     for view, draw in (("graph", twin_plots.twin_graph_figure), ("effects", twin_plots.twin_effects_figure),
                        ("counterfactuals", twin_plots.twin_counterfactuals_figure)):
         image(TAG_TWIN.format(view=view), draw(result, dpi=options.dpi))
+
+
+def _log_xfeatures(image, run, classes: list[int], options: ViewOptions) -> None:
+    """Each class's stored x-feature panel, in its class's slot (after the drawn classes otherwise)."""
+    from ._xfeature_figure import plot_xfeatures
+
+    slots = {c: slot for slot, c in enumerate(classes, 1)}
+    extra = len(classes)
+    for p in stored_xfeatures(run):
+        if p.class_index not in slots:
+            extra += 1
+            slots[p.class_index] = extra
+        image(TAG_XFEATURES.format(slot=slots[p.class_index]), plot_xfeatures(p, run.images, run.class_names[p.class_index], dpi=options.dpi))
 
 
 def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:
