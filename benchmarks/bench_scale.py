@@ -211,7 +211,7 @@ def child(spec: dict) -> dict:
     n, size = spec["n"], spec["size"]
     g = torch.Generator().manual_seed(0)
     images = torch.empty(n, 3, size, size).normal_(generator=g)
-    labels = torch.randint(0, 1000, (n,), generator=g)
+    labels = torch.randint(0, spec.get("classes", 1000), (n,), generator=g)
     mode = spec["mode"]
     if mode == "quality":
         feats = []

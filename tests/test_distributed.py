@@ -79,7 +79,7 @@ def test_a_library_cam_method_is_refused_under_several_processes():
     cb = I2XCallback(probe, num_prototypes=8, cam="gradcam++")
 
     class TwoRanks:
-        world_size, is_global_zero = 2, True
+        world_size, is_global_zero, strategy = 2, True, None
 
     with pytest.raises(ValueError, match="cannot run in 2 processes"):
         cb.setup(TwoRanks(), TinyCNN(), "fit")

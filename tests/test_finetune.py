@@ -406,10 +406,10 @@ def test_option_errors(digits_run):
 
 def test_auto_finetune_is_refused_under_several_processes(tmp_path, digits):
     cb = I2XCallback(digits[1], num_prototypes=8, auto_finetune=True, finetune=FinetuneOptions(pairs=[("d2", "d7")]))
-    trainer = SimpleNamespace(world_size=2, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    trainer = SimpleNamespace(world_size=2, strategy=None, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
     with pytest.raises(ValueError, match="auto_finetune runs at the end of fit in one process; this fit runs in 2"):
         cb.setup(trainer, TinyCNN(), "fit")
     bad = I2XCallback(digits[1], num_prototypes=8, auto_finetune=True, finetune=FinetuneOptions(pairs=[("d2", "seven")]))
     with pytest.raises(ValueError, match="unknown classes 'seven'"):
-        bad.setup(SimpleNamespace(world_size=1, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path)),
+        bad.setup(SimpleNamespace(world_size=1, strategy=None, is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path)),
                   TinyCNN(), "fit")

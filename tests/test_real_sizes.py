@@ -132,3 +132,15 @@ def test_sharded_strategies_are_refused_at_setup_and_ddp_is_not():
         with pytest.raises(ValueError, match="does not support strategy=.*ddp"):
             check_strategy(strategy)
     check_strategy(DDPStrategy())
+
+
+def test_the_gpu_check_says_it_needs_a_gpu_on_a_cpu_machine():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the check would run for minutes")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr
