@@ -275,16 +275,16 @@ def main(argv=None) -> None:
         return
     ap = _common.parser(__doc__)
     ap.add_argument("--size", type=int, default=None, help="image side in pixels (default 112; --quick: 64)")
-    ap.add_argument("--probes", default=None, help="comma-separated probe sizes (default 256,1024,4096; --quick: 64,192)")
+    ap.add_argument("--probes", default=None, help="comma-separated probe sizes (default 256,1024,4096; --quick: 64,128)")
     ap.add_argument("--old-max", type=int, default=None, help="largest probe the old path runs at (default: all)")
     ap.add_argument("--quality-max", type=int, default=None, help="largest probe the quality comparison runs at (default: all)")
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
     info = _common.machine()
     size = args.size or (64 if args.quick else 112)
-    probes = [int(p) for p in (args.probes or ("64,192" if args.quick else "256,1024,4096")).split(",")]
-    old_max = args.old_max or max(probes)
-    quality_max = args.quality_max or max(probes)
+    probes = [int(p) for p in (args.probes or ("64,128" if args.quick else "256,1024,4096")).split(",")]
+    old_max = args.old_max or (min(probes) if args.quick else max(probes))  # --quick: the old path and the quality at the smallest only
+    quality_max = args.quality_max or (min(probes) if args.quick else max(probes))
     base = {"size": size, "threads": args.threads, "classes": 10 if args.quick else 1000}
     fwd = run_child({**base, "mode": "forward", "n": BATCH})
     batch = {m: run_child({**base, "mode": m, "n": BATCH}) for m in ("old_batch", "new_batch")}
