@@ -115,7 +115,8 @@ def perturb(
     reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A copy of the (C, H, W) ``image`` whose pixels under the (H, W) ``mask`` are replaced, the
-    others left bitwise as they were.
+    others left bitwise as they were: ``fill_values`` and ``apply_mask`` on a batch of one, so the
+    mask repair's counterexamples and the batched measures (reliance) share one implementation.
 
     Args:
         image: the (C, H, W) image.
@@ -127,7 +128,7 @@ def perturb(
         value_range: bounds of ``"random"`` (default the image's own min and max).
         reference: a (C, H, W) image, needed by the ``REFERENCE_FILLS``: for ``"resample"`` the
             donor (another image, of another class: ``resample_donors``), for ``"mean"`` the mean
-            image.
+            image (of the batch or data set the image comes from).
 
     Raises ValueError for an unknown fill, a mask of another shape or a missing reference,
     TypeError for a non-tensor.
@@ -138,29 +139,20 @@ def perturb(
     m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
     if m.shape != tuple(image.shape[1:]):
         raise ValueError(f"mask of shape {m.shape} for an image of shape {tuple(image.shape)}")
-    if fill in REFERENCE_FILLS and (reference is None or tuple(reference.shape) != tuple(image.shape)):
+    if fill in REFERENCE_FILLS and (not isinstance(reference, torch.Tensor) or tuple(reference.shape) != tuple(image.shape)):
         raise ValueError(f"fill {fill!r} takes its values from another image: pass reference= a tensor of shape {tuple(image.shape)} "
-                         f"(got {None if reference is None else tuple(reference.shape)}); the fills of one image alone are {IMAGE_FILLS}")
+                         f"(got {None if reference is None else tuple(getattr(reference, 'shape', ()))}); the fills of one image "
+                         f"alone are {IMAGE_FILLS}")
     if not m.any():
         return image.clone()
-    x = image.detach().cpu().numpy()
-    work = x.astype(np.float64)
-    if fill == "blur":
-        values = blur(torch.from_numpy(work)[None], float(sigma))[0].numpy()
-    elif fill == "noise":
-        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        values = work.mean(axis=(1, 2), keepdims=True) + work.std(axis=(1, 2), keepdims=True) * rng.standard_normal(work.shape)
-    elif fill == "random":
-        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        lo, hi = (work.min(), work.max()) if value_range is None else value_range
-        values = rng.uniform(float(lo), float(hi), size=work.shape)
-    elif fill in REFERENCE_FILLS:
-        values = reference.detach().cpu().numpy().astype(np.float64)
+    # the batch fills on a batch of one, in float64 on the CPU (the same numbers in a DataLoader worker)
+    x = image.detach().cpu()
+    if fill in REFERENCE_FILLS:  # the donor's pixels (what fill_values takes for "resample"), or the mean image
+        values = reference.detach().cpu().to(x.dtype)[None]
     else:
-        values = work.mean(axis=(1, 2), keepdims=True) * np.ones_like(work) if baseline is None else np.full_like(work, float(baseline))
-    out = x.copy()
-    out[:, m] = values[:, m].astype(x.dtype)
-    return torch.from_numpy(out).to(image.device)
+        gen = torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+        values = fill_values(x.double()[None], fill, sigma=sigma, baseline=baseline, value_range=value_range, generator=gen).to(x.dtype)
+    return apply_mask(x[None], torch.from_numpy(m)[None], values)[0].to(image.device)
 
 
 def gaussian_kernel(sigma: float, truncate: float = 3.0) -> np.ndarray:
