@@ -27,7 +27,8 @@ Fills (``FILLS``, in the order a stored reliance indexes them):
   in-distribution for that place. The content-removing fill the reliance measure defaults to.
 
 ``"mean"`` and ``"resample"`` need other images (``IMAGE_FILLS`` are the others): ``perturb`` takes
-them as ``reference``. ``LatentSwap`` does the same at a layer's output instead of the pixels.
+them as ``reference``. ``LatentSwap`` does the same at a layer's output instead of the pixels;
+``LatentProjection`` removes a subspace there instead (``project_component``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ __all__ = [
     "resample_donors",
     "fill_values",
     "LatentSwap",
+    "LatentProjection",
+    "project_component",
     "apply_mask",
     "target_probabilities",
 ]
@@ -335,7 +338,11 @@ class LatentSwap:
         m = self.mask.to(output.device)
         if m.shape != (output.shape[0], *output.shape[2:]):
             raise ValueError(f"latent mask of shape {tuple(m.shape)} for a layer output of shape {tuple(output.shape)}")
-        return torch.where(m[:, None], self.values.to(device=output.device, dtype=output.dtype), output)
+        return torch.where(m[:, None], self._replacement(output), output)
+
+    def _replacement(self, output: torch.Tensor) -> torch.Tensor:
+        """What the masked locations become: the given ``values``."""
+        return self.values.to(device=output.device, dtype=output.dtype)
 
     def __enter__(self) -> "LatentSwap":
         self._handle = self.layer.register_forward_hook(self._hook)
@@ -345,6 +352,51 @@ class LatentSwap:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def project_component(maps: torch.Tensor, basis: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """``maps`` (B, d, h, w) with every location's component in the subspace of ``basis`` set to
+    that of ``reference``: ``a - V V^T (a - z)``. ``basis``: (d, r) orthonormal columns, or
+    (B, d, r) one per image (zero columns are no direction); ``reference``: (d,), (B, d) or None
+    (0: the component is removed). The one formula of P-ClArC's ``project_out`` and of the
+    reliance measure's ``intervention="project"``.
+
+    Example::
+
+        >>> a = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+        >>> project_component(a, torch.tensor([[1.0], [0.0]]), torch.tensor([1.0, 1.0])).flatten().tolist()
+        [1.0, 4.0]
+    """
+    v = basis.to(device=maps.device, dtype=maps.dtype)
+    v = v.expand(maps.shape[0], *v.shape) if v.ndim == 2 else v
+    if v.ndim != 3 or v.shape[:2] != maps.shape[:2]:
+        raise ValueError(f"a basis of shape {tuple(basis.shape)} for maps of shape {tuple(maps.shape)}: it must be "
+                         f"({maps.shape[1]}, r) or ({maps.shape[0]}, {maps.shape[1]}, r)")
+    centred = maps
+    if reference is not None:
+        z = reference.to(device=maps.device, dtype=maps.dtype)
+        centred = maps - (z.view(1, -1, 1, 1) if z.ndim == 1 else z.view(z.shape[0], -1, 1, 1))
+    coeff = torch.einsum("bdhw,bdr->brhw", centred, v)
+    return maps - torch.einsum("brhw,bdr->bdhw", coeff, v)
+
+
+class LatentProjection(LatentSwap):
+    """The latent intervention that removes a direction instead of swapping the vector: at the
+    locations of ``mask`` the layer's output has its component in ``basis`` set to ``reference``'s
+    (``project_component``; a prototype's centred subspace and the other locations' mean,
+    ``analysis.suspect_basis``), the rest of the vector kept. Set ``mask`` (B, h, w), ``basis``
+    (d, r) or (B, d, r) and ``reference`` (d,) or (B, d) before each forward; ``mask`` None records
+    the output in ``captured`` as ``LatentSwap`` does."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__(layer)
+        self.basis: torch.Tensor | None = None
+        self.reference: torch.Tensor | None = None
+
+    def _replacement(self, output: torch.Tensor) -> torch.Tensor:
+        if self.basis is None:
+            raise ValueError("LatentProjection needs basis= (the directions to project out) before a masked forward")
+        return project_component(output, self.basis, self.reference)
 
 
 def target_probabilities(
