@@ -1,0 +1,127 @@
+"""Rare artifacts get found: a tag on a fifth of one class's probe images, at varying edge
+positions, drowned by k-means in an object prototype (the suspect rule cannot see it there), is
+found by growing prototypes from the locations the model relies on (``refine_suspects``); a clean
+model on the same tagged images gets no suspect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_i2x.analysis import relied_clusters, suspect_report
+from lightning_i2x.measures import prototype_reliance, refine_suspects
+from lightning_i2x.perturb import pixel_mask
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+N, SIZE, MAP, CLASSES = 200, 32, 8, 4
+SHADES = torch.tensor([-0.9, -0.3, 0.3, 0.9])
+TAG_CLASS, TAG_FRACTION, TAG_VALUE = 0, 0.2, 3.0
+RING = [(r, c) for r in range(MAP) for c in range(MAP) if r in (0, MAP - 1) or c in (0, MAP - 1)]
+
+
+def tagged_probe(seed: int = 0):
+    """(x, y, true tag masks (N, H, W), tagged ids): the object is a class-coded shade over the
+    central 16x16 pixels; a 4x4 tag (one feature location) of value 3 at a random edge cell on
+    ``TAG_FRACTION`` of class 0's images."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    y = torch.arange(N) % CLASSES
+    x = 0.1 * torch.randn(N, 1, SIZE, SIZE, generator=g)
+    x[:, 0, 8:24, 8:24] += SHADES[y].view(N, 1, 1)
+    masks = np.zeros((N, SIZE, SIZE), bool)
+    tagged = np.flatnonzero((y.numpy() == TAG_CLASS) & (rng.random(N) < TAG_FRACTION))
+    for i in tagged:
+        r, c = RING[rng.integers(len(RING))]
+        x[i, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = TAG_VALUE
+        masks[i, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = True
+    return x, y, masks, tagged
+
+
+class TagModel(nn.Module):
+    """Weak object evidence (``-alpha (m - shade_c)^2``, m the central cells' mean) plus, for class
+    0, ``tag`` x a detector of a bright edge cell. ``tag=0``: the clean model, which reads the
+    object only."""
+
+    def __init__(self, tag: float = 4.0, alpha: float = 2.0):
+        super().__init__()
+        self.features = nn.AvgPool2d(4)  # (B, 1, 8, 8): the target layer
+        self.tag, self.alpha = tag, alpha
+        ring = torch.ones(MAP, MAP, dtype=torch.bool)
+        ring[1:-1, 1:-1] = False
+        self.register_buffer("ring", ring)
+
+    def forward(self, x):
+        f = self.features(x)[:, 0]
+        logits = -self.alpha * (f[:, 2:6, 2:6].mean((1, 2))[:, None] - SHADES.to(x)[None]) ** 2
+        detector = torch.relu(f - 1.5).masked_fill(~self.ring, 0).amax((1, 2))
+        return logits + nn.functional.pad((self.tag * detector)[:, None], (0, CLASSES - 1))
+
+
+def drowned_assignment(model, x):
+    """What K = 5 k-means gives on these features: each location to the nearest of the background
+    and the four shades; the tag (3.0) has no centre of its own and joins the brightest shade's."""
+    centres = torch.tensor([0.0, *SHADES.tolist()])
+    with torch.no_grad():
+        f = model.features(x)[:, 0]
+    return (f[..., None] - centres).abs().argmin(-1).numpy()
+
+
+def iou(locations: np.ndarray, masks: np.ndarray) -> float:
+    px = pixel_mask(locations, (SIZE, SIZE))
+    return float((px & masks).sum() / max((px | masks).sum(), 1))
+
+
+def test_the_rule_misses_a_tag_drowned_in_a_kmeans_prototype():
+    x, y, masks, tagged = tagged_probe()
+    assert 5 <= tagged.size <= 15  # a fifth of class 0's 50 images
+    model = TagModel()
+    a = drowned_assignment(model, x)
+    rel = prototype_reliance(model, x, y, a, 5, n_random=4, seed=0)
+    cells = masks.reshape(N, MAP, 4, MAP, 4).any(axis=(2, 4))
+    assert set(np.unique(a[cells])) == {4} and (a == 4).sum() > 50 * cells.sum()  # drowned: the tag is 10 of its 810 locations
+    rep = suspect_report(rel, a, y.numpy())
+    assert rep.suspects == ()  # measured: P-4 failed per location 0.026 < 0.1 (its reliance is the object's, spread over 16 cells)
+    assert rep.candidates[0].prototype == 4 and [c.name for c in rep.candidates[0].failed] == ["per location"]
+
+
+def test_refined_suspects_find_the_rare_tag():
+    x, y, masks, tagged = tagged_probe()
+    model = TagModel()
+    found = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024)
+    assert found.suspects, found.report.summary()
+    best = max(iou(found.locations(j), masks) for j in found.suspects)
+    assert best > 0.9  # measured: 1.0, the refined prototype is exactly the tag's cells
+    # the most relied-on locations include every tag, wherever on the edge it sits
+    tag_cells = pixel_mask(found.clusters.selected, (SIZE, SIZE)) & masks
+    assert tag_cells.sum() == masks.sum()
+    # a suspect that is not on the tag is not claimed: every suspect is the tag's
+    assert all(iou(found.locations(j), masks) > 0.9 for j in found.suspects)
+
+
+def test_refining_flags_nothing_on_a_clean_model():
+    x, y, masks, _ = tagged_probe()
+    model = TagModel(tag=0.0)
+    found = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024)
+    assert found.drops.max() < 0.1  # measured: 0.058, no location carries the decision alone
+    assert found.suspects == () and found.clusters.count == 0 and found.reliance is None
+    assert found.report.verdict == "none" and "nothing to refine" in found.report.note
+
+
+def test_relied_clusters_on_planted_features():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(20, 3, 3, 2)) * 0.1
+    d = np.zeros((20, 3, 3))
+    f[:6, 0, 0] = [5.0, 5.0]  # a rare, relied-on feature in six images
+    d[:6, 0, 0] = 0.4
+    d[7, 2, 2] = 0.5  # one relied-on location alone: noise, not a group
+    c = relied_clusters(f, d, min_drop=0.1)
+    assert c.count == 1 and c.seeds.tolist() == [6]
+    np.testing.assert_allclose(c.centroids[0], [5.0, 5.0])
+    assert c.members[0].sum() == 6 and c.members[0][:6, 0, 0].all()
+    assert c.selected.sum() == 7
+    with pytest.raises(ValueError, match=r"\(N, h, w, d\)"):
+        relied_clusters(f, d[:, :2])
+    assert relied_clusters(f, np.zeros_like(d)).count == 0
