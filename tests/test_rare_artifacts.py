@@ -5,13 +5,16 @@ model on the same tagged images gets no suspect."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from lightning_i2x.analysis import relied_clusters, suspect_report
-from lightning_i2x.measures import prototype_reliance, refine_suspects
+from lightning_i2x.errors import I2XRunError
+from lightning_i2x.measures import prototype_reliance, refine_suspects, refine_suspects_of_run
 from lightning_i2x.perturb import pixel_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -125,3 +128,16 @@ def test_relied_clusters_on_planted_features():
     with pytest.raises(ValueError, match=r"\(N, h, w, d\)"):
         relied_clusters(f, d[:, :2])
     assert relied_clusters(f, np.zeros_like(d)).count == 0
+
+
+def test_on_a_run_reads_its_probe_and_target_layer():
+    x, y, masks, _ = tagged_probe()
+    model = TagModel()
+    run = SimpleNamespace(images=x.numpy().astype(np.float16), labels=y.numpy(), num_classes=CLASSES, path="run",
+                          config=SimpleNamespace(target_layer="features"))
+    found = refine_suspects_of_run(run, model, n_random=4, batch_size=1024)
+    assert found.suspects and max(iou(found.locations(j), masks) for j in found.suspects) > 0.9
+    with pytest.raises(I2XRunError, match="holds no probe images"):
+        refine_suspects_of_run(SimpleNamespace(images=None, path="run"), model)
+    with pytest.raises(ValueError, match="no submodule 'head'"):
+        refine_suspects_of_run(run, model, layer="head")

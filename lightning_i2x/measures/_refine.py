@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from .._core import check_choice, check_int
-from .._model import ForwardFn
+from .._model import ForwardFn, model_device
 from ..analysis import SUSPECT_RULE_DEFAULTS, Reliance, ReliedClusters, SuspectReport, relied_clusters, suspect_report
+from ..errors import I2XRunError
 from ..perturb import FILLS, LatentSwap, apply_mask, default_sigma, fill_values, resample_donors, target_probabilities
-from ._reliance import prototype_reliance
+from ._reliance import _run_layer, prototype_reliance
 
-__all__ = ["RefinedSuspects", "location_drops", "refine_suspects"]
+__all__ = ["RefinedSuspects", "location_drops", "refine_suspects", "refine_suspects_of_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +127,16 @@ def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torc
     report = suspect_report(rel, assignment, np.asarray(torch.as_tensor(labels).cpu()), **thresholds)
     suspects = tuple(k - 1 for k in report.suspects if k >= 1)
     return RefinedSuspects(clusters, assignment, rel, report, suspects, drops)
+
+
+def refine_suspects_of_run(run, model: torch.nn.Module, *, layer: torch.nn.Module | str | None = None,
+                           **kwargs) -> RefinedSuspects:
+    """``refine_suspects`` over the run's own probe images and labels, at ``layer`` (a module or
+    its name; default the run's recorded target layer). ``kwargs`` as ``refine_suspects``. Raises
+    I2XRunError when the run holds no probe images."""
+    if run.images is None:
+        raise I2XRunError(f"{run.path} holds no probe images (recorded with store_images=False or a probe over 64 MiB): "
+                          "refining hides parts of those images; record the run with ProbePassOptions(store_images=True)")
+    module = _run_layer(run, model, layer)
+    images = torch.as_tensor(np.asarray(run.images), dtype=torch.float32, device=model_device(model))
+    return refine_suspects(model, module, images, torch.as_tensor(np.asarray(run.labels)), num_classes=run.num_classes, **kwargs)
