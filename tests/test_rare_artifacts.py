@@ -1,7 +1,8 @@
 """Rare artifacts get found: a tag on a fifth of one class's probe images, at varying edge
 positions, drowned by k-means in an object prototype (the suspect rule cannot see it there), is
-found by growing prototypes from the locations the model relies on (``refine_suspects``); a clean
-model on the same tagged images gets no suspect."""
+found by growing prototypes from the locations the model relies on (``refine_suspects``), also
+when it straddles a cell border and the model reads it from either half; a clean model on the same
+tagged images gets no suspect."""
 
 from __future__ import annotations
 
@@ -107,10 +108,66 @@ def test_refined_suspects_find_the_rare_tag():
 def test_refining_flags_nothing_on_a_clean_model():
     x, y, masks, _ = tagged_probe()
     model = TagModel(tag=0.0)
+    single = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024, windows=(1,))
+    assert single.drops.max() < 0.1  # measured: 0.058, no location carries the decision alone
+    assert single.suspects == () and single.clusters.count == 0 and single.reliance is None
+    assert single.report.verdict == "none" and "nothing to refine" in single.report.note
+    # 2x2 blocks of the object do cost something: refined object prototypes, judged and not flagged
     found = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024)
-    assert found.drops.max() < 0.1  # measured: 0.058, no location carries the decision alone
-    assert found.suspects == () and found.clusters.count == 0 and found.reliance is None
-    assert found.report.verdict == "none" and "nothing to refine" in found.report.note
+    assert found.clusters.count >= 1 and found.suspects == ()
+    assert all("per location" in [c.name for c in cand.failed] for cand in found.report.candidates)
+
+
+def straddling_probe(seed: int = 0):
+    """As ``tagged_probe``, but each tag sits 2 px off the cell grid along its edge: half of it in
+    each of two neighbouring cells."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    y = torch.arange(N) % CLASSES
+    x = 0.1 * torch.randn(N, 1, SIZE, SIZE, generator=g)
+    x[:, 0, 8:24, 8:24] += SHADES[y].view(N, 1, 1)
+    masks = np.zeros((N, SIZE, SIZE), bool)
+    for i in np.flatnonzero((y.numpy() == TAG_CLASS) & (rng.random(N) < TAG_FRACTION)):
+        side, t = rng.integers(4), 4 * int(rng.integers(0, MAP - 1)) + 2
+        r, c = [(0, t), (SIZE - 4, t), (t, 0), (t, SIZE - 4)][side]
+        x[i, 0, r : r + 4, c : c + 4] = TAG_VALUE
+        masks[i, r : r + 4, c : c + 4] = True
+    return x, y, masks
+
+
+class Pools(nn.Module):
+    """(B, 2, 8, 8): each cell's mean and maximum pixel."""
+
+    def forward(self, x):
+        return torch.cat([nn.functional.avg_pool2d(x, 4), nn.functional.max_pool2d(x, 4)], dim=1)
+
+
+class EitherHalfModel(TagModel):
+    """TagModel whose tag detector fires on a cell's maximum: either half of a straddling tag is
+    enough, so hiding one half alone costs nothing."""
+
+    def __init__(self, tag: float = 4.0):
+        super().__init__(tag)
+        self.features = Pools()
+
+    def forward(self, x):
+        f = self.features(x)
+        logits = -self.alpha * (f[:, 0, 2:6, 2:6].mean((1, 2))[:, None] - SHADES.to(x)[None]) ** 2
+        detector = torch.relu(f[:, 1] - 1.5).masked_fill(~self.ring, 0).amax((1, 2))
+        return logits + nn.functional.pad((self.tag * detector)[:, None], (0, CLASSES - 1))
+
+
+def test_a_tag_across_a_cell_border_needs_the_blocks():
+    x, y, masks = straddling_probe()
+    model = EitherHalfModel()
+    single = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024, windows=(1,))
+    assert all(iou(single.locations(j), masks) < 0.05 for j in single.suspects)  # one cell at a time misses it
+    found = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024)
+    assert found.suspects, found.report.summary()
+    # the two half cells hold the tag: 16 of their 32 pixels, so IoU 0.5 is the most cells can give
+    assert max(iou(found.locations(j), masks) for j in found.suspects) >= 0.45  # measured: 0.50
+    clean = EitherHalfModel(tag=0.0)
+    assert refine_suspects(clean, clean.features, x, y, n_random=4, seed=0, batch_size=1024).suspects == ()
 
 
 def test_relied_clusters_on_planted_features():
@@ -141,3 +198,7 @@ def test_on_a_run_reads_its_probe_and_target_layer():
         refine_suspects_of_run(SimpleNamespace(images=None, path="run"), model)
     with pytest.raises(ValueError, match="no submodule 'head'"):
         refine_suspects_of_run(run, model, layer="head")
+    with pytest.raises(ValueError, match="windows must be block sizes >= 1"):
+        refine_suspects(model, model.features, x, y, windows=(0,))
+    with pytest.raises(ValueError, match="larger than the 8x8 map"):
+        refine_suspects(model, model.features, x, y, windows=(9,))

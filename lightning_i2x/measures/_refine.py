@@ -1,16 +1,17 @@
 """Rare artifacts get found: suspects grown from the locations the model relies on, for a shortcut
 that k-means drowns (a tag on a fraction of one class's images gets no prototype of its own).
 
-``refine_suspects`` hides one probe location at a time (the reliance measure's fills, default the
-content-removing ``"resample"``), keeps the locations whose own drop of the true class's
-probability exceeds that image's average location's by ``min_reliance_per_location``, groups their
-target-layer features (``analysis.relied_clusters``) into refined prototypes, measures those with
-``prototype_reliance`` and judges them with ``analysis.suspect_report``: the same rule, on
-prototypes made where the reliance is.
+``refine_suspects`` hides each probe location, and each 2 x 2 block of them, in turn (the reliance
+measure's fills, default the content-removing ``"resample"``), keeps the locations in a block whose
+drop of the true class's probability exceeds that image's average block's by
+``min_reliance_per_location``, groups their target-layer features (``analysis.relied_clusters``)
+into refined prototypes, measures those with ``prototype_reliance`` and judges them with
+``analysis.suspect_report``: the same rule, on prototypes made where the reliance is.
 
-Cost: ``N (1 + h w)`` forwards for the per-location drops, then one reliance measure over the
-refined prototypes (``N + P (1 + n_random)``, every other location pooled into one "rest" id
-whose reliance is measured but not judged); no backward.
+Cost: ``N (1 + h w + (h - 1)(w - 1))`` forwards for the drops (``N (1 + h w)`` with
+``windows=(1,)``), then one reliance measure over the refined prototypes
+(``N + P (1 + n_random)``, every other location pooled into one "rest" id whose reliance is
+measured but not judged); no backward.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class RefinedSuspects:
         relied on (nothing was measured).
     report: ``suspect_report`` over it (its ids are assignment ids), or a "none" saying why.
     suspects: the refined prototypes (0-based, into ``clusters``) the rule flags, most reliant first.
-    drops: (N, h, w) each location's own drop beyond its image's mean location's.
+    drops: (N, h, w) each location's score of ``location_drops`` (its own drop beyond its image's
+        mean location's, with ``windows=(1,)``).
     """
 
     clusters: ReliedClusters
@@ -55,11 +57,29 @@ class RefinedSuspects:
         return self.assignment == 1 + int(suspect)
 
 
+def windows_of(h: int, w: int, size: int) -> np.ndarray:
+    """(n, h, w) bool, every ``size`` x ``size`` block of locations of an (h, w) map (stride 1)."""
+    out = np.zeros(((h - size + 1) * (w - size + 1), h, w), dtype=bool)
+    for j, (r, c) in enumerate((r, c) for r in range(h - size + 1) for c in range(w - size + 1)):
+        out[j, r : r + size, c : c + size] = True
+    return out
+
+
 def location_drops(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, labels, *, fill: str = "resample",
-                   seed: int = 0, batch_size: int = 256, forward_fn: ForwardFn | None = None) -> tuple[np.ndarray, torch.Tensor]:
-    """(N, h, w) drop of the true class's probability when each location alone is hidden (``fill``
-    in the pixels, donors ``resample_donors(labels, seed)``) minus the mean over that image's
-    locations, and the (N, d, h, w) features at ``layer`` of the clean pass."""
+                   seed: int = 0, batch_size: int = 256, windows: tuple[int, ...] = (1,),
+                   forward_fn: ForwardFn | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """(N, h, w) how much each location's removal costs the true class's probability, and the
+    (N, d, h, w) features at ``layer`` of the clean pass.
+
+    Every ``windows`` size s hides each s x s block of locations in turn (``fill`` in the pixels,
+    donors ``resample_donors(labels, seed)``); a block's drop minus the mean over that image's
+    blocks of its size is its score, and a location's is the highest score of a block that holds
+    it. ``(1,)``: one location at a time; ``(1, 2)`` also sees a shortcut whose evidence the model
+    reads redundantly from two neighbouring locations (a tag across a cell border), at about 2x
+    the forwards."""
+    sizes = tuple(int(v) for v in windows)
+    if not sizes or any(v < 1 for v in sizes):
+        raise ValueError(f"windows must be block sizes >= 1, got {windows!r}")
     y = torch.as_tensor(labels).reshape(-1).long()
     device = images.device
     with LatentSwap(layer) as cap:
@@ -68,27 +88,37 @@ def location_drops(model: torch.nn.Module, layer: torch.nn.Module, images: torch
     if feats is None or feats.shape[0] != images.shape[0]:
         raise ValueError(f"the layer gave {None if feats is None else tuple(feats.shape)}; refining needs its (N, d, h, w) maps")
     n, (h, w), (big_h, big_w) = images.shape[0], feats.shape[2:], images.shape[2:]
+    if max(sizes) > min(h, w):
+        raise ValueError(f"windows {sizes} larger than the {h}x{w} map")
     gen = torch.Generator(device=device).manual_seed(int(seed))
     values = fill_values(images, fill, sigma=default_sigma((big_h, big_w), (h, w)), generator=gen, donors=resample_donors(y, seed))
     rows = torch.as_tensor((np.arange(big_h) * h) // big_h, device=device)
     cols = torch.as_tensor((np.arange(big_w) * w) // big_w, device=device)
-    eye = torch.eye(h * w, dtype=torch.bool, device=device).view(h * w, h, w)
-    image_of = np.repeat(np.arange(n), h * w)
-    probs = np.empty(n * h * w, dtype=np.float64)
-    for s in range(0, image_of.size, batch_size):
-        job = np.arange(s, min(s + batch_size, image_of.size))
-        idx = torch.as_tensor(image_of[job], device=device)
-        pm = eye[torch.as_tensor(job % (h * w), device=device)][:, rows][:, :, cols]
-        x = apply_mask(images[idx], pm, values[idx])
-        probs[job] = target_probabilities(model, x, y.to(device)[idx], batch_size=batch_size, forward_fn=forward_fn).double().cpu().numpy()
-    drop = (base[image_of] - probs).reshape(n, h, w)
-    return drop - drop.mean(axis=(1, 2), keepdims=True), feats
+    score = np.full((n, h, w), -np.inf)
+    for size in sizes:
+        blocks = windows_of(h, w, size)
+        masks = torch.as_tensor(blocks, device=device)
+        nb = blocks.shape[0]
+        image_of = np.repeat(np.arange(n), nb)
+        probs = np.empty(n * nb, dtype=np.float64)
+        for s in range(0, image_of.size, batch_size):
+            job = np.arange(s, min(s + batch_size, image_of.size))
+            idx = torch.as_tensor(image_of[job], device=device)
+            pm = masks[torch.as_tensor(job % nb, device=device)][:, rows][:, :, cols]
+            x = apply_mask(images[idx], pm, values[idx])
+            probs[job] = target_probabilities(model, x, y.to(device)[idx], batch_size=batch_size,
+                                              forward_fn=forward_fn).double().cpu().numpy()
+        drop = (base[image_of] - probs).reshape(n, nb)
+        drop -= drop.mean(axis=1, keepdims=True)
+        for j, block in enumerate(blocks):
+            score[:, block] = np.maximum(score[:, block], drop[:, j : j + 1])
+    return score, feats
 
 
 def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, labels, *, fill: str = "resample",
                     seed: int = 0, n_random: int = 4, batch_size: int = 256, scale: float = 0.5, max_locations: int = 2000,
                     max_images_per_prototype: int | None = None, num_classes: int | None = None,
-                    forward_fn: ForwardFn | None = None, **thresholds) -> RefinedSuspects:
+                    windows: tuple[int, ...] = (1, 2), forward_fn: ForwardFn | None = None, **thresholds) -> RefinedSuspects:
     """Suspects among prototypes grown from the most relied-on locations (module docstring).
 
     Args:
@@ -99,6 +129,9 @@ def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torc
         n_random, batch_size, max_images_per_prototype, num_classes, forward_fn: as
             ``prototype_reliance``.
         scale, max_locations: as ``analysis.relied_clusters``.
+        windows: the block sizes of ``location_drops`` (default single locations and 2 x 2 blocks:
+            one location at a time misses a tag across a cell border that the model reads from
+            either half, ``tests/test_rare_artifacts.py``).
         **thresholds: the suspect rule's (``SUSPECT_RULE_DEFAULTS``); ``min_reliance_per_location``
             also picks the relied-on locations.
 
@@ -111,12 +144,13 @@ def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torc
     if unknown:
         raise ValueError(f"unknown suspect-rule threshold(s) {unknown}; the rule takes {sorted(SUSPECT_RULE_DEFAULTS)}")
     min_drop = float(thresholds.get("min_reliance_per_location", SUSPECT_RULE_DEFAULTS["min_reliance_per_location"]))
-    drops, feats = location_drops(model, layer, images, labels, fill=fill, seed=seed, batch_size=batch_size, forward_fn=forward_fn)
+    drops, feats = location_drops(model, layer, images, labels, fill=fill, seed=seed, batch_size=batch_size, windows=windows,
+                                  forward_fn=forward_fn)
     clusters = relied_clusters(feats.permute(0, 2, 3, 1).float().cpu().numpy(), drops, min_drop=min_drop,
                                max_locations=max_locations, scale=scale)
     assignment = np.zeros(drops.shape, dtype=np.int64)
     if clusters.count == 0:  # nothing to measure: say so rather than judge the pooled rest
-        note = (f"no probe location's own removal costs the true class {min_drop:g} beyond its image's average location: "
+        note = (f"no probe location or block of them costs the true class {min_drop:g} beyond its image's average one: "
                 "nothing to refine")
         return RefinedSuspects(clusters, assignment, None, SuspectReport((), "none", (), note), (), drops)
     for j in range(clusters.count - 1, -1, -1):  # where groups overlap, the one grown from more locations wins
