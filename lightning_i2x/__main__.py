@@ -12,6 +12,9 @@ import numpy as np
 from .errors import I2XRunError
 from .store import I2XRun
 
+HIDDEN_BY = {"latent": "latent swap at the target layer", "project": "its subspace projected out at the target layer"}
+"""How each latent intervention hid a prototype, for the summary (the pixel one names its fill)."""
+
 
 def reliance_summary(run: I2XRun, top: int = 8) -> str:
     """The stored reliance (``RelianceMeasure``): the most relied-on prototypes and the shortcut
@@ -25,7 +28,7 @@ def reliance_summary(run: I2XRun, top: int = 8) -> str:
     order = [int(k) for k in np.argsort(-np.nan_to_num(rel.reliance, nan=-np.inf), kind="stable") if np.isfinite(rel.reliance[k])]
     lines = ["## Reliance", "",
              "Drop of the true class's probability when a prototype is hidden, beyond hiding as much of the image at random "
-             f"({'latent swap at the target layer' if rel.intervention == 'latent' else rel.fill + ' fill'}, "
+             f"({HIDDEN_BY.get(rel.intervention, rel.fill + ' fill')}, "
              f"{rel.n_random} random draws).", "",
              "| prototype | reliance | drop | random drop | probe images | suspect |", "|---|---|---|---|---|---|"]
     for k in order[:top]:

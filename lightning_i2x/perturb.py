@@ -27,7 +27,8 @@ Fills (``FILLS``, in the order a stored reliance indexes them):
   in-distribution for that place. The content-removing fill the reliance measure defaults to.
 
 ``"mean"`` and ``"resample"`` need other images (``IMAGE_FILLS`` are the others): ``perturb`` takes
-them as ``reference``. ``LatentSwap`` does the same at a layer's output instead of the pixels.
+them as ``reference``. ``LatentSwap`` does the same at a layer's output instead of the pixels;
+``LatentProjection`` removes a subspace there instead (``project_component``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ __all__ = [
     "resample_donors",
     "fill_values",
     "LatentSwap",
+    "LatentProjection",
+    "project_component",
     "apply_mask",
     "target_probabilities",
 ]
@@ -115,7 +118,8 @@ def perturb(
     reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A copy of the (C, H, W) ``image`` whose pixels under the (H, W) ``mask`` are replaced, the
-    others left bitwise as they were.
+    others left bitwise as they were: ``fill_values`` and ``apply_mask`` on a batch of one, so the
+    mask repair's counterexamples and the batched measures (reliance) share one implementation.
 
     Args:
         image: the (C, H, W) image.
@@ -127,7 +131,7 @@ def perturb(
         value_range: bounds of ``"random"`` (default the image's own min and max).
         reference: a (C, H, W) image, needed by the ``REFERENCE_FILLS``: for ``"resample"`` the
             donor (another image, of another class: ``resample_donors``), for ``"mean"`` the mean
-            image.
+            image (of the batch or data set the image comes from).
 
     Raises ValueError for an unknown fill, a mask of another shape or a missing reference,
     TypeError for a non-tensor.
@@ -138,29 +142,20 @@ def perturb(
     m = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
     if m.shape != tuple(image.shape[1:]):
         raise ValueError(f"mask of shape {m.shape} for an image of shape {tuple(image.shape)}")
-    if fill in REFERENCE_FILLS and (reference is None or tuple(reference.shape) != tuple(image.shape)):
+    if fill in REFERENCE_FILLS and (not isinstance(reference, torch.Tensor) or tuple(reference.shape) != tuple(image.shape)):
         raise ValueError(f"fill {fill!r} takes its values from another image: pass reference= a tensor of shape {tuple(image.shape)} "
-                         f"(got {None if reference is None else tuple(reference.shape)}); the fills of one image alone are {IMAGE_FILLS}")
+                         f"(got {None if reference is None else tuple(getattr(reference, 'shape', ()))}); the fills of one image "
+                         f"alone are {IMAGE_FILLS}")
     if not m.any():
         return image.clone()
-    x = image.detach().cpu().numpy()
-    work = x.astype(np.float64)
-    if fill == "blur":
-        values = blur(torch.from_numpy(work)[None], float(sigma))[0].numpy()
-    elif fill == "noise":
-        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        values = work.mean(axis=(1, 2), keepdims=True) + work.std(axis=(1, 2), keepdims=True) * rng.standard_normal(work.shape)
-    elif fill == "random":
-        rng = np.random.default_rng(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
-        lo, hi = (work.min(), work.max()) if value_range is None else value_range
-        values = rng.uniform(float(lo), float(hi), size=work.shape)
-    elif fill in REFERENCE_FILLS:
-        values = reference.detach().cpu().numpy().astype(np.float64)
+    # the batch fills on a batch of one, in float64 on the CPU (the same numbers in a DataLoader worker)
+    x = image.detach().cpu()
+    if fill in REFERENCE_FILLS:  # the donor's pixels (what fill_values takes for "resample"), or the mean image
+        values = reference.detach().cpu().to(x.dtype)[None]
     else:
-        values = work.mean(axis=(1, 2), keepdims=True) * np.ones_like(work) if baseline is None else np.full_like(work, float(baseline))
-    out = x.copy()
-    out[:, m] = values[:, m].astype(x.dtype)
-    return torch.from_numpy(out).to(image.device)
+        gen = torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+        values = fill_values(x.double()[None], fill, sigma=sigma, baseline=baseline, value_range=value_range, generator=gen).to(x.dtype)
+    return apply_mask(x[None], torch.from_numpy(m)[None], values)[0].to(image.device)
 
 
 def gaussian_kernel(sigma: float, truncate: float = 3.0) -> np.ndarray:
@@ -343,7 +338,11 @@ class LatentSwap:
         m = self.mask.to(output.device)
         if m.shape != (output.shape[0], *output.shape[2:]):
             raise ValueError(f"latent mask of shape {tuple(m.shape)} for a layer output of shape {tuple(output.shape)}")
-        return torch.where(m[:, None], self.values.to(device=output.device, dtype=output.dtype), output)
+        return torch.where(m[:, None], self._replacement(output), output)
+
+    def _replacement(self, output: torch.Tensor) -> torch.Tensor:
+        """What the masked locations become: the given ``values``."""
+        return self.values.to(device=output.device, dtype=output.dtype)
 
     def __enter__(self) -> "LatentSwap":
         self._handle = self.layer.register_forward_hook(self._hook)
@@ -353,6 +352,51 @@ class LatentSwap:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def project_component(maps: torch.Tensor, basis: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """``maps`` (B, d, h, w) with every location's component in the subspace of ``basis`` set to
+    that of ``reference``: ``a - V V^T (a - z)``. ``basis``: (d, r) orthonormal columns, or
+    (B, d, r) one per image (zero columns are no direction); ``reference``: (d,), (B, d) or None
+    (0: the component is removed). The one formula of P-ClArC's ``project_out`` and of the
+    reliance measure's ``intervention="project"``.
+
+    Example::
+
+        >>> a = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+        >>> project_component(a, torch.tensor([[1.0], [0.0]]), torch.tensor([1.0, 1.0])).flatten().tolist()
+        [1.0, 4.0]
+    """
+    v = basis.to(device=maps.device, dtype=maps.dtype)
+    v = v.expand(maps.shape[0], *v.shape) if v.ndim == 2 else v
+    if v.ndim != 3 or v.shape[:2] != maps.shape[:2]:
+        raise ValueError(f"a basis of shape {tuple(basis.shape)} for maps of shape {tuple(maps.shape)}: it must be "
+                         f"({maps.shape[1]}, r) or ({maps.shape[0]}, {maps.shape[1]}, r)")
+    centred = maps
+    if reference is not None:
+        z = reference.to(device=maps.device, dtype=maps.dtype)
+        centred = maps - (z.view(1, -1, 1, 1) if z.ndim == 1 else z.view(z.shape[0], -1, 1, 1))
+    coeff = torch.einsum("bdhw,bdr->brhw", centred, v)
+    return maps - torch.einsum("brhw,bdr->bdhw", coeff, v)
+
+
+class LatentProjection(LatentSwap):
+    """The latent intervention that removes a direction instead of swapping the vector: at the
+    locations of ``mask`` the layer's output has its component in ``basis`` set to ``reference``'s
+    (``project_component``; a prototype's centred subspace and the other locations' mean,
+    ``analysis.suspect_basis``), the rest of the vector kept. Set ``mask`` (B, h, w), ``basis``
+    (d, r) or (B, d, r) and ``reference`` (d,) or (B, d) before each forward; ``mask`` None records
+    the output in ``captured`` as ``LatentSwap`` does."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__(layer)
+        self.basis: torch.Tensor | None = None
+        self.reference: torch.Tensor | None = None
+
+    def _replacement(self, output: torch.Tensor) -> torch.Tensor:
+        if self.basis is None:
+            raise ValueError("LatentProjection needs basis= (the directions to project out) before a masked forward")
+        return project_component(output, self.basis, self.reference)
 
 
 def target_probabilities(

@@ -1,10 +1,12 @@
 """The analysis core (Steps 3-6 of I2X), pure NumPy: prototype intensities, the ridge of
 confidence moves on intensity moves, learning groups, the structured explanation, the suspect rule
-on arrays, and choosing what is worth showing. Imports no torch, lightning, FAISS or matplotlib
-(an import contract keeps it so)."""
+on arrays, the prototypes' centred latent subspace, and choosing what is worth showing. Imports no
+torch, lightning, FAISS or matplotlib (an import contract keeps it so)."""
 
+from ._basis import LatentBasis, suspect_basis
 from ._choose import Pair, pair_prototypes, resolve_pairs, select_classes, select_pairs, select_prototypes
 from ._explanation import Explanation, LearningStep, UncertainPrototype, explain
+from ._refine import ReliedClusters, relied_clusters
 from ._reliance import INTERVENTIONS, RELIANCE_ATTACHMENT, Reliance
 from ._steps import (
     MAX_CLUSTER_SAMPLES,
@@ -48,5 +50,6 @@ __all__ = [
     "Explanation", "UncertainPrototype", "LearningStep", "explain",
     "Reliance", "RELIANCE_ATTACHMENT", "INTERVENTIONS", "prototype_geometry", "suspect_prototypes", "SUSPECT_RULE_OPTIONS",
     "SUSPECT_RULE_DEFAULTS", "suspect_report", "SuspectReport", "SuspectCandidate", "Criterion", "Suspects", "intensity_rise",
+    "LatentBasis", "suspect_basis", "ReliedClusters", "relied_clusters",
     "Pair", "resolve_pairs", "pair_prototypes", "select_pairs", "select_classes", "select_prototypes",
 ]

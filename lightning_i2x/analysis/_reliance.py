@@ -11,9 +11,10 @@ from ..options import FILLS
 
 __all__ = ["Reliance", "RELIANCE_ATTACHMENT", "INTERVENTIONS"]
 
-INTERVENTIONS: tuple[str, ...] = ("pixels", "latent")
-"""Where reliance hides a prototype: in the image's pixels (with a fill) or at the target layer's
-output (its feature vectors swapped for another image's); stored as an index, new ones appended."""
+INTERVENTIONS: tuple[str, ...] = ("pixels", "latent", "project")
+"""How reliance hides a prototype: in the image's pixels (with a fill), at the target layer's
+output with its feature vectors swapped for another image's (``"latent"``), or there with the
+prototype's centred subspace projected out (``"project"``); stored as an index, new ones appended."""
 
 RELIANCE_ATTACHMENT = "reliance"
 """The name the reliance is stored under in a run (``run.attachment("reliance")``)."""
@@ -30,8 +31,10 @@ class Reliance:
     class_drop, class_random_drop, class_count: the same per (prototype, true class), (K, M).
     area: mean number of k's locations per image that holds it.
     fill, n_random, seed: how it was measured.
-    intervention: ``"pixels"`` (the fill replaced k's pixels) or ``"latent"`` (k's feature vectors
-        at the target layer were replaced by another image's; ``fill`` is then ``"resample"``).
+    intervention: ``"pixels"`` (the fill replaced k's pixels), ``"latent"`` (k's feature vectors
+        at the target layer were replaced by another image's; ``fill`` is then ``"resample"``) or
+        ``"project"`` (their component in k's centred subspace was set to the other locations'
+        mean; ``fill`` is then ``"mean"``).
     """
 
     drop: np.ndarray

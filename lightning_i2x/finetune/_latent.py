@@ -1,12 +1,11 @@
 """Repair in the latent space, without human masks: the suspects' directions at the target layer.
 
-- ``suspect_basis``: for each targeted prototype, the directions from the other locations' mean
-  feature to that prototype's locations (its centroid minus the rest's mean first, then the next
-  singular directions of those differences: a swatch drawn in ten shades spans several); all of
-  them orthonormalised into one (d, r) basis. Computed on features *recomputed at the target
-  layer* of the model being repaired (``layer_features``) on training images, each location
-  assigned to its prototype with the run's PCA projection and FAISS index: the basis lives in the
-  full feature space the activations live in, not in the run's PCA space.
+- ``analysis.suspect_basis`` (pure NumPy, shared with the reliance measure's projection): for each
+  targeted prototype, its centred directions, orthonormalised into one (d, r) basis. Computed
+  here on features *recomputed at the target layer* of the model being repaired
+  (``layer_features``) on training images, each location assigned to its prototype with the run's
+  PCA projection and FAISS index: the basis lives in the full feature space the activations live
+  in, not in the run's PCA space.
 - ``project_out``: P-ClArC, the zero-training baseline: a removable forward hook at the layer that
   sets every location's component in the basis to that of the reference point (the rest's mean),
   so the model no longer sees the suspects' directions at inference.
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -29,101 +27,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._model import ForwardFn, default_forward, evaluation_mode, preserved_rng, split_batch
+from ..analysis import LatentBasis, suspect_basis
+from ..perturb import project_component
 from ..prototypes import Prototypes
 from ._trainer import balanced_loss
 
 __all__ = ["LatentBasis", "suspect_basis", "layer_features", "project_out", "Projection", "latent_penalty", "LatentModule",
            "parameters_after"]
-
-
-@dataclass
-class LatentBasis:
-    """The suspects' centred subspace at the target layer.
-
-    basis: (d, r) orthonormal columns; reference: (d,) the mean feature of the locations not
-    assigned to a targeted prototype (where ``project_out`` puts the removed component);
-    prototypes: the targeted ids; directions: {prototype: directions it contributed};
-    locations: {prototype: locations of the sample assigned to it}; num_locations: all locations
-    sampled."""
-
-    basis: np.ndarray
-    reference: np.ndarray
-    prototypes: tuple[int, ...]
-    directions: dict[int, int] = field(default_factory=dict)
-    locations: dict[int, int] = field(default_factory=dict)
-    num_locations: int = 0
-
-    @property
-    def rank(self) -> int:
-        return int(self.basis.shape[1])
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"basis": self.basis.astype(np.float32), "reference": self.reference.astype(np.float32),
-                "prototypes": np.asarray(self.prototypes, dtype=np.int64)}
-
-
-def suspect_basis(features: np.ndarray, assignment: np.ndarray, prototypes: Sequence[int], *, directions: int = 3,
-                  min_share: float = 0.05, tol: float = 1e-6) -> LatentBasis:
-    """The orthonormal basis of the targeted prototypes' directions in feature space.
-
-    Args:
-        features: (L, d) feature vectors of sampled locations at the target layer.
-        assignment: (L,) the prototype of each location.
-        prototypes: the targeted prototype ids.
-        directions: at most this many directions per prototype: the top right singular vectors of
-            (its locations' features minus the other locations' mean), whose first is about the
-            centroid minus the rest's mean.
-        min_share: a further direction is kept only when its singular value squared is at least
-            this share of the prototype's total (the first is always kept).
-        tol: directions left with less than this norm after orthogonalisation are dropped.
-
-    Returns:
-        A ``LatentBasis`` (rank 0 when no location is assigned to a targeted prototype, or every
-        location is).
-    """
-    x = np.asarray(features, dtype=np.float64)
-    a = np.asarray(assignment).reshape(-1)
-    if x.ndim != 2 or x.shape[0] != a.shape[0]:
-        raise ValueError(f"features must be (L, d) with one assignment per row, got {x.shape} and {a.shape}")
-    if directions < 1:
-        raise ValueError(f"directions must be >= 1, got {directions}")
-    protos = tuple(int(k) for k in prototypes)
-    d = x.shape[1]
-    target = np.isin(a, np.asarray(protos, dtype=a.dtype)) if protos else np.zeros(a.shape, bool)
-    rest = ~target
-    reference = x[rest].mean(axis=0) if rest.any() else np.zeros(d)
-    cols, counts, dirs = [], {}, {}
-    for k in protos:
-        own = a == k
-        counts[k] = int(own.sum())
-        dirs[k] = 0
-        if not own.any() or not rest.any():
-            continue
-        diff = x[own] - reference
-        _, s, vt = np.linalg.svd(diff, full_matrices=False)
-        total = float((s**2).sum())
-        if total <= 0:
-            continue
-        # orient each singular vector along the prototype's mean difference (a sign convention only)
-        mean_diff = diff.mean(axis=0)
-        for j in range(min(directions, vt.shape[0])):
-            if j > 0 and s[j] ** 2 < min_share * total:
-                break
-            v = vt[j] * (1.0 if float(vt[j] @ mean_diff) >= 0 else -1.0)
-            cols.append(v)
-            dirs[k] += 1
-    basis = np.zeros((d, 0))
-    if cols:
-        kept = []
-        for v in cols:  # Gram-Schmidt in the order given: each prototype's main direction first
-            w = v - sum((q @ v) * q for q in kept) if kept else v.copy()
-            norm = float(np.linalg.norm(w))
-            if norm > tol:
-                kept.append(w / norm)
-        if kept:
-            basis = np.stack(kept, axis=1)
-    return LatentBasis(basis=basis.astype(np.float32), reference=reference.astype(np.float32), prototypes=protos,
-                       directions=dirs, locations=counts, num_locations=int(a.size))
 
 
 def _capture(layer: torch.nn.Module, differentiable: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
@@ -210,9 +120,7 @@ class Projection:
         v = self.basis.to(device=a.device, dtype=a.dtype)
         if v.shape[0] != a.shape[1]:
             raise ValueError(f"the basis has {v.shape[0]} rows, the layer's maps {a.shape[1]} channels")
-        centred = a if self.reference is None else a - self.reference.to(device=a.device, dtype=a.dtype).view(1, -1, 1, 1)
-        coeff = torch.einsum("bdhw,dr->brhw", centred, v)
-        return a - torch.einsum("brhw,dr->bdhw", coeff, v)
+        return project_component(a, v, self.reference)
 
     @property
     def active(self) -> bool:

@@ -7,7 +7,17 @@ also works on its own, on a model and a run."""
 from ._channels import INFODISENT_ATTACHMENT, InfoDisentMeasure
 from ._faithfulness import FaithfulnessMeasure, FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline, random_maps
 from ._protocol import Measure, check_measures
-from ._reliance import DEFAULT_FILL, DEFAULT_INTERVENTION, RelianceMeasure, latent_reliance, prototype_reliance, random_locations, reliance_of_run
+from ._refine import RefinedSuspects, location_drops, refine_suspects, refine_suspects_of_run
+from ._reliance import (
+    DEFAULT_FILL,
+    DEFAULT_INTERVENTION,
+    RelianceMeasure,
+    latent_reliance,
+    prototype_reliance,
+    prototype_subspaces,
+    random_locations,
+    reliance_of_run,
+)
 from ._sag import (
     DEFAULT_BLUR,
     DEFAULT_SIZE_SLACK,
@@ -33,7 +43,8 @@ __all__ = [
     "Measure", "check_measures",
     "InfoDisentMeasure", "INFODISENT_ATTACHMENT",
     "FaithfulnessMeasure", "FaithfulnessResult", "deletion_insertion", "pixel_ranks", "random_baseline", "random_maps",
-    "RelianceMeasure", "prototype_reliance", "latent_reliance", "random_locations", "reliance_of_run", "DEFAULT_FILL",
+    "RefinedSuspects", "location_drops", "refine_suspects", "refine_suspects_of_run",
+    "RelianceMeasure", "prototype_reliance", "latent_reliance", "prototype_subspaces", "random_locations", "reliance_of_run", "DEFAULT_FILL",
     "DEFAULT_INTERVENTION",
     "SAG", "SAGNode", "SAGEdge", "MSEResult", "SAGMeasure", "StoredSAG", "stored_sags", "sag", "minimal_sufficient_explanations",
     "diverse_mses", "mse_stats", "grid_regions", "default_grid_size", "sag_blur_sigma", "DEFAULT_BLUR", "DEFAULT_SIZE_SLACK",

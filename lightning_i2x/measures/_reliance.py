@@ -22,7 +22,15 @@ How k is hidden (``intervention``, ``fill``):
   (``perturb.LatentSwap``), by the same image's donor's feature vectors at the same positions:
   what the layer's later part reads there no longer comes from this image. It tests the
   prototypes where they live, with no pixel fill to get wrong, and agrees with the resampling
-  fill on the planted swatch; the random locations are swapped the same way.
+  fill on the planted swatch; the random locations are swapped the same way;
+- ``intervention="project"``: at the same layer, k's feature vectors keep everything but their
+  component in k's centred subspace (``analysis.suspect_basis`` on the probe's own features there:
+  k's centroid minus the mean of the other locations, then up to ``directions`` singular
+  directions of k's locations' centred vectors, so a shortcut drawn in several shades is covered),
+  which is set to the other locations' mean (``perturb.LatentProjection``, a forward hook). It
+  removes what makes k's locations k's and nothing else (no other image's content comes in); the
+  random locations get the same projection. On the planted swatch model it gives the swatch a
+  large reliance where the blur gives 0 (``tests/test_latent_projection.py``).
 
 Region: all of k's locations in the image, salient or not (GradCAM's salient region is what is
 being checked, so it is not used to choose what is hidden).
@@ -46,11 +54,11 @@ import torch
 
 from .._core import check_choice, check_int
 from .._model import ForwardFn, model_device
-from ..analysis import INTERVENTIONS, RELIANCE_ATTACHMENT, Reliance
+from ..analysis import INTERVENTIONS, RELIANCE_ATTACHMENT, Reliance, suspect_basis
 from ..errors import I2XRunError
-from ..perturb import FILLS, LatentSwap, apply_mask, default_sigma, fill_values, resample_donors, target_probabilities
+from ..perturb import FILLS, LatentProjection, LatentSwap, apply_mask, default_sigma, fill_values, resample_donors, target_probabilities
 
-__all__ = ["prototype_reliance", "latent_reliance", "random_locations", "RelianceMeasure", "reliance_of_run",
+__all__ = ["prototype_reliance", "latent_reliance", "prototype_subspaces", "random_locations", "RelianceMeasure", "reliance_of_run",
            "DEFAULT_FILL", "DEFAULT_INTERVENTION"]
 
 DEFAULT_FILL = "resample"
@@ -114,6 +122,7 @@ def prototype_reliance(
     num_classes: int | None = None,
     sigma: float | None = None,
     forward_fn: ForwardFn | None = None,
+    directions: int = 3,
 ) -> Reliance:
     """Reliance of ``model`` on each of ``num_prototypes`` prototypes over the probe ``images``.
 
@@ -131,8 +140,9 @@ def prototype_reliance(
             of another image of another class, ``perturb.resample_donors(labels, seed)``); noise
             and random values are drawn once per image from a generator seeded by ``seed`` and
             shared by k's fill and the random fills. Ignored by the latent intervention.
-        intervention: ``"pixels"`` or ``"latent"`` (module docstring; ``latent_reliance``).
-        layer: the target layer module, for ``intervention="latent"``.
+        intervention: ``"pixels"``, ``"latent"`` or ``"project"`` (module docstring;
+            ``latent_reliance``).
+        layer: the target layer module, for ``intervention="latent"`` and ``"project"``.
         n_random: random location sets per (image, prototype).
         seed: seeds the random locations, the subsets, the donors and the noise.
         batch_size: images per forward.
@@ -140,6 +150,7 @@ def prototype_reliance(
         num_classes: M (default ``max(labels) + 1``).
         sigma: the blur's sigma (default ``perturb.default_sigma``).
         forward_fn: how to call the model (default ``model(x)``).
+        directions: ``intervention="project"``'s directions per prototype (``suspect_basis``).
 
     Raises TypeError / ValueError on bad input, ValueError when the latent intervention has no
     layer or the layer's output does not match the assignment's (h, w).
@@ -147,11 +158,12 @@ def prototype_reliance(
     y, a, m = _check(images, labels, assignment, num_prototypes, fill, n_random, batch_size, max_images_per_prototype, num_classes)
     if intervention not in INTERVENTIONS:
         raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
-    if intervention == "latent":
+    if intervention in ("latent", "project"):
         if layer is None:
-            raise ValueError('intervention="latent" needs layer= the target layer module (its output (B, C, h, w) at the '
-                             "assignment's resolution)")
-        fill = "resample"
+            raise ValueError(f'intervention="{intervention}" needs layer= the target layer module (its output (B, C, h, w) at '
+                             "the assignment's resolution)")
+        fill = "resample" if intervention == "latent" else "mean"
+    check_int("prototype_reliance", "directions", directions)
     b, _, big_h, big_w = images.shape
     h, w = a.shape[1:]
     k_count = int(num_prototypes)
@@ -182,19 +194,26 @@ def prototype_reliance(
     y_dev = y.to(device)
     donors = resample_donors(y, seed)
     probs = np.empty(len(job_image), dtype=np.float64)
-    if intervention == "latent":
-        with LatentSwap(layer) as swap:
+    if intervention in ("latent", "project"):
+        with (LatentSwap(layer) if intervention == "latent" else LatentProjection(layer)) as swap:
             base = target_probabilities(model, images, y_dev, batch_size=batch_size, forward_fn=forward_fn).double().cpu().numpy()
             feats = torch.cat(swap.captured) if swap.captured else None
             swap.captured = []
             if feats is None or tuple(feats.shape[2:]) != (h, w) or feats.shape[0] != b:
                 raise ValueError(f"the layer's output has shape {None if feats is None else tuple(feats.shape)}; the latent "
                                  f"intervention needs ({b}, C, {h}, {w}), the assignment's locations")
-            donor_feats = feats[torch.as_tensor(donors, device=feats.device)]
+            if intervention == "latent":
+                donor_feats = feats[torch.as_tensor(donors, device=feats.device)]
+            else:
+                bases, refs = prototype_subspaces(feats, a, k_count, directions)
+                job_proto = torch.as_tensor(np.repeat(pk, rows), device=feats.device)
             for s in range(0, len(job_image), batch_size):
                 idx = torch.as_tensor(job_image[s : s + batch_size], device=device)
                 swap.mask = torch.as_tensor(loc_masks[s : s + batch_size], device=feats.device).view(-1, h, w)
-                swap.values = donor_feats[idx.to(feats.device)]
+                if intervention == "latent":
+                    swap.values = donor_feats[idx.to(feats.device)]
+                else:
+                    swap.basis, swap.reference = bases[job_proto[s : s + batch_size]], refs[job_proto[s : s + batch_size]]
                 probs[s : s + batch_size] = target_probabilities(model, images[idx], y_dev[idx], batch_size=batch_size,
                                                                  forward_fn=forward_fn).double().cpu().numpy()
     else:
@@ -237,6 +256,24 @@ def prototype_reliance(
     )
 
 
+def prototype_subspaces(features: torch.Tensor, assignment: np.ndarray, num_prototypes: int,
+                        directions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, d, r) each prototype's centred subspace (``suspect_basis`` of the (B, d, h, w)
+    ``features`` with their (B, h, w) ``assignment``; zero columns pad a smaller rank) and (K, d)
+    the mean feature of its other locations, on the features' device."""
+    d = features.shape[1]
+    flat = features.permute(0, 2, 3, 1).reshape(-1, d).double().cpu().numpy()
+    ids = np.asarray(assignment).reshape(-1)
+    found = [suspect_basis(flat, ids, [k], directions=directions) for k in range(int(num_prototypes))]
+    r = max([1, *(f.rank for f in found)])
+    bases = np.zeros((len(found), d, r), dtype=np.float32)
+    for k, f in enumerate(found):
+        bases[k, :, : f.rank] = f.basis
+    refs = np.stack([f.reference for f in found]).astype(np.float32)
+    return (torch.as_tensor(bases, device=features.device, dtype=features.dtype),
+            torch.as_tensor(refs, device=features.device, dtype=features.dtype))
+
+
 def latent_reliance(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, labels, assignment: np.ndarray,
                     num_prototypes: int, **kwargs) -> Reliance:
     """``prototype_reliance(..., intervention="latent", layer=layer)``: k's feature vectors at
@@ -246,8 +283,10 @@ def latent_reliance(model: torch.nn.Module, layer: torch.nn.Module, images: torc
 
 
 # -- on a run: a measure the callback runs, and the same thing by hand ----------------------------------
-def _check_options(owner: str, fill, n_random, seed, max_images_per_prototype, batch_size, intervention="pixels") -> None:
+def _check_options(owner: str, fill, n_random, seed, max_images_per_prototype, batch_size, intervention="pixels",
+                   directions=3) -> None:
     check_choice(owner, "fill", fill, FILLS)
+    check_int(owner, "directions", directions)
     check_choice(owner, "intervention", intervention, INTERVENTIONS)
     check_int(owner, "n_random", n_random)
     check_int(owner, "seed", seed, low=0)
@@ -262,7 +301,7 @@ def _run_layer(run, model: torch.nn.Module, layer) -> torch.nn.Module:
         return layer
     name = layer if layer is not None else (run.config.target_layer if getattr(run, "config", None) is not None else None)
     if not isinstance(name, str):
-        raise ValueError('intervention="latent" needs layer= (a module or its name): the run records no target layer')
+        raise ValueError('the latent interventions need layer= (a module or its name): the run records no target layer')
     try:
         return model.get_submodule(name)
     except AttributeError:
@@ -282,6 +321,7 @@ def reliance_of_run(
     batch_size: int = 256,
     forward_fn: ForwardFn | None = None,
     store: bool = True,
+    directions: int = 3,
 ) -> Reliance:
     """Measure ``model``'s reliance on each of the run's prototypes over the run's own probe images
     (``prototype_reliance`` with ``run.assignment()``) and, with ``store``, keep it in the run as
@@ -290,8 +330,9 @@ def reliance_of_run(
 
     ``model`` should be the model the run's prototypes come from (the latest record: at the end of
     fit, the trained model). ``fill`` and ``intervention`` as ``prototype_reliance`` (default the
-    resampling fill in the pixels); ``layer``: the latent intervention's module or its name
-    (default the run's recorded target layer). Cost: ``N + P (1 + n_random)`` forwards without
+    resampling fill in the pixels); ``layer``: the latent interventions' module or its name
+    (default the run's recorded target layer); ``directions``: ``"project"``'s, as
+    ``prototype_reliance``. Cost: ``N + P (1 + n_random)`` forwards without
     autograd, with ``P`` the measured (image, prototype) pairs, at most
     ``K * max_images_per_prototype``: with the defaults (K = 32, 64 images each, 4 random draws)
     at most ``N + 10240`` forwards, about ``1/3 + 3400 / N`` probe passes (a probe pass is a
@@ -301,19 +342,19 @@ def reliance_of_run(
     Raises I2XRunError when the run has no prototypes or holds no probe images (recorded with
     ``ProbePassOptions(store_images=False)`` or a probe over 64 MiB), ValueError on a bad option.
     """
-    _check_options("reliance_of_run", fill, n_random, seed, max_images_per_prototype, batch_size, intervention)
+    _check_options("reliance_of_run", fill, n_random, seed, max_images_per_prototype, batch_size, intervention, directions)
     if run.prototypes is None:
         raise I2XRunError(f"{run.path} has no prototypes yet (no checkpoint recorded): nothing to measure")
     if run.images is None:
         raise I2XRunError(f"{run.path} holds no probe images (recorded with store_images=False or a probe over 64 MiB): "
                           "reliance hides parts of those images; record the run with ProbePassOptions(store_images=True)")
-    module = _run_layer(run, model, layer) if intervention == "latent" else None
+    module = _run_layer(run, model, layer) if intervention in ("latent", "project") else None
     device = model_device(model)
     images = torch.as_tensor(np.asarray(run.images), dtype=torch.float32, device=device)
     rel = prototype_reliance(
         model, images, torch.as_tensor(run.labels), run.assignment(), run.num_prototypes, fill=fill, n_random=n_random,
         seed=seed, batch_size=batch_size, max_images_per_prototype=max_images_per_prototype, num_classes=run.num_classes,
-        forward_fn=forward_fn, intervention=intervention, layer=module,
+        forward_fn=forward_fn, intervention=intervention, layer=module, directions=directions,
     )
     if store:
         run.save_attachment(RELIANCE_ATTACHMENT, arrays={**rel.to_arrays(), "reference": np.asarray(-1 if run.reference is None else run.reference)})
@@ -329,7 +370,8 @@ class RelianceMeasure:
     when: ``"end"`` (default: once, at the end of fit, on the final model and prototypes) or
         ``"record"`` (after every record: the reliance history, at that cost each time).
     fill: as ``reliance_of_run`` (default ``"resample"``, content-removing).
-    intervention: ``"pixels"`` (default) or ``"latent"`` (at the run's target layer).
+    intervention: ``"pixels"`` (default), ``"latent"`` or ``"project"`` (at the run's target layer).
+    directions: ``"project"``'s directions per prototype, as ``prototype_reliance``.
     n_random: as ``reliance_of_run``.
     seed: as ``reliance_of_run``.
     max_images_per_prototype: as ``reliance_of_run``.
@@ -348,6 +390,7 @@ class RelianceMeasure:
     max_images_per_prototype: int | None = 64
     batch_size: int = 256
     intervention: str = DEFAULT_INTERVENTION
+    directions: int = 3
 
     def __post_init__(self):
         if self.when not in ("record", "end"):
@@ -355,12 +398,12 @@ class RelianceMeasure:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"RelianceMeasure.name must be a non-empty string, got {self.name!r}")
         _check_options("RelianceMeasure", self.fill, self.n_random, self.seed, self.max_images_per_prototype, self.batch_size,
-                       self.intervention)
+                       self.intervention, self.directions)
 
     def __call__(self, model, run, evidence=None, explanation=None, *, forward_fn: ForwardFn | None = None) -> None:
         rel = reliance_of_run(run, model, fill=self.fill, n_random=self.n_random, seed=self.seed,
                               max_images_per_prototype=self.max_images_per_prototype, batch_size=self.batch_size,
-                              forward_fn=forward_fn, intervention=self.intervention)
+                              forward_fn=forward_fn, intervention=self.intervention, directions=self.directions)
         finite = rel.reliance[np.isfinite(rel.reliance)]
         if finite.size:
             run.record_metrics({"reliance_max": float(finite.max())})

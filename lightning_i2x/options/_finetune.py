@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from .._core import fail, is_int
-from ._base import IMAGE_FILLS, FinetuneMode, MaskFill, MaskRegion, Phase, _bool, _choice, _int, _number, _Options, _set
+from ._base import FILLS, FinetuneMode, MaskFill, MaskRegion, Phase, _bool, _choice, _int, _number, _Options, _set
 from ._groups import ExplainOptions
 
 
@@ -57,10 +57,12 @@ class FinetuneOptions(_Options):
         epoch); None: all of them.
     seed: seeds the subset, the shuffling, dropout and the mask noise (the global RNG states are
         restored afterwards).
-    mask_fill: ``"blur"``, ``"noise"``, ``"baseline"`` (``mask_baseline``, default the image's
-        per-channel mean) or ``"random"`` (``lightning_i2x.perturb``; ``IMAGE_FILLS``: the mask
-        mode perturbs each sample alone, so the fills that need other images, ``"mean"`` and
-        ``"resample"``, are refused).
+    mask_fill: one of ``FILLS`` (``lightning_i2x.perturb``, the fills the reliance measure
+        uses): ``"blur"``, ``"noise"``, ``"baseline"`` (``mask_baseline``, default the image's
+        per-channel mean), ``"random"``, or the content-removing ``"resample"`` (the region's
+        pixels from another searched sample of another class, a seeded choice) and ``"mean"``
+        (the searched samples' mean image). A blur keeps a uniform region's shade (a decoy
+        swatch): its counterexamples still show the shortcut.
     mask_region: ``"salient"``: the salient locations assigned to the targeted prototypes;
         ``"all"``: every location assigned to them.
     top_pairs, prototypes_per_pair: how many pairs ``pairs=None`` takes, and only the n
@@ -124,7 +126,7 @@ class FinetuneOptions(_Options):
         _number(self, "lr", strict=True, optional=True)
         _int(self, "max_samples", optional=True)
         _int(self, "seed", low=0)
-        _choice(self, "mask_fill", IMAGE_FILLS)
+        _choice(self, "mask_fill", FILLS)
         _choice(self, "mask_region", get_args(MaskRegion))
         _number(self, "mask_baseline", low=-math.inf, optional=True)
         _int(self, "top_pairs")
