@@ -7,7 +7,7 @@ loss term does.
 Protocol (seeds 0 throughout):
   models   examples' SmallCNN trained 1 epoch as examples/mnist_demo.py trains it (Adam under the
            one-cycle schedule, peak 1e-2, batch 64) on a seeded subset of --train images (default
-           20000: a third of the demo's 60000-image epoch, to keep the run within about 8 minutes on
+           20000: a third of the demo's 60000-image epoch, to keep the run within about 15 minutes on
            2 cores; --train 60000 for the demo's): MNIST, Fashion-MNIST, the CIFAR-10 subset
            (3 channels, 32 px, at most its 5000 train images)
   probe    a class-balanced seeded sample of --probe test images (default 1000); per class, the
@@ -16,8 +16,8 @@ Protocol (seeds 0 throughout):
   SRAE     lightning_i2x.xfeatures defaults: 800-100-n_x encoder, loss weights (1, 100, 0.5), q = 100,
            Adam 1e-3, weight decay 1e-4, batch 50, 3 pre-training epochs per layer, 30 fine-tuning
            epochs with the learning rate x0.1 after 20 (the authors' schedule steps every 40 of a
-           longer run), the head refitted by least squares; n_x = 1, 2, ... 5 until the BIC-like
-           score n log(MSE/Var) + n_x log(n) on the validation part stops falling
+           longer run), the head refitted by least squares; n_x = 1, 2, ... 5 all fitted, the lowest
+           BIC-like score n log(MSE/Var) + n_x log(n) on the validation part kept
   cost     fitting time (all classes, every n_x tried, GradCAM of the top images included) in
            probe passes: over one lightning_i2x.probe_pass of the same probe
   ablation MNIST, classes 0-2, n_x = 3 fixed: the full loss, without L_rec (alpha_rec 0), without

@@ -3,6 +3,7 @@ TensorBoard, reported, and read by run.explain(concepts="xfeatures"); old runs s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,7 +18,7 @@ from werkzeug.test import Client
 from lightning_i2x import I2XCallback, I2XRun, I2XRunError, ViewOptions, XFeatureMeasure
 from lightning_i2x.dashboard import DashboardApp, find_runs
 from lightning_i2x.viz import build_report
-from lightning_i2x.xfeatures import SRAEOptions, XFeatureExplainer, concept_contributions, stored_xfeatures
+from lightning_i2x.xfeatures import SRAEOptions, XFeatureExplainer, XFeaturePanel, concept_contributions, stored_xfeatures
 
 from .conftest import TinyCNN, global_rng_untouched, trainer_kwargs
 
@@ -38,6 +39,10 @@ def test_xfeature_measure_in_a_fit_stores_logs_reports_and_explains(tmp_path, di
     assert {"xfeatures", "xfeature-contributions"} <= set(run.attachments)
     panels = stored_xfeatures(run)
     assert [p.class_index for p in panels] == [0, 1] and all(p.n_x == 2 for p in panels)
+    for p in panels:  # the stored panel and the fitted one share one frozen base and one dtype
+        assert isinstance(p, XFeaturePanel) and p.explained.dtype == np.float64
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            p.r2 = 0.0
     model.eval()
     with torch.no_grad():
         logits = model(probe.tensors[0]).numpy()

@@ -10,11 +10,12 @@ from ._concepts import CONTRIBUTIONS_ATTACHMENT, PANEL_ATTACHMENT, StoredXFeatur
 from ._explainer import ClassXFeatures, XFeatureExplainer
 from ._features import pool_map, pooled_features
 from ._fit import FittedSRAE, fit_srae
+from ._panel import XFeaturePanel
 from ._saliency import xfeature_gradcam
 from ._srae import SRAE, SRAEOptions, bic_score, log_reconstruction_loss, pull_away_loss, train_srae
 
 __all__ = [
-    "XFeatureExplainer", "ClassXFeatures", "SRAEOptions", "SRAE", "FittedSRAE", "fit_srae", "train_srae",
+    "XFeatureExplainer", "ClassXFeatures", "XFeaturePanel", "SRAEOptions", "SRAE", "FittedSRAE", "fit_srae", "train_srae",
     "log_reconstruction_loss", "pull_away_loss", "bic_score", "pooled_features", "pool_map", "xfeature_gradcam",
     "concept_contributions", "store_xfeatures", "stored_xfeatures", "StoredXFeatures", "CONTRIBUTIONS_ATTACHMENT", "PANEL_ATTACHMENT",
 ]

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import I2XRunError
 from ..store import XFEATURE_CONTRIBUTIONS, I2XRun
 from ._explainer import XFeatureExplainer
+from ._panel import XFeaturePanel
 
 __all__ = ["CONTRIBUTIONS_ATTACHMENT", "PANEL_ATTACHMENT", "concept_contributions", "store_xfeatures", "StoredXFeatures", "stored_xfeatures"]
 
@@ -57,27 +58,11 @@ def store_xfeatures(run: I2XRun, explainer: XFeatureExplainer) -> bool:
 
 
 @dataclass(frozen=True)
-class StoredXFeatures:
-    """One class's x-feature panel as a run stored it (``XFeatureMeasure`` / ``store_xfeatures``):
-    ``contributions`` (N, n_x) and ``bias`` sum to the explained score, ``score`` (N,) is the
-    network's; ``top_images`` (n_x, k) probe indices with ``saliency`` (n_x, k, h, w) maps."""
+class StoredXFeatures(XFeaturePanel):
+    """One class's panel as a run stored it (``XFeatureMeasure`` / ``store_xfeatures``):
+    ``XFeaturePanel``'s fields and the ``checkpoint`` the panel is tied to."""
 
-    class_index: int
-    r2: float
-    contributions: np.ndarray
-    bias: float
-    score: np.ndarray
-    top_images: np.ndarray
-    saliency: np.ndarray
     checkpoint: int
-
-    @property
-    def n_x(self) -> int:
-        return int(self.contributions.shape[1])
-
-    @property
-    def explained(self) -> np.ndarray:
-        return self.contributions.astype(np.float64).sum(axis=1) + self.bias
 
 
 def stored_xfeatures(run: I2XRun) -> list[StoredXFeatures]:
@@ -90,8 +75,9 @@ def stored_xfeatures(run: I2XRun) -> list[StoredXFeatures]:
         out = []
         for c in np.asarray(arrays["classes"]).tolist():
             a = {k: arrays[f"c{c}_{k}"] for k in ("r2", "contributions", "bias", "score", "top_images", "saliency")}
-            out.append(StoredXFeatures(int(c), float(a["r2"]), a["contributions"], float(a["bias"]), a["score"],
-                                       a["top_images"].astype(np.int64), a["saliency"].astype(np.float32), checkpoint))
+            out.append(StoredXFeatures(class_index=int(c), r2=float(a["r2"]), contributions=a["contributions"], bias=float(a["bias"]),
+                                       score=a["score"], top_images=a["top_images"].astype(np.int64),
+                                       saliency=a["saliency"].astype(np.float32), checkpoint=checkpoint))
         return out
     except (KeyError, TypeError, ValueError) as e:
         raise I2XRunError(f"{run.path}: the {PANEL_ATTACHMENT!r} attachment does not hold x-feature panels ({type(e).__name__}: {e})") from None

@@ -19,36 +19,20 @@ from .._model import ForwardFn, default_forward
 from ..saliency import TargetLayer, resolve_target_layer
 from ._features import pooled_features
 from ._fit import FittedSRAE, fit_srae
+from ._panel import XFeaturePanel
 from ._saliency import xfeature_gradcam
 from ._srae import SRAEOptions
 
 __all__ = ["ClassXFeatures", "XFeatureExplainer"]
 
 
-@dataclass
-class ClassXFeatures:
-    """One class's x-features on the probe set: ``contributions`` (N, n_x) in the score's units sum
-    with ``bias`` to ``explained`` (N,), the SRAE's reconstruction of ``score`` (N,), the network's
-    score; ``top_images`` (n_x, k) probe indices where each x-feature is largest, ``saliency``
-    (n_x, k, h, w) their GradCAM maps; ``r2`` on the held-out part."""
+@dataclass(frozen=True)
+class ClassXFeatures(XFeaturePanel):
+    """One class's panel as fitted (``XFeaturePanel``'s fields), with the class's name and the
+    fitted ``srae`` that maps pooled features to contributions."""
 
-    class_index: int
     class_name: str
-    r2: float
-    contributions: np.ndarray
-    bias: float
-    score: np.ndarray
-    top_images: np.ndarray
-    saliency: np.ndarray
     srae: FittedSRAE
-
-    @property
-    def n_x(self) -> int:
-        return int(self.contributions.shape[1])
-
-    @property
-    def explained(self) -> np.ndarray:
-        return self.contributions.sum(axis=1) + self.bias
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for a run attachment (no pickle)."""
@@ -128,7 +112,8 @@ class XFeatureExplainer:
             top = np.argsort(-z, axis=0, kind="stable")[: self.top_k].T  # (n_x, k)
             maps = np.stack([xfeature_gradcam(model, layer, srae, images[top[k]], k, forward_fn=forward_fn).numpy() for k in range(srae.n_x)])
             name = str(class_names[c]) if class_names is not None else str(c)
-            self.results[c] = ClassXFeatures(c, name, srae.r2, contributions, srae.bias, y, top, maps, srae)
+            self.results[c] = ClassXFeatures(class_index=c, r2=srae.r2, contributions=contributions, bias=srae.bias, score=y, top_images=top,
+                                             saliency=maps, class_name=name, srae=srae)
         return self
 
     @property

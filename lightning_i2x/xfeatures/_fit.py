@@ -74,10 +74,10 @@ def _r2(pred: np.ndarray, y: np.ndarray) -> float:
 
 def fit_srae(x: np.ndarray, y: np.ndarray, *, n_x: int | None = None, max_n_x: int = 5, options: SRAEOptions = SRAEOptions(),
              held_out: float = 0.2, validation: float = 0.2, split_seed: int = 0) -> FittedSRAE:
-    """Fit an SRAE of x (N, d) to y (N,). With ``n_x`` None, n_x = 1, 2, ... ``max_n_x`` are tried in
-    turn and the first whose BIC-like score (``bic_score`` on the validation part) is not lower
-    than the previous one's stops the search; the best is kept. The held-out part is used only for
-    the R^2. The global RNG is left as it was."""
+    """Fit an SRAE of x (N, d) to y (N,). With ``n_x`` None, every n_x = 1, 2, ... ``max_n_x`` is
+    fitted and the one with the lowest BIC-like score (``bic_score`` on the validation part) is
+    kept: the fits' quality is not monotone in n_x, so stopping at the first rise would miss a
+    better larger one. The held-out part is used only for the R^2. The global RNG is left as it was."""
     check_int("fit_srae", "n_x", n_x, optional=True)
     check_int("fit_srae", "max_n_x", max_n_x)
     x = np.asarray(x, dtype=np.float64)
@@ -104,9 +104,8 @@ def fit_srae(x: np.ndarray, y: np.ndarray, *, n_x: int | None = None, max_n_x: i
             with torch.no_grad():
                 pred = model(torch.as_tensor(xs[val_idx], dtype=torch.float32))[2].numpy()
             scores[k] = bic_score(float(np.mean((pred - ys[val_idx]) ** 2)), float(np.var(ys[val_idx])), len(val_idx), k)
-            if best is not None and scores[k] >= best[0]:
-                break
-            best = (scores[k], model)
+            if best is None or scores[k] < best[0]:
+                best = (scores[k], model)
     fitted = FittedSRAE(best[1], x_mean, x_std, y_mean, y_std, float("nan"), scores)
     fitted.r2 = _r2(fitted.predict(x[test_idx]), y[test_idx])
     return fitted

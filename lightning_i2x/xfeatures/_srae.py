@@ -36,7 +36,7 @@ class SRAEOptions:
     pretrain_epochs: epochs of each greedy layer-wise autoencoder.
     epochs: fine-tuning epochs; the learning rate is multiplied by 0.1 every ``lr_step`` epochs
         (the authors' 40; scaled with ``epochs`` here).
-    dropout: after the first encoder layer (0.1: "small" in the paper; the value is ours).
+    dropout: after the first encoder layer (0.02: "small" in the paper; the value is ours).
     reconstruction: ``"log"`` (the paper's) or ``"mse"`` (plain MSE, for comparison).
     seed: initialisation, dropout and batch order.
     """
