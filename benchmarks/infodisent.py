@@ -29,8 +29,8 @@ D = 512 1.0 s, 0.5 s in float32, which the head's and EPIC's training steps now 
                   InfoDisent head's U, EPIC's U
   localisation    Decoy MNIST (the swatch's shade codes the label), 6000 train images; examples'
                   patch_cnn (4 x 4 patches: a stride-4 convolution, two 1 x 1 convolutions, global
-                  max pool, linear) trained by fit_patch_cnn (40 epochs, Adam one-cycle peak 1e-2,
-                  batch 64, head weights kept >= 0); 1000 held-out training-split images. Per class,
+                  max pool, linear) trained by fit_patch_cnn (40 epochs, AdamW one-cycle peak 1e-2,
+                  batch 64, head weights kept >= 0, decay 0.1); 1000 held-out training-split images. Per class,
                   the share of its images in which its top unit peaks in the swatch's cell:
                   InfoDisent's top channel (largest mean contribution; head 5 epochs, lr 1e-2)
                   against the k-means prototype (K = 16, fit_prototypes) carrying most of the class's
