@@ -54,6 +54,13 @@ def test_orthogonal_for_random_a(d):
     assert abs(float(torch.linalg.det(u.double())) - 1) < 1e-5  # det 1, never a reflection
 
 
+def test_orthogonal_fast_form_matches_the_exact_one():
+    a = torch.randn(128, 128, generator=torch.Generator().manual_seed(3)) * 0.05  # the size of a trained A
+    fast, exact = orthogonal(a, exact=False), orthogonal(a)
+    assert fast.dtype == torch.float32 and (fast - exact).abs().max() < 1e-5
+    assert torch.allclose(fast.T @ fast, torch.eye(128), atol=1e-5)
+
+
 def test_orthogonal_at_zero_is_identity():
     assert torch.equal(orthogonal(torch.zeros(5, 5)), torch.eye(5))
     with pytest.raises(ValueError, match="square"):
