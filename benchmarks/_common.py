@@ -44,6 +44,37 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def train_classifier(model, x, y, epochs: int, lr: float, batch: int = 128, seed: int = 0):
+    """The benchmarks' plain training: Adam at ``lr`` (no schedule), cross-entropy, ``epochs``
+    passes over (x, y) in batches of ``batch`` shuffled by a generator seeded ``seed``. Returns
+    the model in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), batch):
+            idx = perm[s : s + batch]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def resnet18_32px(num_classes: int = 10):
+    """torchvision's ResNet-18 adapted to 32 px images: a 3 x 3 stride-1 first convolution, the
+    max-pool kept, so the stages see 16 x 16 .. 2 x 2 (``layer4``: 512 x 2 x 2)."""
+    import torchvision
+    from torch import nn
+
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    return m
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

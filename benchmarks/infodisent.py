@@ -4,16 +4,18 @@ MNIST against k-means prototypes, and the cost in probe passes.
 
     python benchmarks/infodisent.py [--quick] [--out FILE] [--threads T] [--data-dir DIR]
 
-Protocol (seed 0 throughout; the full run is sized for about 8 minutes on 2 idle cores, an estimate: on
-a shared, loaded 2-core machine one SmallCNN epoch over 12000 images took 451 s with 2 threads, and over
-6000 images 31 s with --threads 1, which this table's command uses; two ResNet-18 epochs took 610 s there):
+Protocol (seed 0 throughout; the full run is sized for at most about 8-10 minutes on 2 cores with
+--threads 2, an estimate from timing each stage at small sizes on a shared, loaded 2-core machine:
+one ResNet-18 epoch over 512 CIFAR images 31 s, a float64 matrix exponential's forward + backward at
+D = 512 1.0 s, 0.5 s in float32, which the head's and EPIC's training steps now use):
   mnist, fashion  examples' SmallCNN (width 32, Adam 1e-3 without the one-cycle schedule, batch 32)
                   trained 1 epoch on a seeded random --train (6000) images of the train split;
                   validation = a class-balanced 2000 test images. Target layer `features` (64 x 7 x 7)
   cifar           torchvision ResNet-18 adapted to 32 px (3 x 3 stride-1 first convolution, max-pool
                   kept: layer4 is 512 x 2 x 2), trained --cifar-epochs (1) epoch(s) (Adam 1e-3, batch
-                  128) on the CIFAR-10 subset's 5000 train images; validation = its 1000 test images.
-                  Target layer `layer4`. A short CPU training: the accuracy it reaches is in the table
+                  128) on the first --cifar-train (3000) of the CIFAR-10 subset's 5000 train images
+                  (the table states the number); validation = its 1000 test images. Target layer
+                  `layer4`. A short CPU training: the accuracy it reaches is in the table
   InfoDisent      fit_infodisent on the target layer: features cached once (train and validation),
                   head trained --head-epochs (10) epochs, Adam lr 1e-3, weight decay 1e-5 (EPIC's
                   published settings; InfoDisent's own were not retrievable), batch 256, relaxed
@@ -25,12 +27,15 @@ a shared, loaded 2-core machine one SmallCNN epoch over 12000 images took 451 s 
   purity          channel_purity (top 10 images per channel, at each one's argmax location,
                   p_k / ||p||) of the validation features: the backbone's channels (U = I), the
                   InfoDisent head's U, EPIC's U
-  localisation    Decoy MNIST (the swatch's shade codes the label), 3000 train images; a CNN of 4 x 4
-                  patches (stride-4 convolution, 1 x 1 convolution, global max pool) trained 8 epochs
-                  (Adam 1e-2, batch 32); 1000 held-out training-split images. Per class, the share of
-                  its images in which its top unit peaks in the swatch's cell: InfoDisent's top channel
-                  (largest mean contribution) against the k-means prototype (K = 16, fit_prototypes)
-                  carrying most of the class's evidence w_c . z
+  localisation    Decoy MNIST (the swatch's shade codes the label), 6000 train images; examples'
+                  patch_cnn (4 x 4 patches: a stride-4 convolution, two 1 x 1 convolutions, global
+                  max pool, linear) trained by fit_patch_cnn (40 epochs, AdamW one-cycle peak 1e-2,
+                  batch 64, head weights kept >= 0, decay 0.1); 1000 held-out training-split images. Per class,
+                  the share of its images in which its top unit peaks in the swatch's cell:
+                  InfoDisent's top channel (largest mean contribution; head 5 epochs, lr 1e-2)
+                  against the k-means prototype (K = 16, fit_prototypes) carrying most of the class's
+                  evidence w_c . z. Beside it, per class, the share of images predicted 9 once their
+                  swatch is erased: the darkest shade (class 9) is read as "no brighter swatch"
   cost            feature caching and head training (InfoDisent) / EPIC fitting, each in units of one
                   probe pass (native GradCAM at the target layer: one forward + backward per image)
                   over the validation images, timed here
@@ -51,8 +56,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from lightning_i2x.channels import channel_purity, find_linear_head, fit_epic, fit_infodisent, localisation_rate, unmix
 from lightning_i2x.prototypes import fit_prototypes
@@ -65,30 +68,8 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def train(model, x, y, epochs, lr, batch, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for s in range(0, len(x), batch):
-            idx = perm[s : s + batch]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-def resnet18_32px():
-    import torchvision
-
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    return m
-
-
-def evaluate(name, model, layer, train_set, val_set, head_epochs):
-    """One data set's row and its figures."""
+def evaluate(name, model, layer, train_set, val_set, head_epochs, label=None):
+    """One data set's row (first cell ``label``, default ``name``) and its figures (keys ``name_...``)."""
     torch.manual_seed(0)
     result = fit_infodisent(model, layer, train_set, val_set, epochs=head_epochs, lr=1e-3, weight_decay=1e-5)
     tr, va = result.train_features, result.val_features
@@ -107,7 +88,7 @@ def evaluate(name, model, layer, train_set, val_set, head_epochs):
     probe_seconds = time.perf_counter() - t0
     _log(f"  {name}: backbone {result.backbone_accuracy:.4f}, InfoDisent {result.accuracy:.4f}, EPIC {epic_accuracy:.4f}; "
          f"purity {purity}; probe pass {probe_seconds:.1f} s")
-    row = [name, f"{result.backbone_accuracy:.4f}", f"{result.accuracy:.4f}", f"{100 * (result.accuracy - result.backbone_accuracy):+.2f}",
+    row = [label or name, f"{result.backbone_accuracy:.4f}", f"{result.accuracy:.4f}", f"{100 * (result.accuracy - result.backbone_accuracy):+.2f}",
            f"{epic_accuracy:.4f} ({epic_changed} changed, max |logit gap| {epic_gap:.1e})",
            f"{purity['backbone']:.3f}", f"{purity['infodisent']:.3f}", f"{purity['epic']:.3f}",
            f"{result.cache_seconds / probe_seconds:.2f}", f"{result.train_seconds / probe_seconds:.2f}", f"{epic_seconds / probe_seconds:.2f}"]
@@ -122,18 +103,22 @@ def evaluate(name, model, layer, train_set, val_set, head_epochs):
 def localisation(n_train, epochs):
     """Decoy MNIST: per class, does the top channel (and the top k-means prototype) peak in the swatch's cell?"""
     from decoy_data import load_decoy
+    from demo_models import fit_patch_cnn, patch_cnn
 
     train_set, _ = load_decoy(True, indices=np.arange(n_train))
     held, masks = load_decoy(True, indices=np.arange(50000, 51000))
     torch.manual_seed(0)
-    features = nn.Sequential(nn.Conv2d(1, 16, 4, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU())
-    model = nn.Sequential(features, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    train(model, *train_set.tensors, epochs, 1e-2, 32)
+    model = fit_patch_cnn(patch_cnn(), *train_set.tensors, epochs=epochs)
+    x, y = held.tensors
+    with torch.no_grad():
+        erased = model(torch.where(torch.from_numpy(masks).unsqueeze(1), torch.full_like(x, -1.0), x)).argmax(1)
+    labels = y.numpy()
+    to_nine = np.array([float((erased[y == c] == 9).float().mean()) for c in range(10)])
     result = fit_infodisent(model, "0", train_set, held, epochs=5, lr=1e-2)
     corner = np.argwhere(masks)
     first = np.unique(corner[:, 0], return_index=True)[1]
     cells = (corner[first, 1] // 4) * 7 + corner[first, 2] // 4
-    feats, labels = result.val_features.features, held.tensors[1].numpy()
+    feats = result.val_features.features
     with torch.no_grad():
         contrib = result.head.contributions(feats).numpy()
         maps = unmix(result.head.rotation, feats).flatten(2).numpy()
@@ -144,20 +129,22 @@ def localisation(n_train, epochs):
     loc = np.einsum("nd,ndl->nl", w[labels], feats.flatten(2).numpy())
     kmaps = np.where(assign[:, None, :] == np.arange(16)[None, :, None], loc[:, None, :], -np.inf)
     kmeans = localisation_rate(np.where(np.isfinite(kmaps), kmaps, 0).sum(-1), kmaps, labels, cells)
-    return channel, kmeans, result.backbone_accuracy, result.accuracy
+    return channel, kmeans, to_nine, result.backbone_accuracy, result.accuracy
 
 
 def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--train", type=int, default=None, help="MNIST / Fashion-MNIST train images (default 6000; --quick: 1000)")
-    ap.add_argument("--cifar-epochs", type=int, default=None, help="ResNet-18 epochs on the CIFAR-10 subset (default 1; --quick: 0, skipped)")
+    ap.add_argument("--cifar-train", type=int, default=None, help="CIFAR-10-subset train images, the first of its 5000 (default 3000; --quick: 256)")
+    ap.add_argument("--cifar-epochs", type=int, default=None, help="ResNet-18 epochs on the CIFAR-10 subset (default 1; 0 skips it)")
     ap.add_argument("--head-epochs", type=int, default=None, help="InfoDisent head epochs (default 10; --quick: 2)")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
     info = _common.machine()
     n_train = args.train or (1000 if args.quick else 6000)
-    cifar_epochs = args.cifar_epochs if args.cifar_epochs is not None else (0 if args.quick else 1)
+    n_cifar = args.cifar_train or (256 if args.quick else 3000)
+    cifar_epochs = args.cifar_epochs if args.cifar_epochs is not None else 1
     head_epochs = args.head_epochs or (2 if args.quick else 10)
     n_val = 200 if args.quick else 2000
     from demo_data import balanced_indices, load_cifar10_subset, load_mnist
@@ -174,22 +161,27 @@ def main(argv=None) -> None:
         vidx = balanced_indices(test.tensors[1], n_val // 10)
         val = torch.utils.data.TensorDataset(test.tensors[0][vidx], test.tensors[1][vidx])
         torch.manual_seed(0)
-        model = train(SmallCNN(one_cycle=False), x, y, 1, 1e-3, 32)
+        model = _common.train_classifier(SmallCNN(one_cycle=False), x, y, 1, 1e-3, 32)
         _log(f"{name}: trained ({time.perf_counter() - start:.0f} s)")
         row, fig = evaluate(name.replace("-", ""), model, "features", torch.utils.data.TensorDataset(x, y), val, head_epochs)
         rows.append(row)
         figures.update(fig)
     if cifar_epochs:
         tr, te = load_cifar10_subset(True, args.data_dir), load_cifar10_subset(False, args.data_dir)
+        cx, cy = tr.tensors[0][:n_cifar], tr.tensors[1][:n_cifar]
+        val = te if not args.quick else torch.utils.data.TensorDataset(*(t[:200] for t in te.tensors))
         torch.manual_seed(0)
-        model = train(resnet18_32px(), *tr.tensors, cifar_epochs, 1e-3, 128)
-        _log(f"cifar: trained ({time.perf_counter() - start:.0f} s)")
-        row, fig = evaluate("cifar10", model, "layer4", tr, te, head_epochs)
+        model = _common.train_classifier(_common.resnet18_32px(), cx, cy, cifar_epochs, 1e-3, 128)
+        _log(f"cifar: trained on {n_cifar} images ({time.perf_counter() - start:.0f} s)")
+        row, fig = evaluate("cifar10", model, "layer4", torch.utils.data.TensorDataset(cx, cy), val, head_epochs,
+                            label=f"cifar10 subset ({n_cifar} train, {len(val)} test)")
         rows.append(row)
         figures.update(fig)
-    channel, kmeans, decoy_backbone, decoy_head = localisation(1000 if args.quick else 3000, 2 if args.quick else 8)
+    channel, kmeans, to_nine, decoy_backbone, decoy_head = localisation(1000 if args.quick else 6000, 3 if args.quick else 40)
+    _log(f"decoy: localised ({time.perf_counter() - start:.0f} s)")
     figures.update({"decoy_channel_localisation_mean": float(np.nanmean(channel)), "decoy_kmeans_localisation_mean": float(np.nanmean(kmeans)),
-                    "decoy_channel_classes_at_0.9": float((channel >= 0.9).sum()), "decoy_kmeans_classes_at_0.9": float((kmeans >= 0.9).sum())})
+                    "decoy_channel_classes_at_0.9": float((channel >= 0.9).sum()), "decoy_kmeans_classes_at_0.9": float((kmeans >= 0.9).sum()),
+                    "decoy_erased_predicted_9_min": float(to_nine.min())})
     elapsed = time.perf_counter() - start
     header = ["data", "backbone acc", "InfoDisent acc", "points", "EPIC acc", "purity backbone", "purity InfoDisent", "purity EPIC",
               "caching (probe passes)", "head training (probe passes)", "EPIC fit (probe passes)"]
@@ -197,7 +189,8 @@ def main(argv=None) -> None:
             "Localisation on Decoy MNIST (share of each class's held-out images whose top unit peaks in the swatch's cell):", "",
             _common.table(["source", *[str(c) for c in range(10)], "classes >= 0.9"],
                           [["InfoDisent channel", *[f"{v:.2f}" for v in channel], int((channel >= 0.9).sum())],
-                           ["k-means prototype", *[f"{v:.2f}" for v in kmeans], int((kmeans >= 0.9).sum())]]),
+                           ["k-means prototype", *[f"{v:.2f}" for v in kmeans], int((kmeans >= 0.9).sum())],
+                           ["swatch erased: predicted 9", *[f"{v:.2f}" for v in to_nine], "-"]]),
             "", f"Decoy CNN accuracy on held-out label-coded images: backbone {decoy_backbone:.3f}, InfoDisent head {decoy_head:.3f}.",
             "", f"Total {elapsed:.0f} s. Anchors (ImageNet, EPIC paper Table 1): ResNet-50 80.8 -> 67.8 under InfoDisent, "
             "ConvNeXt-L 84.4 -> 82.8, Swin-S 83.7 -> 81.4; EPIC keeps accuracy exactly."]

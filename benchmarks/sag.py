@@ -44,7 +44,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lightning_i2x.measures import (
     DEFAULT_SIZE_SLACK,
@@ -67,20 +66,6 @@ import _common
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def train(model, x, y, epochs, lr, batch=128, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for s in range(0, len(x), batch):
-            idx = perm[s : s + batch]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def correct_sample(model, x, y, per_class, seed=0):
@@ -121,14 +106,6 @@ def summarise(name, secs, graphs, acc):
     return row, float(multi), float(np.mean(sizes)) if sizes else float("nan"), float(np.median(secs))
 
 
-def resnet18_32px():
-    import torchvision
-
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    return m
-
-
 def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--images", type=int, default=None, help="test images drawn per class (default 6; --quick: 1)")
@@ -153,7 +130,7 @@ def main(argv=None) -> None:
     sub = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     cnn = SmallCNN()
-    cnn = train(cnn, xt[sub[:n_train]], yt[sub[:n_train]], 1, cnn.hparams.lr, batch=32)
+    cnn = _common.train_classifier(cnn, xt[sub[:n_train]], yt[sub[:n_train]], 1, cnn.hparams.lr, batch=32)
     _log(f"SmallCNN: 1 epoch on {n_train} MNIST images in {time.perf_counter() - t0:.1f} s")
     xs, ys = mtest.tensors
     with torch.no_grad():
@@ -256,7 +233,7 @@ def main(argv=None) -> None:
     n_c = args.resnet_train or (300 if args.quick else 3000)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    res = train(resnet18_32px(), cx[:n_c], cy[:n_c], 1, 1e-3)
+    res = _common.train_classifier(_common.resnet18_32px(), cx[:n_c], cy[:n_c], 1, 1e-3)
     _log(f"ResNet-18: 1 epoch on {n_c} CIFAR-10-subset images in {time.perf_counter() - t0:.1f} s")
     tx, ty = ctest.tensors
     ridx, acc_res = correct_sample(res, tx, ty, args.resnet_images or (1 if args.quick else 2))

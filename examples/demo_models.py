@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["SmallCNN"]
+__all__ = ["SmallCNN", "patch_cnn", "fit_patch_cnn"]
 
 
 class SmallCNN(pl.LightningModule):
@@ -63,3 +63,41 @@ class SmallCNN(pl.LightningModule):
         steps = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=steps, pct_start=0.15)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def patch_cnn(num_classes: int = 10, width: int = 64, channels: int = 32) -> nn.Sequential:
+    """A CNN of 4 x 4 patches for Decoy MNIST: a stride-4 convolution, two 1 x 1 convolutions (the
+    target layer ``"0"``, a 7 x 7 map at 28 px whose cells are exactly the swatch's), a global max
+    pool and a linear head. It sees each patch alone, so it cannot read a digit's shape (about 10 %
+    on clean MNIST) and takes the swatch: the planted model of the channel-localisation check."""
+    features = nn.Sequential(nn.Conv2d(1, width, 4, stride=4), nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU(),
+                             nn.Conv2d(width, channels, 1), nn.ReLU())
+    return nn.Sequential(features, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def fit_patch_cnn(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 40, lr: float = 1e-2, batch: int = 64,
+                  head_decay: float = 0.1, seed: int = 0) -> nn.Sequential:
+    """Train ``patch_cnn`` with Adam under a one-cycle schedule (peak ``lr``), its head's weights
+    projected onto W >= 0 after every step, as InfoDisent's head is: with signed weights a class can
+    be read from the other classes' evidence being low (a negative weight), and then no channel
+    of its own peaks anywhere. The head's weights decay (AdamW, ``head_decay``), the bias does not:
+    a channel lit alike in every image is a bias in disguise, and the decay moves that constant onto
+    the free bias. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    head = model[-1]
+    body = [p for n, p in model.named_parameters() if not n.startswith(f"{len(model) - 1}.")]
+    opt = torch.optim.AdamW([{"params": body, "weight_decay": 0.0}, {"params": [head.weight], "weight_decay": head_decay},
+                             {"params": [head.bias], "weight_decay": 0.0}], lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * -(-len(x) // batch), pct_start=0.15)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), batch):
+            idx = perm[s : s + batch]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                head.weight.clamp_(min=0)
+    return model.eval()

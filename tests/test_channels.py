@@ -54,6 +54,13 @@ def test_orthogonal_for_random_a(d):
     assert abs(float(torch.linalg.det(u.double())) - 1) < 1e-5  # det 1, never a reflection
 
 
+def test_orthogonal_fast_form_matches_the_exact_one():
+    a = torch.randn(128, 128, generator=torch.Generator().manual_seed(3)) * 0.05  # the size of a trained A
+    fast, exact = orthogonal(a, exact=False), orthogonal(a)
+    assert fast.dtype == torch.float32 and (fast - exact).abs().max() < 1e-5
+    assert torch.allclose(fast.T @ fast, torch.eye(128), atol=1e-5)
+
+
 def test_orthogonal_at_zero_is_identity():
     assert torch.equal(orthogonal(torch.zeros(5, 5)), torch.eye(5))
     with pytest.raises(ValueError, match="square"):
@@ -323,40 +330,46 @@ def test_localisation_rate_by_hand():
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_data_dir")
 def test_decoy_mnist_top_channels_peak_in_the_swatch(record_property):
-    """A small CNN trained on 3,000 Decoy MNIST images (the swatch's shade is the label) reads the
-    swatch; a class's top InfoDisent channel should peak in the swatch's cell of the 7x7 map.
+    """A CNN of 4 x 4 patches (examples' ``patch_cnn``) trained on 6,000 Decoy MNIST images reads
+    the swatch alone (planted: near-perfect on label-coded shades, chance on random shades and on
+    clean digits); a class's top InfoDisent channel should peak in the swatch's cell of the 7 x 7 map.
 
-    The CNN sees 4x4 patches (a stride-4 convolution, then 1x1) and pools by max, so it trains in
-    seconds and reads the swatch more than the digit (its accuracy with random shades is about
-    20 %). Measured: the classes with bright swatches localise (>= 0.93), but the darkest shades
-    (classes 7-9, 80/255 and below, near the black background) do not: their top channel peaks
-    elsewhere. The issue's goal (every class >= 0.9) is missed; the test asserts what holds, 6 of
-    10 classes, and reports the k-means source's rates beside."""
-    import torch.nn.functional as F
-
+    Measured (seed 0, one thread): classes 0 and 2-8 localise in >= 0.99 of their images; class 1
+    does not (0.03) and class 9 cannot: the model reads class 9 (shade 30/255, the nearest to the
+    black background) as "no brighter swatch anywhere" (erasing the swatch turns most images of
+    every class into a 9), so nothing of it is lit at its swatch for any channel to peak on. The
+    issue's goal (every class >= 0.9) is missed by those two; the test asserts the explanation of
+    class 9 and >= 0.9 for 8 classes, and records the k-means source's rates beside."""
     from lightning_i2x.channels import unmix
     from lightning_i2x.prototypes import fit_prototypes
 
     from decoy_data import load_decoy
+    from demo_data import load_mnist
+    from demo_models import fit_patch_cnn, patch_cnn
 
-    train, _ = load_decoy(True, indices=np.arange(3000))
+    train, _ = load_decoy(True, indices=np.arange(6000))
     held, masks = load_decoy(True, indices=np.arange(50000, 51000))  # held-out training split: label-coded swatches
     torch.manual_seed(0)
-    features = nn.Sequential(nn.Conv2d(1, 16, 4, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU())
-    model = nn.Sequential(features, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = train.tensors
-    for s in range(0, 8 * 3000, 32):
-        opt.zero_grad()
-        F.cross_entropy(model(x[s % 3000 : s % 3000 + 32]), y[s % 3000 : s % 3000 + 32]).backward()
-        opt.step()
-    model.eval()
+    model = fit_patch_cnn(patch_cnn(), *train.tensors)
+    x, labels_t = held.tensors
+    random_shades, _ = load_decoy(False, indices=np.arange(1000))
+    clean = load_mnist(False).tensors
+    with torch.no_grad():
+        def accuracy(images, targets):
+            return float((model(images).argmax(1) == targets).float().mean())
+
+        assert accuracy(x, labels_t) > 0.99  # it learnt the swatch ...
+        assert accuracy(*random_shades.tensors) < 0.2 and accuracy(clean[0][:1000], clean[1][:1000]) < 0.2  # ... and only it
+        erased = model(torch.where(torch.from_numpy(masks).unsqueeze(1), torch.full_like(x, -1.0), x)).argmax(1)
+    labels = labels_t.numpy()
+    to_nine = np.array([float((erased[labels == c] == 9).float().mean()) for c in range(10)])
+    assert to_nine.min() > 0.75 and to_nine[9] > 0.95  # class 9 is the absence of a brighter swatch
     result = fit_infodisent(model, "0", train, held, epochs=5, lr=1e-2)
-    assert result.backbone_accuracy > 0.9 and result.accuracy > 0.8
+    assert result.backbone_accuracy > 0.99 and result.accuracy > 0.98
     corner = np.argwhere(masks)  # (n*16, 3) rows (image, row, col): the swatch's top-left pixel per image
     first = np.unique(corner[:, 0], return_index=True)[1]
     cells = (corner[first, 1] // 4) * 7 + corner[first, 2] // 4
-    feats, labels = result.val_features.features, held.tensors[1].numpy()
+    feats = result.val_features.features
     with torch.no_grad():
         contrib = result.head.contributions(feats).numpy()  # (N, M, D)
         maps = unmix(result.head.rotation, feats).flatten(2).numpy()  # (N, D, 49)
@@ -373,5 +386,5 @@ def test_decoy_mnist_top_channels_peak_in_the_swatch(record_property):
     kmeans_rate = localisation_rate(kscores, kmaps, labels, cells)
     record_property("channel_localisation", channel_rate.round(3).tolist())
     record_property("kmeans_localisation", kmeans_rate.round(3).tolist())
-    assert (channel_rate >= 0.9).sum() >= 6, (channel_rate, kmeans_rate)
-    assert (channel_rate[:2] >= 0.9).all()  # the brightest swatches
+    record_property("erased_swatch_predicted_9", to_nine.round(3).tolist())
+    assert (channel_rate >= 0.9).sum() >= 8, (channel_rate, kmeans_rate)

@@ -97,7 +97,7 @@ def fit_epic(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *
     check_number("fit_epic", "lr", lr, strict=True)
     check_number("fit_epic", "weight_decay", weight_decay)
     features = features.detach().float()
-    a = nn.Parameter(torch.zeros(d, d, dtype=torch.float64))
+    a = nn.Parameter(torch.zeros(d, d))  # float32 steps (orthogonal(exact=False)); the final U in float64
     opt = torch.optim.Adam([a], lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     history = []
@@ -106,15 +106,15 @@ def fit_epic(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *
             order = torch.randperm(features.shape[0], generator=g)
             total, count = 0.0, 0
             for s in range(0, features.shape[0], batch_size):
-                batch = features[order[s : s + batch_size]].double()
+                batch = features[order[s : s + batch_size]]
                 opt.zero_grad()
-                loss = -_purity(orthogonal(a), batch, top).mean()
+                loss = -_purity(orthogonal(a, exact=False), batch, top).mean()
                 loss.backward()
                 opt.step()
                 total, count = total + float(loss.detach()) * batch.shape[0], count + batch.shape[0]
             history.append(total / max(count, 1))
     with torch.no_grad():
-        u64 = orthogonal(a.detach())
+        u64 = orthogonal(a.detach().double())
         new_weight = (weight.detach().double() @ u64.T).float()
     u = u64.float()
     return EpicResult(u, new_weight, bias.detach().float().clone(), float(channel_purity(features, None, top=top).mean()),

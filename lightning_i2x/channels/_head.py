@@ -50,8 +50,9 @@ class InfoDisentHead(pl.LightningModule):
         return orthogonal(self.A)
 
     def pooled(self, features: torch.Tensor, *, relaxed: bool = False) -> torch.Tensor:
-        """(N, D) mx_pool of the unmixed channels (``relaxed``: the straight-through form)."""
-        z = unmix(self.rotation, features)
+        """(N, D) mx_pool of the unmixed channels (``relaxed``: the straight-through form of the
+        training steps, with U computed in A's dtype, ``orthogonal(exact=False)``, for speed)."""
+        z = unmix(orthogonal(self.A, exact=not relaxed), features)
         if relaxed:
             return relaxed_mx_pool(z, self.hparams.temperature * self.hparams.scale)
         return mx_pool(z)
