@@ -15,6 +15,7 @@ from ._pipeline import (
     run_fingerprint,
     run_state,
 )
+from ._distributed import Group, distributed_probe_pass, head_images
 from ._probe import materialise_probe, probe_fingerprint
 from ._setup import check_fit, check_writable
 from ._steps import Attempt, analyse_record, finish_fit
@@ -23,5 +24,5 @@ from ._worker import AnalysisWorker
 __all__ = [
     "ProbeEvidence", "probe_pass", "Recorder", "AnalysisWorker", "open_run", "resume_run", "open_or_resume", "run_state",
     "run_fingerprint", "MAX_STORED_PROBE_BYTES", "materialise_probe", "probe_fingerprint", "check_fit", "check_writable",
-    "Attempt", "analyse_record", "finish_fit", "gather_evidence", "probe_share",
+    "Attempt", "analyse_record", "finish_fit", "gather_evidence", "probe_share", "Group", "distributed_probe_pass", "head_images",
 ]
