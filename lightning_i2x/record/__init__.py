@@ -2,6 +2,7 @@
 evidence, opening or resuming a run, the checks a fit must pass before training, each record's
 analysis (append + refit, explain, measures) and the end-of-fit step, and the background worker."""
 
+from ._distributed import Group, distributed_probe_pass, head_images
 from ._pipeline import (
     MAX_STORED_PROBE_BYTES,
     ProbeEvidence,
@@ -15,7 +16,6 @@ from ._pipeline import (
     run_fingerprint,
     run_state,
 )
-from ._distributed import Group, distributed_probe_pass, head_images
 from ._probe import materialise_probe, probe_fingerprint
 from ._setup import check_fit, check_writable
 from ._steps import Attempt, analyse_record, finish_fit
