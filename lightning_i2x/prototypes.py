@@ -335,7 +335,7 @@ class PrototypeStream:
         q = torch.randn(self._dim, k, generator=generator, device=device)
         for _ in range(self.iterated_power + 1):
             q = torch.linalg.qr(_centred_gram_times(pending, mean, q)).Q
-        self._basis, self._mean = q, mean
+        self._basis, self._mean = q.contiguous(), mean  # one memory layout, whichever process projects with it
         shift = mean @ q
         while pending:  # project and drop: the raw rows are never held twice
             self._kept.append(pending.pop(0) @ q - shift)
@@ -381,20 +381,34 @@ class PrototypeStream:
         stream over the first batches of the same probe). Only on an empty stream."""
         if self.num_vectors or self._dim is not None:
             raise ValueError("set_subspace needs an empty stream: it was given activations already")
-        self._dim, self._basis, self._mean = int(basis.shape[0]), basis, mean
+        self._dim, self._basis, self._mean = int(basis.shape[0]), basis.contiguous(), mean.contiguous()
 
     def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """(n, (k,) sum, (k, k) sum of outer products) of the kept rows, float64, batch by batch:
-        what the PCA inside the subspace needs; the moments of shares add up to the whole's."""
-        if self._pending:
-            raise ValueError("the subspace is not fitted yet: fewer vectors than sample_locations were added")
-        k = self._dim if self._basis is None else self._basis.shape[1]
+        """(n, (k,) sum, (k, k) sum of outer products) of the kept rows, float64: what the PCA
+        inside the subspace needs; ``batch_moments`` added in batch order from zero."""
+        k = self._moment_dim()
         total, second = np.zeros(k), np.zeros((k, k))
-        for z in self._kept:
+        for z in self._kept:  # as it goes: no (batches, k, k) array in one process
             z64 = z.double()
             total += z64.sum(0).cpu().numpy()
             second += (z64.T @ z64).cpu().numpy()
         return self.num_vectors, total, second
+
+    def batch_moments(self) -> np.ndarray:
+        """(batches, 1 + k + k * k) float64: each kept batch's rows, sum and sum of outer products.
+        Processes whose shares are whole batches of one probe pass send these, and their sum in
+        batch order is the one process's to the bit."""
+        k = self._moment_dim()
+        out = np.empty((len(self._kept), 1 + k + k * k))
+        for i, z in enumerate(self._kept):
+            z64 = z.double()
+            out[i, 0], out[i, 1 : 1 + k], out[i, 1 + k :] = z.shape[0], z64.sum(0).cpu().numpy(), (z64.T @ z64).cpu().numpy().reshape(-1)
+        return out
+
+    def _moment_dim(self) -> int:
+        if self._pending:
+            raise ValueError("the subspace is not fitted yet: fewer vectors than sample_locations were added")
+        return self._dim if self._basis is None else self._basis.shape[1]
 
     def rotation(self, n: int, total: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(zbar, v, projection, bias): the exact PCA of every projected vector inside the subspace

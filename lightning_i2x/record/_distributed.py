@@ -76,9 +76,18 @@ def head_images(num_probe: int, locations: int, dim: int, stream: PrototypeStrea
     return min(num_probe, -(-need // batch_size) * batch_size)
 
 
-def _owned(rank: int, world: int, num_probe: int, head: int) -> slice:
+def batch_share(rank: int, world: int, num_probe: int, batch_size: int) -> slice:
+    """The contiguous share of the probe ``rank`` of ``world`` runs here: whole probe batches, so
+    every rank's batches are one process's batches (the same inputs to the forward, the same
+    rows per batch of the stream)."""
+    batches = -(-num_probe // batch_size)
+    per = -(-batches // world) * batch_size
+    return slice(min(rank * per, num_probe), min((rank + 1) * per, num_probe))
+
+
+def _owned(rank: int, world: int, num_probe: int, head: int, batch_size: int) -> slice:
     """The images whose results ``rank`` sends: its share, rank 0's extended over the head."""
-    part = probe_share(rank, world, num_probe)
+    part = batch_share(rank, world, num_probe, batch_size)
     if rank == 0:
         return slice(0, max(part.stop, head))
     return slice(max(part.start, head), max(part.stop, head))
@@ -99,7 +108,7 @@ def distributed_probe_pass(group: Group, run_pass: Callable[..., ProbeEvidence],
     if num_probe * locations < stream.sample_locations:
         return _whole(group, run_pass, guard, images, labels, layer)
     head = head_images(num_probe, locations, d, stream, batch_size)
-    own = _owned(group.rank, group.world, num_probe, head)
+    own = _owned(group.rank, group.world, num_probe, head, batch_size)
     parts: list[ProbeEvidence | None] = []
     if group.rank == 0 and head:
         parts.append(guard("probe pass", run_pass, images[:head], labels[:head], stream=stream))
@@ -120,14 +129,19 @@ def distributed_probe_pass(group: Group, run_pass: Callable[..., ProbeEvidence],
     if tail.stop > tail.start:
         parts.append(guard("probe pass", run_pass, images[tail], labels[tail], stream=stream))
     ok = all(p is not None for p in parts)
-    n_rows, total, second = stream.moments() if ok and stream.num_vectors else (0, np.zeros(k), np.zeros((k, k)))
-    moments = group.gather(np.concatenate([[float(ok), n_rows], total, second.reshape(-1)]))  # 2. the PCA
-    failed = [r for r in range(group.world) if moments[r, 0] == 0]
+    owned = [_owned(r, group.world, num_probe, head, batch_size) for r in range(group.world)]
+    bound = max(-(-(o.stop - o.start) // batch_size) for o in owned) + 1  # + 1: rank 0's head may end inside a batch (head = N)
+    sent = np.zeros((1 + bound, 1 + k + k * k))  # row 0: [ok, batches]; then this rank's batch moments (2. the PCA)
+    if ok and stream.num_vectors:
+        mine = stream.batch_moments()
+        sent[1 : 1 + len(mine)], sent[0, 1] = mine, len(mine)
+    sent[0, 0] = ok
+    moments = group.gather(sent)
+    failed = [r for r in range(group.world) if moments[r, 0, 0] == 0]
     if failed:
         if group.rank == 0 and ok:
             guard("probe pass", _raise, RuntimeError(f"the probe pass failed on rank(s) {failed}"))
         return None
-    owned = [_owned(r, group.world, num_probe, head) for r in range(group.world)]
     fit = _Fit(group, guard, stream, recorder, num_probe * locations, k, [slice(o.start * locations, o.stop * locations) for o in owned])
     y = fit.rotate(moments)
     centroids = None if y is None else fit.centroids(y, previous)
@@ -152,9 +166,12 @@ class _Fit:
         p = min(stream.n_components, k)
         sent = np.zeros(1 + (k + k * p if self.reduced else 0))
         if self.group.rank == 0:
-            m = moments.sum(axis=0)  # rank by rank, in float64
+            m = np.zeros(moments.shape[2])
+            for r in range(self.group.world):  # batch by batch in probe order from zero: one process's sums, to the bit
+                for b in moments[r, 1 : 1 + int(moments[r, 0, 1])]:
+                    m += b
             if self.reduced:
-                out = self.guard("record", stream.rotation, int(m[1]), m[2 : 2 + k], m[2 + k :].reshape(k, k))
+                out = self.guard("record", stream.rotation, int(m[0]), m[1 : 1 + k], m[1 + k :].reshape(k, k))
                 if out is not None:
                     zbar, v, self.projection, self.bias = out
                     sent[0], sent[1 : 1 + k], sent[1 + k :] = 1, zbar, v.reshape(-1)
