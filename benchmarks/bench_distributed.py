@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lightning_i2x.options import ProbePassOptions
 from lightning_i2x.record import Group, ProbeEvidence, Recorder, distributed_probe_pass, gather_evidence, probe_pass, probe_share
 from lightning_i2x.saliency import TargetLayer
 
@@ -108,7 +109,8 @@ def rank_main(spec: dict) -> dict:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{spec['port']}", rank=rank, world_size=world)
     model, layer, images, labels = model_and_probe(n, spec["channels"], spec["side"])
     recorder = Recorder(K)
-    run_pass = lambda x, y, stream: probe_pass(model, layer.module, x, y, stream=stream)  # noqa: E731
+    options = ProbePassOptions(batch_size=BATCH)
+    run_pass = lambda x, y, stream: probe_pass(model, layer.module, x, y, options=options, stream=stream)  # noqa: E731
     counted = Counted(world)
     probe_pass(model, layer.module, images[:2], labels[:2])  # warm-up: the first pass's one-off allocations
     dist.barrier()
@@ -133,7 +135,7 @@ def rank_main(spec: dict) -> dict:
     out = {"rank": rank, "extra": peak_bytes() - base, "earlier_peak_over_base": max(0, before_peak - base), "bytes": counted.received,
            "seconds": seconds}
     if rank == 0 and spec["mode"] == "new":  # after the measurement: one process on the whole probe
-        single = probe_pass(model, layer.module, images, labels, stream=recorder.new_stream()).stream.fit()
+        single = run_pass(images, labels, recorder.new_stream()).stream.fit()
         out["equal"] = bool(np.array_equal(fitted[1], single[1]))
         out["centroid_rel_diff"] = float(np.abs(fitted[0].centroids - single[0].centroids).max() / np.abs(single[0].centroids).max())
     dist.destroy_process_group()
