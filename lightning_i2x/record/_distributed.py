@@ -1,13 +1,15 @@
 """The probe pass under DDP, with gathers that do not grow with N x d.
 
-Each rank runs its contiguous share of the probe and streams its features into its own
-``PrototypeStream``; what crosses between ranks is what the fit needs, not the features:
+Each rank runs its contiguous share of the probe in whole probe batches (``batch_share``) and
+streams its features into its own ``PrototypeStream``; what crosses between ranks is what the fit
+needs, not the features:
 
 1. rank 0 first runs the probe's first batches, as one process would, until its stream has fitted
    the projection subspace; it broadcasts the basis and mean (d x k), and every rank projects its
    share with it (``head_images``: none when d <= n_components, there is nothing to fit);
-2. every rank sends the float64 moments of its projected rows (k + k x k); rank 0 computes the
-   exact PCA inside the subspace from their sum and broadcasts its axes (k x p);
+2. every rank sends the float64 moments of each of its batches' projected rows (1 + k + k x k per
+   batch); rank 0 adds them in probe order, computes the exact PCA inside the subspace and
+   broadcasts its axes (k x p);
 3. every rank sends only its rows of the k-means sample, which is a function of N and the seed
    (``prototypes.kmeans_sample``: at most K x (64 + max_points_per_centroid) rows); rank 0 fits the
    centroids and broadcasts them with the previous assignment (N x h x w int32, for the id matching);
@@ -15,10 +17,11 @@ Each rank runs its contiguous share of the probe and streams its features into i
    assignment, distances, maps, confidences and pooled features (inherently N x h x w, N x M and
    N x d), with its members' sums by previous id (K x p) for the matching.
 
-Rank 0's run then equals the one-process run on the same activations: the same subspace (the
-same batches), the same sample rows, the same k-means; the moment and member sums add shares in
-float64 in another order than one process, so projections and centroids agree to float32
-rounding and the ids and assignment exactly, barring ties at that rounding.
+Rank 0's run then equals the one-process run to the bit where the forward gives the same numbers
+for the same batch: the same batches, the same subspace, the moments added in the same order, the
+same sample rows, the same k-means. Not to the bit: the distances (FAISS's search expands
+|y - c|^2 with BLAS over blocks of queries, and each rank searches its own rows) and the member
+sums, added rank by rank, which decide the id permutation and could change it only at a tie.
 
 Probes too small to fit a subspace (N x h x w < sample_locations: at most that many feature
 vectors) and the channel prototype source (EPIC needs every location's features) gather the
