@@ -185,3 +185,24 @@ def test_a_failed_rank_stops_every_rank_after_the_same_collectives(tmp_path, fai
     assert ("probe pass", "injected") in wheres
     if 0 not in failing:
         assert ("probe pass", "the probe pass failed on rank(s) [1]") in wheres
+
+
+def test_the_distributed_fit_refuses_a_run_whose_assignment_changed_meanwhile(tmp_path):
+    """The ids were matched to the assignment rank 0 read; appending to a run that holds another
+    one would store ids matched to the wrong record."""
+    features = planted(600, 96, 16, seed=3)
+    run, _, _ = _records(tmp_path, "ddp", [features], world=2)
+    fake, out = FakeGroup(2), [None, None]
+    layer = TargetLayer("x", nn.Identity(), (96, 4, 4), 5)
+
+    def rank_main(r):
+        out[r] = distributed_probe_pass(fake.group(r), fake_pass(features), _guard([]), features, torch.arange(600) % 5,
+                                        Recorder(K, PrototypeOptions(pca_components=16)), layer, batch_size=BATCH, previous=lambda: None)
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with pytest.raises(ValueError, match="prototypes changed between the distributed fit and this record"):
+        Recorder(K, PrototypeOptions(pca_components=16)).append(run, out[0], epoch=1, global_step=1)

@@ -259,7 +259,6 @@ class _Fitted:
     assignment: np.ndarray
     distances: np.ndarray
     previous: np.ndarray | None
-    num_vectors: int = 0
 
     def fit(self, previous_assignment: np.ndarray | None = None):
         given = None if previous_assignment is None else np.asarray(previous_assignment).reshape(-1)
