@@ -140,55 +140,94 @@ def fit_prototypes(
 def _kmeans(y, projection, bias, num_prototypes, *, niter, seed, max_points_per_centroid, previous_assignment, use_gpu, return_distances):
     """k-means++ start and FAISS k-means on the (n, p) projected vectors ``y``, then the nearest
     prototype of every vector (searched in chunks) and the id matching to the previous assignment."""
+    n = y.shape[0]
+    init, train = kmeans_sample(n, num_prototypes, seed=seed, max_points_per_centroid=max_points_per_centroid)
+    centroids = train_centroids(y if init is None else y[init], y if train is None else y[train], num_prototypes, niter=niter, seed=seed,
+                                max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu)
+    protos = Prototypes(projection, bias, centroids)
+    dist, assignment = nearest_prototypes(protos, y, use_gpu)
+    protos.inertia = float(dist.sum(dtype=np.float64))
+    if previous_assignment is not None:
+        previous = np.asarray(previous_assignment).reshape(-1)
+        if previous.shape[0] != n:
+            raise ValueError("previous_assignment must cover the same feature vectors")
+        order = match_order(*member_sums(y, previous, num_prototypes), protos.centroids)
+        protos = Prototypes(projection, bias, protos.centroids[order], protos.inertia)
+        assignment = np.argsort(order)[assignment]
+    if return_distances:
+        return protos, assignment, np.maximum(dist, 0)
+    return protos, assignment
+
+
+def kmeans_sample(n: int, num_prototypes: int, *, seed: int, max_points_per_centroid: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Which of n vectors the fit reads: the k-means++ start's sample and FAISS's training subsample
+    (FAISS's own ``rand_perm`` with the k-means seed, so training on these rows equals FAISS
+    subsampling all n itself); None for all n in order. A function of n and the seed only, so
+    processes that each hold a share of the vectors agree on it and send only these rows."""
+    init = None if n <= 64 * num_prototypes else np.random.default_rng(seed).choice(n, 64 * num_prototypes, replace=False)
+    train = None
+    if n > num_prototypes * max_points_per_centroid:
+        perm = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+        faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+        train = perm[: num_prototypes * max_points_per_centroid].astype(np.int64)
+    return init, train
+
+
+def train_centroids(init_rows: np.ndarray, train_rows: np.ndarray, num_prototypes: int, *, niter: int, seed: int,
+                    max_points_per_centroid: int, use_gpu: bool | None) -> np.ndarray:
+    """(K, p) centroids: k-means++ seeding on ``init_rows`` (instead of FAISS's uniform random
+    start, which often merges well-separated clusters), then FAISS k-means on ``train_rows``."""
     from sklearn.cluster import kmeans_plusplus  # scikit-learn costs ~1 s to import: loaded at the first fit
 
-    n, p = y.shape
+    p = train_rows.shape[1]
     kmeans = faiss.Kmeans(
         p, num_prototypes, niter=niter, seed=seed, verbose=False,
         max_points_per_centroid=max_points_per_centroid, gpu=bool(gpu_available() if use_gpu is None else use_gpu),
     )
-    # k-means++ seeding (on a sample) instead of FAISS's uniform random start, which often
-    # merges well-separated clusters
-    rng = np.random.default_rng(seed)
-    sample = y if n <= 64 * num_prototypes else y[rng.choice(n, 64 * num_prototypes, replace=False)]
-    init, _ = kmeans_plusplus(sample, num_prototypes, random_state=seed)
-    kmeans.train(y, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
-    protos = Prototypes(projection, bias, kmeans.centroids)
+    init, _ = kmeans_plusplus(init_rows, num_prototypes, random_state=seed)
+    kmeans.train(np.ascontiguousarray(train_rows, dtype=np.float32), init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+    return kmeans.centroids
+
+
+def nearest_prototypes(protos: Prototypes, y: np.ndarray, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """((n,) float32 squared distance, (n,) int64 id) of each projected vector's nearest centroid,
+    searched in chunks so FAISS's (chunk, K) distance block stays bounded. FAISS computes
+    |x|^2 + |c|^2 - 2 x.c, which can dip just below 0: the inertia sums these, the distances
+    returned with a fit are clipped at 0."""
+    n = y.shape[0]
     index = protos.index(use_gpu)
     dist = np.empty(n, dtype=np.float32)
     assignment = np.empty(n, dtype=np.int64)
-    for s in range(0, n, _SEARCH_CHUNK):  # chunks: FAISS's (chunk, K) distance block stays bounded
+    for s in range(0, n, _SEARCH_CHUNK):
         d_chunk, ids = index.search(y[s : s + _SEARCH_CHUNK], 1)
         dist[s : s + _SEARCH_CHUNK], assignment[s : s + _SEARCH_CHUNK] = d_chunk[:, 0], ids[:, 0]
-    protos.inertia = float(dist.sum(dtype=np.float64))
-    if previous_assignment is not None:
-        order = _match_to_previous(y, assignment, np.asarray(previous_assignment).reshape(-1), protos.centroids)
-        protos = Prototypes(projection, bias, protos.centroids[order], protos.inertia)
-        assignment = np.argsort(order)[assignment]
-    if return_distances:
-        # FAISS computes |x|^2 + |c|^2 - 2 x.c, which can dip just below 0
-        return protos, assignment, np.maximum(dist, 0).astype(np.float32)
-    return protos, assignment
+    return dist, assignment
 
 
 _SEARCH_CHUNK = 65536
 
 
-def _match_to_previous(y: np.ndarray, assignment: np.ndarray, previous: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """order[old_id] = the new cluster that takes that id."""
-    k = centroids.shape[0]
-    if previous.shape[0] != y.shape[0]:
-        raise ValueError("previous_assignment must cover the same feature vectors")
+def member_sums(y: np.ndarray, previous: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k, p) float64 sums of the projected vectors ``y`` by their previous id, and (k,) member
+    counts: the old prototypes' members seen in the new space. Sums of shares add up to the sums
+    of the whole (to float64 rounding)."""
+    previous = np.asarray(previous).reshape(-1)
     counts = np.bincount(previous, minlength=k)[:k].astype(np.float64)
     keep = previous < k
     ids, members = previous[keep], y[keep]
     # per-dimension sums by bincount: the same float64 sums as np.add.at, ten times faster
-    old = np.stack([np.bincount(ids, weights=members[:, j], minlength=k)[:k] for j in range(y.shape[1])], axis=1)
-    old /= np.maximum(counts, 1)[:, None]
+    sums = np.stack([np.bincount(ids, weights=members[:, j], minlength=k)[:k] for j in range(y.shape[1])], axis=1)
+    return sums.reshape(k, y.shape[1]).astype(np.float64, copy=False), counts  # float64 also for no members
+
+
+def match_order(sums: np.ndarray, counts: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """order[old_id] = the new cluster that takes that id: Hungarian matching on the distance
+    between each old prototype's members' mean (``member_sums``) and the new centroids."""
+    old = sums / np.maximum(counts, 1)[:, None]
     cost = ((old[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
     cost[counts == 0] = cost.max() + 1.0  # an emptied old prototype: any leftover cluster
     rows, cols = linear_sum_assignment(cost)
-    order = np.empty(k, dtype=np.int64)
+    order = np.empty(centroids.shape[0], dtype=np.int64)
     order[rows] = cols
     return order
 
@@ -296,7 +335,7 @@ class PrototypeStream:
         q = torch.randn(self._dim, k, generator=generator, device=device)
         for _ in range(self.iterated_power + 1):
             q = torch.linalg.qr(_centred_gram_times(pending, mean, q)).Q
-        self._basis, self._mean = q, mean
+        self._basis, self._mean = q.contiguous(), mean  # one memory layout, whichever process projects with it
         shift = mean @ q
         while pending:  # project and drop: the raw rows are never held twice
             self._kept.append(pending.pop(0) @ q - shift)
@@ -324,30 +363,75 @@ class PrototypeStream:
             raise ValueError(f"{n} feature vectors cannot make {self.num_prototypes} prototypes: lower num_prototypes or enlarge the probe set")
         if self._basis is None:  # d <= n_components: the vectors themselves
             d = self._dim
-            y = np.empty((n, d), dtype=np.float32)
-            self._drain_into(y, None)
+            y = self.rotated()
             _check_finite(y)
             return _kmeans(y, np.eye(d, dtype=np.float32), np.zeros(d, dtype=np.float32), self.num_prototypes, **common)
-        # exact PCA of every projected vector inside the subspace (float64 moments, batch by batch)
-        k = self._basis.shape[1]
+        n_seen, total, second = self.moments()
+        zbar, v, projection, bias = self.rotation(n_seen, total, second)
+        return _kmeans(self.rotated(zbar, v), projection, bias, self.num_prototypes, **common)
+
+    # -- the pieces of ``fit``, for processes that each stream a share of the probe ----------------
+    @property
+    def subspace(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(basis (d, k), mean (d,)) once fitted; None before (or when d <= n_components)."""
+        return None if self._basis is None else (self._basis, self._mean)
+
+    def set_subspace(self, basis: torch.Tensor, mean: torch.Tensor) -> None:
+        """Project what is added from now on with a subspace fitted elsewhere (another process's
+        stream over the first batches of the same probe). Only on an empty stream."""
+        if self.num_vectors or self._dim is not None:
+            raise ValueError("set_subspace needs an empty stream: it was given activations already")
+        self._dim, self._basis, self._mean = int(basis.shape[0]), basis.contiguous(), mean.contiguous()
+
+    def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(n, (k,) sum, (k, k) sum of outer products) of the kept rows, float64: what the PCA
+        inside the subspace needs; ``batch_moments`` added in batch order from zero."""
+        k = self._moment_dim()
         total, second = np.zeros(k), np.zeros((k, k))
-        for z in self._kept:
+        for z in self._kept:  # as it goes: no (batches, k, k) array in one process
             z64 = z.double()
             total += z64.sum(0).cpu().numpy()
             second += (z64.T @ z64).cpu().numpy()
+        return self.num_vectors, total, second
+
+    def batch_moments(self) -> np.ndarray:
+        """(batches, 1 + k + k * k) float64: each kept batch's rows, sum and sum of outer products.
+        Processes whose shares are whole batches of one probe pass send these, and their sum in
+        batch order is the one process's to the bit."""
+        k = self._moment_dim()
+        out = np.empty((len(self._kept), 1 + k + k * k))
+        for i, z in enumerate(self._kept):
+            z64 = z.double()
+            out[i, 0], out[i, 1 : 1 + k], out[i, 1 + k :] = z.shape[0], z64.sum(0).cpu().numpy(), (z64.T @ z64).cpu().numpy().reshape(-1)
+        return out
+
+    def _moment_dim(self) -> int:
+        if self._pending:
+            raise ValueError("the subspace is not fitted yet: fewer vectors than sample_locations were added")
+        return self._dim if self._basis is None else self._basis.shape[1]
+
+    def rotation(self, n: int, total: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(zbar, v, projection, bias): the exact PCA of every projected vector inside the subspace
+        from its moments (``moments``), the PCA axes v (k, p) and the (p, d) projection with its
+        bias that map a feature vector to them. Raises ValueError for non-finite moments."""
         zbar = total / n
         cov = second / n - np.outer(zbar, zbar)
         if not np.all(np.isfinite(cov)):
             raise ValueError("features contain NaN or inf: the model's activations at the target layer are not finite")
-        p = min(self.n_components, k)
+        p = min(self.n_components, cov.shape[0])
         evals, evecs = np.linalg.eigh(cov)
         v = evecs[:, ::-1][:, :p]  # descending variance, as a PCA
         basis, mean = self._basis.double().cpu().numpy(), self._mean.double().cpu().numpy()
         projection = (basis @ v).T.astype(np.float32)  # (p, d)
         bias = (-(mean @ basis + zbar) @ v).astype(np.float32)
-        y = np.empty((n, p), dtype=np.float32)
-        self._drain_into(y, (zbar, v))
-        return _kmeans(y, projection, bias, self.num_prototypes, **common)
+        return zbar, v, projection, bias
+
+    def rotated(self, zbar: np.ndarray | None = None, v: np.ndarray | None = None) -> np.ndarray:
+        """The kept rows as (n, p) float32 on the PCA axes (``rotation``; as they are without
+        ``v``), draining the stream."""
+        y = np.empty((self.num_vectors, self._dim if v is None else v.shape[1]), dtype=np.float32)
+        self._drain_into(y, None if v is None else (zbar, v))
+        return y
 
     def _drain_into(self, y: np.ndarray, rotation) -> None:
         """Write every kept batch (rotated to the final PCA axes) into ``y`` and drop it as it goes,

@@ -1,10 +1,11 @@
 """Run by tests/test_distributed.py: a 2-process gloo DDP fit with I2XCallback on real digits.
 
-    python tests/ddp_fit.py OUT_DIR [FAIL_RANK]
+    python tests/ddp_fit.py OUT_DIR [FAIL_RANK|-] [PROBE_SIZE]
 
 Saves the model's weights at every I2X record (rank 0) to OUT_DIR/weights-E.pt, so the test can
 replay the same weights in one process and compare the explanations. With FAIL_RANK, the probe
-pass of that rank raises at the second record.
+pass of that rank raises at the second record. PROBE_SIZE (default 201, at most 297) images follow
+the 1,500 training digits.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class SaveWeights(pl.Callback):
             torch.save(pl_module.state_dict(), self.out / f"weights-{trainer.current_epoch}.pt")
 
 
-def digits():
+def digits(probe: int = 201):
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
     y = torch.tensor(d.target, dtype=torch.int64)
-    return TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500:1701], y[1500:1701])  # odd probe size
+    return TensorDataset(x[:1500], y[:1500]), TensorDataset(x[1500 : 1500 + probe], y[1500 : 1500 + probe])  # odd probe sizes
 
 
 def fail_on(rank: int) -> None:
@@ -58,11 +59,11 @@ def fail_on(rank: int) -> None:
     record_module.probe_batches = probe_batches
 
 
-def main(out: Path, fail_rank: int | None) -> None:
+def main(out: Path, fail_rank: int | None, probe_size: int) -> None:
     if fail_rank is not None:
         fail_on(fail_rank)
     pl.seed_everything(0, verbose=False)
-    train, probe = digits()
+    train, probe = digits(probe_size)
     cb = I2XCallback(probe, num_prototypes=8, run_dir=out / "run", probe_pass=ProbePassOptions(batch_size=64))
     trainer = pl.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, max_epochs=3, default_root_dir=out,
@@ -75,4 +76,4 @@ def main(out: Path, fail_rank: int | None) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None, int(sys.argv[3]) if len(sys.argv) > 3 else 201)

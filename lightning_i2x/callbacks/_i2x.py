@@ -192,26 +192,17 @@ class I2XCallback(pl.Callback):
                 self._guarded("record", trainer, self._record, trainer, pl_module, evidence)
 
     def _gathered_probe_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeEvidence | None:
-        """The whole probe's evidence in probe order on rank 0; None elsewhere or when the pass failed
-        on any rank. Each rank runs its share; alone, the features stream into the prototypes."""
-        world = trainer.world_size
+        """The whole probe's evidence on rank 0 (None elsewhere or when a rank failed): streamed alone, ``record.distributed_probe_pass`` under DDP."""
         if self._head is not None:  # the channel source carries over the head as it is now
             self._recorder.head = self._head.read()
-        part = record.probe_share(trainer.global_rank, world, self._images.shape[0])
-        local = None if part.start == part.stop else self._guarded(
-            "probe pass", trainer, record.probe_pass, pl_module, self._layer.module, self._images[part], self._labels[part], cam=self.cam,
-            options=self.probe_pass, reshape_transform=self._layer.reshape_transform, forward_fn=self.forward_fn,
-            stream=self._recorder.new_stream() if world == 1 else None)
-        if world == 1:
-            return local
-        if part.start == part.stop:
-            local = ProbeEvidence.empty(self._layer.feature_shape, self._layer.num_classes, pl_module.device)
-        evidence, failed = record.gather_evidence(trainer.strategy.all_gather, local, rank=trainer.global_rank, world=world,
-                                           num_probe=self._images.shape[0], feature_shape=self._layer.feature_shape,
-                                           num_classes=self._layer.num_classes, device=pl_module.device)
-        if failed and trainer.is_global_zero and local is not None:  # rank 0's own failure is already recorded
-            self._isolation.report("probe pass", RuntimeError(f"the probe pass failed on rank(s) {failed}"), At.of(trainer))
-        return evidence if trainer.is_global_zero else None
+        guard = lambda where, fn, *a, **kw: self._guarded(where, trainer, fn, *a, **kw)  # noqa: E731
+        run_pass = lambda images, labels, stream: record.probe_pass(pl_module, self._layer.module, images, labels, cam=self.cam, options=self.probe_pass, reshape_transform=self._layer.reshape_transform, forward_fn=self.forward_fn, stream=stream)  # noqa: E731
+        if trainer.world_size == 1:
+            return guard("probe pass", run_pass, self._images, self._labels, stream=self._recorder.new_stream())
+        group = record.Group(trainer.global_rank, trainer.world_size, trainer.strategy.all_gather, lambda t: trainer.strategy.broadcast(t, src=0), pl_module.device)
+        previous = lambda: self._join(trainer) or (None if self._run is None or self._run.prototypes is None else self._run.assignment())  # noqa: E731
+        return record.distributed_probe_pass(group, run_pass, guard, self._images, self._labels, self._recorder, self._layer,
+                                             batch_size=self.probe_pass.batch_size, previous=previous)
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evidence: ProbeEvidence) -> None:
         """Hand the evidence to the analysis: in the background worker when ``async_analysis`` (the

@@ -2,6 +2,7 @@
 evidence, opening or resuming a run, the checks a fit must pass before training, each record's
 analysis (append + refit, explain, measures) and the end-of-fit step, and the background worker."""
 
+from ._distributed import Group, distributed_probe_pass, head_images
 from ._pipeline import (
     MAX_STORED_PROBE_BYTES,
     ProbeEvidence,
@@ -23,5 +24,5 @@ from ._worker import AnalysisWorker
 __all__ = [
     "ProbeEvidence", "probe_pass", "Recorder", "AnalysisWorker", "open_run", "resume_run", "open_or_resume", "run_state",
     "run_fingerprint", "MAX_STORED_PROBE_BYTES", "materialise_probe", "probe_fingerprint", "check_fit", "check_writable",
-    "Attempt", "analyse_record", "finish_fit", "gather_evidence", "probe_share",
+    "Attempt", "analyse_record", "finish_fit", "gather_evidence", "probe_share", "Group", "distributed_probe_pass", "head_images",
 ]
