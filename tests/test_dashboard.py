@@ -84,7 +84,8 @@ def test_routes_answer_small_json_of_the_documented_shape(client):
     ov = get_json(client, f"/api/overview?run={RUN}")
     assert ov["class_names"] == ["c0", "c1", "c2"] and len(ov["checkpoints"]) == 6
     assert np.array(ov["confidence"]).shape == (3, 6) and len(ov["accuracy"]) == 6 and len(ov["holding"]) == 8
-    ex = ov["explanation"]
+    assert "explanation" not in ov  # the first view is only what the run holds; the explanation comes on its own route
+    ex = get_json(client, f"/api/explanation?run={RUN}")["explanation"]
     assert ex["num_intervals"] == 5 and ex["suspects"] is None
     for row in ex["uncertain"]:  # grouped: one row per prototype, its pairs inside
         assert set(row) == {"prototype", "score", "pairs"} and row["pairs"]
@@ -284,6 +285,7 @@ def test_the_interactive_report_is_one_file_that_needs_no_network(logdir, tmp_pa
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and '<link' not in page
     data = json.loads(re.search(r'<script type="application/json" id="i2x-data">(.*?)</script>', page, re.S).group(1))
     assert data["static"] and data["left_out"]["images"] == 0
+    assert data["responses"]["api/explanation?run=i2x"]["explanation"]["num_intervals"] == 5
     assert "api/overview?run=i2x" in data["responses"] and "api/prototype?k=7&run=i2x" in data["responses"]
     assert data["images"]["api/sprite.png?k=0&run=i2x"].startswith("data:image/png;base64,")
     def left_out(max_bytes):
@@ -359,6 +361,12 @@ def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
         assert b.eval("document.querySelector('#conf-now').textContent") != before
         assert b.eval("document.querySelector('#ckpt-label').textContent").startswith("checkpoint 1 / 5")
         b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 5; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.explained === '1' && !!document.querySelector('#order')")
+        resolved = b.eval("document.querySelectorAll('#order li.resolved').length")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelectorAll('#order li.resolved').length") == 0  # nothing resolved before interval 0
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 5; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelectorAll('#order li.resolved').length") == resolved
         b.screenshot(shots / "dashboard-overview.png")
 
         b.goto(base + f"#run={RUN}&view=prototype&k=2")

@@ -35,6 +35,24 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "tb.js": "text/javascript"}
 TOKEN_HEADER = "X-I2X-Token"
+# the routes, the same for every app (compiled once: a fresh app answers its first view sooner)
+URL_MAP = Map([
+    Rule("/", endpoint="index"),
+    Rule("/index.html", endpoint="index"),
+    Rule("/index.js", endpoint="tb_entry"),
+    Rule("/static/<name>", endpoint="static"),
+    Rule("/api/config", endpoint="config"),
+    Rule("/api/runs", endpoint="runs"),
+    Rule("/api/overview", endpoint="overview"),
+    Rule("/api/explanation", endpoint="explanation"),
+    Rule("/api/prototype", endpoint="prototype"),
+    Rule("/api/sprite.png", endpoint="sprite"),
+    Rule("/api/image", endpoint="image"),
+    Rule("/api/image.png", endpoint="image_png"),
+    Rule("/api/twin.png", endpoint="twin_png"),
+    Rule("/api/marks", endpoint="marks", methods=["GET", "POST"]),
+    Rule("/api/file", endpoint="file"),
+], strict_slashes=False)
 
 
 def static_text(name: str) -> str:
@@ -64,22 +82,7 @@ class DashboardApp:
         self._scan_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.cache = RunCache()
-        self.url_map = Map([
-            Rule("/", endpoint="index"),
-            Rule("/index.html", endpoint="index"),
-            Rule("/index.js", endpoint="tb_entry"),
-            Rule("/static/<name>", endpoint="static"),
-            Rule("/api/config", endpoint="config"),
-            Rule("/api/runs", endpoint="runs"),
-            Rule("/api/overview", endpoint="overview"),
-            Rule("/api/prototype", endpoint="prototype"),
-            Rule("/api/sprite.png", endpoint="sprite"),
-            Rule("/api/image", endpoint="image"),
-            Rule("/api/image.png", endpoint="image_png"),
-            Rule("/api/twin.png", endpoint="twin_png"),
-            Rule("/api/marks", endpoint="marks", methods=["GET", "POST"]),
-            Rule("/api/file", endpoint="file"),
-        ], strict_slashes=False)
+        self.url_map = URL_MAP
 
     # -- WSGI ------------------------------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -174,6 +177,10 @@ class DashboardApp:
     def on_overview(self, request: Request) -> Response:
         name, snap = self._snapshot(request)
         return self._json(_data.overview(snap, name))
+
+    def on_explanation(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return self._json(_data.explanation(snap))
 
     def on_prototype(self, request: Request) -> Response:
         _, snap = self._snapshot(request)

@@ -62,6 +62,7 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
         return r
 
     ov = json.loads(get("/api/overview", {}).data)
+    get("/api/explanation", {})
     has_images = ov["image_shape"] is not None
     wanted: list[int] = []
     if ov["has_prototypes"]:

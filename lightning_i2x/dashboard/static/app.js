@@ -167,6 +167,8 @@ class App {
     const run = runs.includes(s.run) ? s.run : runs[0];
     if (!this.ov || this.ov.name !== run || this.needsReload) {
       this.ov = await this.src.json("api/overview", { run });
+      this.explained = this.src.json("api/explanation", { run });  // dearer: drawn when it comes
+      this.explained.catch(() => {});
       this.needsReload = false;
       if (this.t === null || this.t >= this.ov.checkpoints.length) this.t = Math.max(0, this.ov.checkpoints.length - 1);
     }
@@ -216,7 +218,7 @@ class App {
 
   // -- overview --------------------------------------------------------------------------------
   overviewPage(main, s) {
-    const ov = this.ov, names = ov.class_names, ex = ov.explanation;
+    const ov = this.ov, names = ov.class_names;
     const cls = s.cls !== undefined && s.cls !== "" ? Number(s.cls) : null;
     const pair = s.pair || "";
     const conf = lineChart(ov.confidence.map((v, c) => ({ name: names[c], values: v, color: color(c), bold: c === cls })), { ymin: 0, ymax: 1, label: "checkpoint" });
@@ -224,32 +226,23 @@ class App {
     const drawNow = (t) => now.replaceChildren(el("tr", {}, el("th", { text: "class" }), el("th", { text: `confidence @${t}` })),
       ...names.map((n, c) => el("tr", {}, el("td", { text: n }), el("td", { text: fmt(ov.confidence[c][t]) }))),
       el("tr", {}, el("td", { text: "probe accuracy" }), el("td", { text: fmt(ov.accuracy[t]) })));
-    const filters = el("div", { class: "filters" },
-      el("label", { text: "class " }), el("select", { id: "filter-class", onchange: (e) => this.go({ cls: e.target.value || null, pair: null }) },
-        el("option", { value: "", text: "all" }), names.map((n, c) => el("option", { value: c, selected: c === cls, text: n }))),
-      el("label", { text: "pair " }), el("select", { id: "filter-pair", onchange: (e) => this.go({ pair: e.target.value || null }) },
-        el("option", { value: "", text: "all" }),
-        [...new Set((ex ? ex.uncertain : []).flatMap((u) => u.pairs.map((p) => p.classes.join("-"))))]
-          .filter((p) => cls === null || p.split("-").map(Number).includes(cls))
-          .map((p) => el("option", { value: p, selected: p === pair, text: p.split("-").map((c) => names[c]).join(" ↔ ") }))));
-    const rows = (ex ? ex.uncertain : []).map((u) => ({ ...u, pairs: u.pairs.filter((p) => (cls === null || p.classes.includes(cls)) && (!pair || p.classes.join("-") === pair)) }))
-      .filter((u) => u.pairs.length);
-    const uncertain = rows.length ? virtualList(rows, (u) => [this.protoLink(u.prototype), " ",
-      el("span", { class: "muted", text: u.pairs.map((p) => `${names[p.classes[0]]} ↔ ${names[p.classes[1]]} (${p.flips} flips, ${fmt(p.score, 2)})`).join("; ") }),
-      ex.suspects && ex.suspects.includes(u.prototype) ? el("span", { class: "badge suspect", text: "suspect" }) : null], { id: "uncertain" })
-      : el("p", { class: "muted", id: "uncertain", text: ex ? "no uncertain prototype (for this filter)" : ov.note });
-    const suspects = !ex ? el("p", { class: "muted", text: ov.note }) : ex.suspects === null
-      ? el("p", { class: "muted", text: "not measured: add RelianceMeasure() to I2XCallback(measures=[...]) or call reliance_of_run(run, model)" })
-      : el("p", { id: "suspects" }, ex.suspects.length ? ex.suspects.map((k) => [this.protoLink(k), " "]) : "none");
-    const order = el("ol", { class: "order", id: "order" }, (ex ? ex.learning_order : [])
-      .filter((o) => (cls === null || o.classes.includes(cls)) && (!pair || o.classes.join("-") === pair)).slice(0, 60)
-      .map((o) => el("li", { "data-interval": o.interval === null ? "" : o.interval, text: `${names[o.classes[0]]}/${names[o.classes[1]]} ` + (o.interval === null ? "unresolved" : `@ interval ${o.interval}`) })));
+    const unc = el("section", { class: "card", id: "uncertain-card" }, el("h2", { text: "Uncertain prototypes (one row per prototype, with its pairs)" }),
+      el("p", { class: "muted", text: "explaining the run…" }));
+    const sus = el("section", { class: "card", id: "suspects-card" }, el("h2", { text: "Suspected shortcuts" }), el("p", { class: "muted", text: "explaining the run…" }));
+    let order = null, t = this.t;
+    const setOrder = () => { if (order) for (const li of order.children) li.classList.toggle("resolved", li.dataset.interval !== "" && Number(li.dataset.interval) < t); };
+    this.explained.then((d) => {
+      const c = this.explanationCards(d, cls, pair);
+      order = c.order;
+      unc.replaceChildren(unc.firstChild, c.filters, c.uncertain);
+      sus.replaceChildren(sus.firstChild, c.suspects, el("h2", { text: "Learning order (pair resolved after interval)" }), order);
+      setOrder();
+      main.dataset.explained = "1";
+    }, (e) => { for (const card of [unc, sus]) card.replaceChildren(card.firstChild, el("p", { class: "note", text: String(e.message || e) })); });
     const all = ov.has_prototypes ? virtualList([...Array(ov.num_prototypes).keys()], (k) => [this.protoLink(k), el("span", { class: "muted", text: `  in ${ov.holding[k]} probe images` })], { id: "all-prototypes", height: 240 }) : el("p", { class: "muted", text: "no prototypes yet" });
     main.append(el("div", { class: "grid" },
       el("section", { class: "card" }, el("h2", { text: "Confidence of the true class, per class" }), conf.node, legend(names), now),
-      el("section", { class: "card" }, el("h2", { text: "Uncertain prototypes (one row per prototype, with its pairs)" }), filters, uncertain),
-      el("section", { class: "card" }, el("h2", { text: "Suspected shortcuts" }), suspects,
-        el("h2", { text: "Learning order (pair resolved after interval)" }), order),
+      unc, sus,
       ov.channels ? el("section", { class: "card", id: "channels" }, el("h2", { text: `Disentangled channels (EPIC): purity ${fmt(ov.channels.purity_before, 2)} → ${fmt(ov.channels.purity_after, 2)}` }),
         el("table", { class: "small" }, el("tr", {}, el("th", { text: "channel" }), el("th", { text: "purity before" }), el("th", { text: "after" }), el("th", { text: "class it weighs most" })),
           ov.channels.channels.map((c) => el("tr", {}, el("td", { text: `ch ${c.channel}` }), el("td", { text: fmt(c.purity_before, 2) }), el("td", { text: fmt(c.purity_after, 2) }), el("td", { text: names[c.top_class] }))))) : null,
@@ -266,10 +259,36 @@ class App {
           el("input", { type: "number", id: "goto-image", min: 0, max: ov.num_probe - 1, value: 0, onchange: (e) => this.go({ view: "image", i: e.target.value, k: null }) })),
         this.inline ? null : el("p", { class: "muted" }, "files: ", ov.files.slice(0, 3).map((f) => [el("a", { href: new URL(keyOf("api/file", { run: this.run, path: f }), document.baseURI).href, text: f }), " "]), ov.files.length > 3 ? `and ${ov.files.length - 3} more` : "")),
       ov.twin ? this.twinCard(ov.twin) : null));
-    return { setT: (t) => {
-      conf.setCursor(t); drawNow(t);
-      for (const li of order.children) li.classList.toggle("resolved", li.dataset.interval !== "" && Number(li.dataset.interval) < t);
+    return { setT: (nt) => {
+      conf.setCursor(nt); drawNow(nt); t = nt; setOrder();
     } };
+  }
+
+  // The explanation's cards of the overview (uncertain prototypes, suspects, learning order), once
+  // api/explanation answered; filtered by class and pair.
+  explanationCards(d, cls, pair) {
+    const ov = this.ov, names = ov.class_names, ex = d.explanation;
+    const filters = el("div", { class: "filters" },
+      el("label", { text: "class " }), el("select", { id: "filter-class", onchange: (e) => this.go({ cls: e.target.value || null, pair: null }) },
+        el("option", { value: "", text: "all" }), names.map((n, c) => el("option", { value: c, selected: c === cls, text: n }))),
+      el("label", { text: "pair " }), el("select", { id: "filter-pair", onchange: (e) => this.go({ pair: e.target.value || null }) },
+        el("option", { value: "", text: "all" }),
+        [...new Set((ex ? ex.uncertain : []).flatMap((u) => u.pairs.map((p) => p.classes.join("-"))))]
+          .filter((p) => cls === null || p.split("-").map(Number).includes(cls))
+          .map((p) => el("option", { value: p, selected: p === pair, text: p.split("-").map((c) => names[c]).join(" ↔ ") }))));
+    const rows = (ex ? ex.uncertain : []).map((u) => ({ ...u, pairs: u.pairs.filter((p) => (cls === null || p.classes.includes(cls)) && (!pair || p.classes.join("-") === pair)) }))
+      .filter((u) => u.pairs.length);
+    const uncertain = rows.length ? virtualList(rows, (u) => [this.protoLink(u.prototype), " ",
+      el("span", { class: "muted", text: u.pairs.map((p) => `${names[p.classes[0]]} ↔ ${names[p.classes[1]]} (${p.flips} flips, ${fmt(p.score, 2)})`).join("; ") }),
+      ex.suspects && ex.suspects.includes(u.prototype) ? el("span", { class: "badge suspect", text: "suspect" }) : null], { id: "uncertain" })
+      : el("p", { class: "muted", id: "uncertain", text: ex ? "no uncertain prototype (for this filter)" : d.note });
+    const suspects = !ex ? el("p", { class: "muted", text: d.note }) : ex.suspects === null
+      ? el("p", { class: "muted", text: "not measured: add RelianceMeasure() to I2XCallback(measures=[...]) or call reliance_of_run(run, model)" })
+      : el("p", { id: "suspects" }, ex.suspects.length ? ex.suspects.map((k) => [this.protoLink(k), " "]) : "none");
+    const order = el("ol", { class: "order", id: "order" }, (ex ? ex.learning_order : [])
+      .filter((o) => (cls === null || o.classes.includes(cls)) && (!pair || o.classes.join("-") === pair)).slice(0, 60)
+      .map((o) => el("li", { "data-interval": o.interval === null ? "" : o.interval, text: `${names[o.classes[0]]}/${names[o.classes[1]]} ` + (o.interval === null ? "unresolved" : `@ interval ${o.interval}`) })));
+    return { filters, uncertain, suspects, order };
   }
 
   // The causal twin a TwinMeasure stored: fidelity, effects per concept, edges, its three figures.
@@ -331,7 +350,7 @@ class App {
         el("section", { class: "card" }, el("h2", { text: `Its ${p.patches.length} probe patches nearest the centroid` }), sprite, status),
         el("section", { class: "card" }, el("h2", { text: "Mean intensity in the images holding it" }), inten.node, now),
         el("section", { class: "card" }, el("h2", { text: "Ridge coefficient per class over the intervals (dashed: ±τ)" }),
-          beta ? [beta.node, legend(names)] : el("p", { class: "muted", text: ov.note || "no explanation" })),
+          beta ? [beta.node, legend(names)] : el("p", { class: "muted", text: p.note || "no explanation" })),
         el("section", { class: "card" }, el("h2", { text: `Probe images holding it (${p.holders.length} of ${p.num_holding}, cells outlined)` }), thumbs))].filter(Boolean));
     return { setT: (t) => {
       inten.setCursor(t);
