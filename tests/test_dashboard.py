@@ -114,6 +114,56 @@ def test_routes_answer_small_json_of_the_documented_shape(client):
     assert client.post(f"/api/overview?run={RUN}").status_code == 405
 
 
+def planted_explanation(n=60, k=8, m=3, intervals=5):
+    """An explanation with known answers: P-3 shared by class 0; in interval 0 P-1 moves
+    confidence from class 2 to class 0 (beta +1 / -1, tau 0.5); P-5 is uncertain between 0 and 2."""
+    from lightning_i2x.analysis import Explanation, UncertainPrototype
+
+    beta = np.zeros((intervals, k, m))
+    beta[0, 1, 0], beta[0, 1, 2] = 1.0, -1.0
+    beta[2, 5, 0], beta[3, 5, 2] = 0.8, 0.8
+    labels = np.arange(n) % m
+    presence = np.zeros((n, k), bool)
+    presence[labels == 0, 3] = True
+    return Explanation(beta=beta, thresholds=np.full(intervals, 0.5), groups=np.full((intervals, n), -1), presence=presence,
+                       labels=labels, class_names=["c0", "c1", "c2"],
+                       params={"shared_frac": 0.8, "specialised_frac": 0.5, "min_group_members": 3},
+                       _uncertain=[UncertainPrototype(5, (0, 2), 3, 0.9)])
+
+
+def planted_app(logdir, **kw) -> DashboardApp:
+    app = DashboardApp(logdir, **kw)
+    app.cache.get(app.runs()[RUN]).memo("explanation", lambda: (planted_explanation(), None))
+    return app
+
+
+def test_the_class_and_pair_pages_draw_the_planted_explanation(logdir):
+    client = Client(planted_app(logdir))
+    page = get_json(client, f"/api/class?run={RUN}&c=0")
+    rows = {r["prototype"]: r for r in page["rows"]}
+    assert page["rows"][0]["prototype"] == 3 and page["rows"][0]["kind"] == "shared" and page["shared"] == [3]
+    assert rows[1]["beta"] == [1.0, 0, 0, 0, 0] and rows[1]["against"] == [2, None, None, None, None]  # Fig. 3
+    assert rows[5]["against"][2] is None  # raised class 0, but no class fell past tau
+    assert [g["sources"] for g in page["graph"]] == [[{"class": 2, "prototypes": [1]}], [], [], [], []]  # Fig. 4
+    assert page["pairs"] == [[0, 2]] and page["thresholds"] == [0.5] * 5
+    assert get_json(client, f"/api/class?run={RUN}&c=2")["graph"][0]["sources"] == []  # c2 lost, it gained nothing
+    pair = get_json(client, f"/api/pair?run={RUN}&a=0&b=2")  # Fig. 5
+    assert [r["prototype"] for r in pair["rows"]] == [5, 1] and pair["rows"][0]["flips"] == 3 and pair["rows"][1]["flips"] is None
+    assert pair["rows"][1]["diff"][0] == 2.0 and pair["rows"][1]["over"] == [True, False, False, False, False]
+    assert pair["rows"][0]["over"] == [False, False, True, True, False]
+    other = get_json(client, f"/api/pair?run={RUN}&a=0&b=1")["rows"]  # separated, not uncertain: largest difference first
+    assert [(r["prototype"], r["flips"]) for r in other] == [(1, None), (5, None)]
+    get_json(client, f"/api/class?run={RUN}&c=3", 404)
+    get_json(client, f"/api/pair?run={RUN}&a=1&b=1", 404)
+    get_json(client, f"/api/class?run={RUN}&c=x", 400)
+
+
+def test_the_class_page_says_why_before_an_explanation(tmp_path):
+    make_run(tmp_path / "young", t=1)
+    page = get_json(Client(DashboardApp(tmp_path / "young")), "/api/class?c=1")
+    assert page["rows"] == [] and "at least two checkpoints" in page["note"]
+
+
 def test_every_response_has_a_type_nosniff_and_html_a_strict_csp(client):
     urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
             f"/api/sprite.png?run={RUN}&k=0", "/api/nothing", "/static/secret.py", f"/api/file?run={RUN}&path=..%2Fx"]
@@ -286,6 +336,7 @@ def test_the_interactive_report_is_one_file_that_needs_no_network(logdir, tmp_pa
     data = json.loads(re.search(r'<script type="application/json" id="i2x-data">(.*?)</script>', page, re.S).group(1))
     assert data["static"] and data["left_out"]["images"] == 0
     assert data["responses"]["api/explanation?run=i2x"]["explanation"]["num_intervals"] == 5
+    assert "api/class?c=2&run=i2x" in data["responses"]
     assert "api/overview?run=i2x" in data["responses"] and "api/prototype?k=7&run=i2x" in data["responses"]
     assert data["images"]["api/sprite.png?k=0&run=i2x"].startswith("data:image/png;base64,")
     def left_out(max_bytes):
@@ -406,6 +457,48 @@ def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
         b.close()
     outside = [u for u in b.requests if not (u.startswith(base) or u.startswith(("data:", "blob:", "about:")))]
     assert b.requests and not outside, outside
+
+
+def test_the_class_and_pair_pages_in_headless_chromium(logdir, tmp_path):
+    """The overview links to the class and pair pages; the slider frames the interval in the grid
+    and the graph; clicking an edge's prototype label opens that prototype's page."""
+    from werkzeug.serving import make_server
+
+    require_chromium("the class page test")
+    server = make_server("127.0.0.1", 0, planted_app(logdir, allowed_hosts={"127.0.0.1"}), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/"
+    shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    b = DevTools(size=(1300, 900))
+    try:
+        b.goto(base + f"#run={RUN}")
+        b.wait_for("document.querySelector('#view').dataset.explained === '1' && !!document.querySelector('#uncertain [data-pair]')")
+        b.click(*b.center("#uncertain [data-pair='0-2']"))
+        b.wait_for("document.body.dataset.view === 'pair' && !!document.querySelector('#pair-grid')")
+        assert b.eval("document.querySelector('#pair-now').textContent") == "interval 4: none past τ"
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#pair-now').textContent") == "interval 0: P-1 towards c0"
+        b.screenshot(shots / "dashboard-pair.png")
+        b.goto(base + f"#run={RUN}")
+        b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#class-links [data-class]')")
+        b.click(*b.center("#class-links [data-class='0']"))
+        b.wait_for("document.body.dataset.view === 'class' && !!document.querySelector('#graph')")
+        assert b.eval("document.querySelector('#evolution').dataset.interval") == "0"  # the slider is at checkpoint 0
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 3; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#evolution').dataset.interval") == "3"
+        assert b.eval("document.querySelector('#graph').dataset.interval") == "3"
+        assert "no class lost confidence" in b.eval("document.querySelector('#class-now').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#class-now').textContent") == "interval 0 (τ 0.500): c2 → c0 by P-1"
+        b.screenshot(shots / "dashboard-class.png")
+        b.click(*b.center("#graph [data-edge='2-0-0']"))
+        b.wait_for("document.body.dataset.view === 'prototype' && location.hash.includes('k=1')")
+        assert not b.console, b.console
+    finally:
+        b.close()
+        server.shutdown()
+        server.server_close()
+    assert all(u.startswith((base, "data:", "blob:", "about:")) for u in b.requests), b.requests
 
 
 def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):

@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..errors import I2XRunError
 from ..store import MARK_VALUES
-from . import _data
+from . import _data, _figures
 from ._runs import RunCache, find_runs
 
 __all__ = ["DashboardApp", "CSP", "STATIC_FILES"]
@@ -46,6 +46,8 @@ URL_MAP = Map([
     Rule("/api/overview", endpoint="overview"),
     Rule("/api/explanation", endpoint="explanation"),
     Rule("/api/prototype", endpoint="prototype"),
+    Rule("/api/class", endpoint="class_page"),
+    Rule("/api/pair", endpoint="pair_page"),
     Rule("/api/sprite.png", endpoint="sprite"),
     Rule("/api/image", endpoint="image"),
     Rule("/api/image.png", endpoint="image_png"),
@@ -185,6 +187,14 @@ class DashboardApp:
     def on_prototype(self, request: Request) -> Response:
         _, snap = self._snapshot(request)
         return self._json(_data.prototype(snap, self._int(request, "k")))
+
+    def on_class_page(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return self._json(_figures.class_page(snap, self._int(request, "c")))
+
+    def on_pair_page(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return self._json(_figures.pair_page(snap, self._int(request, "a"), self._int(request, "b")))
 
     def on_sprite(self, request: Request) -> Response:
         _, snap = self._snapshot(request)

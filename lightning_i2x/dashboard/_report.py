@@ -1,7 +1,8 @@
 """``i2x report --interactive``: the dashboard as one self-contained HTML file that opens offline.
 
-The page's script, style and the answers of every route it would ask (the overview, every
-prototype and its sprite, as many probe images as fit in ``max_bytes``) are inlined; a strict
+The page's script, style and the answers of every route it would ask (the overview, the
+explanation, every prototype and its sprite, the class pages and the uncertain pairs' pages, up to
+``MAX_CLASS_PAGES`` each, as many probe images as fit in ``max_bytes``) are inlined; a strict
 Content-Security-Policy (hashes of the inline script and style, no network) is set in a meta tag.
 Probe images past the cap are left out, and the page says so where one is asked for.
 """
@@ -25,6 +26,7 @@ from ._app import DashboardApp, static_text
 __all__ = ["build_interactive_report", "write_interactive_report", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_MAX_BYTES = 48 * 2**20
+MAX_CLASS_PAGES = 100  # class pages, and pair pages of the uncertain pairs, carried by the file
 
 
 def _key(path: str, params: dict) -> str:
@@ -62,7 +64,6 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
         return r
 
     ov = json.loads(get("/api/overview", {}).data)
-    get("/api/explanation", {})
     has_images = ov["image_shape"] is not None
     wanted: list[int] = []
     if ov["has_prototypes"]:
@@ -71,6 +72,12 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
             if has_images:
                 get("/api/sprite.png", {"k": k}, binary=True)
             wanted += [p["image"] for p in proto["patches"]] + [h["image"] for h in proto["holders"][:8]]
+    ex = json.loads(get("/api/explanation", {}).data)["explanation"]
+    for c in range(min(len(ov["class_names"]), MAX_CLASS_PAGES)):
+        get("/api/class", {"c": c})
+    pairs = list(dict.fromkeys(tuple(p["classes"]) for u in (ex["uncertain"] if ex else []) for p in u["pairs"]))
+    for a, b in pairs[:MAX_CLASS_PAGES]:
+        get("/api/pair", {"a": a, "b": b})
     for view in (ov["twin"] or {}).get("views", []):
         get("/api/twin.png", {"view": view}, binary=True)
     order = list(dict.fromkeys(wanted + list(range(ov["num_probe"]))))

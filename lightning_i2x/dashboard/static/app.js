@@ -180,6 +180,8 @@ class App {
     try {
       if (s.view === "prototype") this.view = await this.prototypePage(main, Number(s.k));
       else if (s.view === "image") this.view = await this.imagePage(main, Number(s.i));
+      else if (s.view === "class") this.view = await this.classPage(main, Number(s.c));
+      else if (s.view === "pair") this.view = await this.pairPage(main, Number(s.a), Number(s.b));
       else this.view = this.overviewPage(main, s);
       this.view.setT(this.t);
       document.body.dataset.view = s.view || "overview";
@@ -216,6 +218,11 @@ class App {
       mark ? el("span", { class: `badge ${mark}`, text: mark }) : null);
   }
 
+  pairLink([a, b]) {
+    const names = this.ov.class_names;
+    return this.link(`${names[a]} ↔ ${names[b]}`, { view: "pair", a, b, c: null, k: null, i: null }, { "data-pair": `${a}-${b}` });
+  }
+
   // -- overview --------------------------------------------------------------------------------
   overviewPage(main, s) {
     const ov = this.ov, names = ov.class_names;
@@ -241,7 +248,8 @@ class App {
     }, (e) => { for (const card of [unc, sus]) card.replaceChildren(card.firstChild, el("p", { class: "note", text: String(e.message || e) })); });
     const all = ov.has_prototypes ? virtualList([...Array(ov.num_prototypes).keys()], (k) => [this.protoLink(k), el("span", { class: "muted", text: `  in ${ov.holding[k]} probe images` })], { id: "all-prototypes", height: 240 }) : el("p", { class: "muted", text: "no prototypes yet" });
     main.append(el("div", { class: "grid" },
-      el("section", { class: "card" }, el("h2", { text: "Confidence of the true class, per class" }), conf.node, legend(names), now),
+      el("section", { class: "card" }, el("h2", { text: "Confidence of the true class, per class" }), conf.node, legend(names), now,
+        el("p", { id: "class-links" }, "class pages: ", names.map((n, c) => [this.link(n, { view: "class", c, k: null, i: null }, { "data-class": c }), " "]))),
       unc, sus,
       ov.channels ? el("section", { class: "card", id: "channels" }, el("h2", { text: `Disentangled channels (EPIC): purity ${fmt(ov.channels.purity_before, 2)} → ${fmt(ov.channels.purity_after, 2)}` }),
         el("table", { class: "small" }, el("tr", {}, el("th", { text: "channel" }), el("th", { text: "purity before" }), el("th", { text: "after" }), el("th", { text: "class it weighs most" })),
@@ -279,7 +287,8 @@ class App {
     const rows = (ex ? ex.uncertain : []).map((u) => ({ ...u, pairs: u.pairs.filter((p) => (cls === null || p.classes.includes(cls)) && (!pair || p.classes.join("-") === pair)) }))
       .filter((u) => u.pairs.length);
     const uncertain = rows.length ? virtualList(rows, (u) => [this.protoLink(u.prototype), " ",
-      el("span", { class: "muted", text: u.pairs.map((p) => `${names[p.classes[0]]} ↔ ${names[p.classes[1]]} (${p.flips} flips, ${fmt(p.score, 2)})`).join("; ") }),
+      el("span", { class: "muted" }, u.pairs.map((p, j) => [j ? "; " : "", this.pairLink(p.classes),
+        ` (${p.flips} flips, ${fmt(p.score, 2)})`])),
       ex.suspects && ex.suspects.includes(u.prototype) ? el("span", { class: "badge suspect", text: "suspect" }) : null], { id: "uncertain" })
       : el("p", { class: "muted", id: "uncertain", text: ex ? "no uncertain prototype (for this filter)" : d.note });
     const suspects = !ex ? el("p", { class: "muted", text: d.note }) : ex.suspects === null
@@ -357,6 +366,107 @@ class App {
       const b = p.beta ? Math.min(t, p.beta.length - 1) : null;
       if (beta) beta.setCursor(b);
       now.textContent = `checkpoint ${t}: intensity ${fmt(p.intensity[t])}` + (b !== null && b >= 0 ? `; interval ${b}: ` + names.map((n, c) => `${n} ${fmt(p.beta[b][c], 2)}`).join(", ") : "");
+    } };
+  }
+
+  // -- class and pair pages -------------------------------------------------------------------------
+  // Rows (prototypes) x intervals as SVG: a cell's colour is its value (blue > 0, red < 0), its text
+  // what passed tau; row labels open the prototype page; the slider's interval is framed.
+  grid(rows, n, { value, text, outlined = () => false, label, id }) {
+    const cell = 30, left = 150, top = 22, W = left + n * cell + 10, H = top + rows.length * 24 + 8;
+    const root = svg("svg", { class: "grid-svg", id, width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+    const hi = Math.max(1e-9, ...rows.flatMap((r, i) => [...Array(n).keys()].map((t) => Math.abs(value(r, t) ?? 0))));
+    for (let t = 0; t < n; t++) { const h = svg("text", { x: left + t * cell + cell / 2, y: 14, "text-anchor": "middle" }); h.textContent = `T${t}`; root.append(h); }
+    rows.forEach((r, i) => {
+      const y = top + i * 24, a = svg("text", { x: 4, y: y + 16, class: "proto-label", "data-prototype": r.prototype });
+      a.textContent = label(r);
+      a.addEventListener("click", () => this.go({ view: "prototype", k: r.prototype, c: null, a: null, b: null }));
+      root.append(a);
+      for (let t = 0; t < n; t++) {
+        const v = value(r, t) ?? 0, x = v / hi;
+        const fill = x >= 0 ? `rgba(33,102,172,${Math.abs(x)})` : `rgba(178,24,43,${Math.abs(x)})`;
+        const rect = svg("rect", { x: left + t * cell, y, width: cell - 2, height: 22, fill, stroke: "#ddd", "data-t": t, "data-row": i });
+        const title = svg("title"); title.textContent = `P-${r.prototype}, interval ${t}: ${fmt(value(r, t))}`; rect.append(title);
+        root.append(rect);
+        const s = text(r, t);
+        if (s) { const tx = svg("text", { x: left + t * cell + cell / 2 - 1, y: y + 15, "text-anchor": "middle", class: Math.abs(x) > 0.6 ? "on-dark" : "" }); tx.textContent = s; root.append(tx); }
+      }
+      if (outlined(r)) root.append(svg("rect", { x: left - 1, y: y - 1, width: n * cell, height: 24, fill: "none", stroke: "#000", "stroke-width": 1.8 }));
+    });
+    const frame = svg("rect", { class: "cursor-frame", y: top - 2, width: cell, height: rows.length * 24 + 2, fill: "none" });
+    root.append(frame);
+    return { node: root, setT(t) { const c = Math.max(0, Math.min(n - 1, t)); frame.setAttribute("x", left + c * cell - 1); root.dataset.interval = c; } };
+  }
+
+  // Fig. 4: one row per interval (time flows down): T_t, then the classes that lost confidence to
+  // the class, each with its prototypes as labels that open the prototype page.
+  checkpointGraph(g, c) {
+    const names = this.ov.class_names, row = 46, W = 760, H = 10 + g.length * row;
+    const root = svg("svg", { class: "grid-svg", id: "graph", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+    const rows = g.map((r, i) => {
+      const y = 10 + i * row + 18, band = svg("rect", { x: 0, y: y - 20, width: W, height: row - 4, fill: "none", class: "graph-row", "data-interval": r.interval });
+      root.append(band);
+      if (i) root.append(svg("line", { x1: 24, x2: 24, y1: y - row + 16, y2: y - 16, stroke: "#999" }));
+      root.append(svg("circle", { cx: 24, cy: y, r: 15, fill: color(c), stroke: "#000" }));
+      const node = svg("text", { x: 24, y: y + 4, "text-anchor": "middle", class: "on-dark" }); node.textContent = `T${r.interval}`; root.append(node);
+      if (!r.sources.length) { const n = svg("text", { x: 60, y: y + 4, class: "muted" }); n.textContent = "no class lost confidence to it"; root.append(n); }
+      r.sources.slice(0, 6).forEach((src, j) => {
+        const x = 60 + j * 115;
+        root.append(svg("rect", { x, y: y - 18, width: 108, height: 16, rx: 4, fill: color(src.class) }));
+        const n = svg("text", { x: x + 54, y: y - 6, "text-anchor": "middle", class: "on-dark" }); n.textContent = `${names[src.class]} →`; root.append(n);
+        src.prototypes.slice(0, 4).forEach((k, m) => {
+          const a = svg("text", { x: x + 2 + m * 27, y: y + 12, class: "proto-label", "data-prototype": k, "data-edge": `${src.class}-${c}-${r.interval}` });
+          a.textContent = `P-${k}`;
+          a.addEventListener("click", () => this.go({ view: "prototype", k, c: null }));
+          root.append(a);
+        });
+        if (src.prototypes.length > 4) { const more = svg("text", { x: x + 2 + 4 * 27, y: y + 12, class: "muted" }); more.textContent = `+${src.prototypes.length - 4}`; root.append(more); }
+      });
+      if (r.sources.length > 6) { const more = svg("text", { x: W - 60, y: y + 4, class: "muted" }); more.textContent = `+${r.sources.length - 6} classes`; root.append(more); }
+      return band;
+    });
+    return { node: root, setT(t) { const c2 = Math.max(0, Math.min(rows.length - 1, t)); rows.forEach((b, i) => b.classList.toggle("now", i === c2)); root.dataset.interval = c2; } };
+  }
+
+  async classPage(main, c) {
+    const names = this.ov.class_names;
+    const d = await this.src.json("api/class", { run: this.run, c });
+    const n = d.thresholds.length;
+    const head = el("h2", {}, `Class ${names[c]}`, " ", el("span", { class: "muted", text: `shared: ${d.shared.map((k) => `P-${k}`).join(", ") || "none"}; specialised: ${d.specialised.map((k) => `P-${k}`).join(", ") || "none"}` }));
+    if (!n) { main.append(head, el("p", { class: "note", id: "class-note", text: d.note || "no interval yet (needs two checkpoints)" })); return { setT() {} }; }
+    const grid = this.grid(d.rows, n, { id: "evolution", value: (r, t) => r.beta[t], text: (r, t) => (r.against[t] === null ? "" : names[r.against[t]].slice(0, 4)),
+      label: (r) => `P-${r.prototype}${r.kind ? ` (${r.kind})` : ""}` });
+    const graph = this.checkpointGraph(d.graph, c);
+    const now = el("p", { id: "class-now" });
+    main.append(head, el("p", {}, "its uncertain pairs: ", d.pairs.length ? d.pairs.map((p) => [this.pairLink(p), " "]) : "none"),
+      el("div", { class: "grid" },
+        el("section", { class: "card" }, el("h2", { text: "Evolution (Fig. 3): what each prototype did to its confidence per interval (blue raised, red lowered; label: the competing class past τ)" }), grid.node, now),
+        el("section", { class: "card" }, el("h2", { text: "Checkpoint graph (Fig. 4): who lost confidence to it, by which prototypes (click one)" }), graph.node)));
+    return { setT: (t) => {
+      const b = Math.min(t, n - 1);
+      grid.setT(b); graph.setT(b);
+      const src = d.graph[b].sources;
+      now.textContent = `interval ${b} (τ ${fmt(d.thresholds[b])}): ` + (src.length ? src.map((e) => `${names[e.class]} → ${names[c]} by ${e.prototypes.map((k) => `P-${k}`).join(", ")}`).join("; ") : "no class lost confidence to it");
+    } };
+  }
+
+  async pairPage(main, a, b) {
+    const names = this.ov.class_names;
+    const d = await this.src.json("api/pair", { run: this.run, a, b });
+    const n = d.thresholds.length;
+    const head = el("h2", {}, `${names[a]} vs ${names[b]}`, " ", this.link(`class ${names[a]}`, { view: "class", c: a, a: null, b: null }), " ",
+      this.link(`class ${names[b]}`, { view: "class", c: b, a: null, b: null }));
+    if (!n || !d.rows.length) { main.append(head, el("p", { class: "note", id: "pair-note", text: d.note || (n ? "no prototype separated them above τ" : "no interval yet (needs two checkpoints)") })); return { setT() {} }; }
+    const grid = this.grid(d.rows, n, { id: "pair-grid", value: (r, t) => r.diff[t], text: (r, t) => (r.over[t] ? (r.diff[t] > 0 ? "+" : "−") : ""),
+      outlined: (r) => r.flips !== null, label: (r) => `P-${r.prototype}${r.flips !== null ? ` uncertain, ${r.flips} flips` : ""}` });
+    const now = el("p", { id: "pair-now" });
+    main.append(head, el("section", { class: "card" },
+      el("h2", { text: `Pair view (Fig. 5): β[t][k, ${names[a]}] − β[t][k, ${names[b]}] (blue: towards ${names[a]}, red: towards ${names[b]}; ± past τ; uncertain ones outlined)` }), grid.node, now));
+    return { setT: (t) => {
+      const c = Math.min(t, n - 1);
+      grid.setT(c);
+      const moved = d.rows.filter((r) => r.over[c]).map((r) => `P-${r.prototype} towards ${r.diff[c] > 0 ? names[a] : names[b]}`);
+      now.textContent = `interval ${c}: ${moved.join(", ") || "none past τ"}`;
     } };
   }
 
