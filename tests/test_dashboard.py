@@ -164,6 +164,38 @@ def test_the_class_page_says_why_before_an_explanation(tmp_path):
     assert page["rows"] == [] and "at least two checkpoints" in page["note"]
 
 
+def repaired_runs(root, n=60, m=3):
+    """Two runs on one probe, planted: "before" predicts images 0, 1, 2 wrong at its last
+    checkpoint, "after" fixes them and breaks image 5; both right everywhere else."""
+    labels = np.arange(n) % m
+    for name, wrong in (("before", [0, 1, 2]), ("after", [5])):
+        run = I2XRun.create(root / name, labels=labels, class_names=["c0", "c1", "c2"], feature_shape=(2, 2), num_prototypes=2)
+        for step, bad in enumerate(([], wrong)):
+            pred = labels.copy()
+            pred[bad] = (labels[bad] + 1) % m
+            conf = np.full((n, m), 0.1, np.float32)
+            conf[np.arange(n), pred] = 0.8
+            run.append_checkpoint(np.ones((n, 2, 2), np.float32), conf, epoch=step, global_step=step)
+    return root
+
+
+def test_two_runs_side_by_side_on_the_same_probe(tmp_path):
+    make_run(tmp_path / "runs" / "elsewhere", n=30)
+    client = Client(DashboardApp(repaired_runs(tmp_path / "runs")))
+    d = get_json(client, "/api/compare?run=before&t=1&other=after&u=1")
+    assert d["fixed"] == {"count": 3, "images": [0, 1, 2]} and d["broken"] == {"count": 1, "images": [5]} and d["changed"] == 4
+    assert d["accuracy"] == [0.95, round(59 / 60, 5)] and d["checkpoints"] == [1, 1]
+    one_wrong = pytest.approx((19 * 0.8 + 0.1) / 20, abs=1e-5)  # a class with one of its 20 images wrong
+    assert d["confidence"][0] == [one_wrong] * 3 and d["confidence"][1] == [pytest.approx(0.8, abs=1e-5)] * 2 + [one_wrong]
+    # one run at two checkpoints: checkpoint 0 was right everywhere
+    same = get_json(client, "/api/compare?run=before&t=0&u=1")
+    assert same["broken"]["images"] == [0, 1, 2] and same["fixed"]["count"] == 0
+    get_json(client, "/api/compare?run=before&t=2&other=after&u=1", 404)
+    r = get_json(client, "/api/compare?run=before&t=0&other=elsewhere&u=0", 400)
+    assert "other probe sets" in r["error"]
+    get_json(client, "/api/compare?run=before&t=0&other=nope&u=0", 404)
+
+
 def test_every_response_has_a_type_nosniff_and_html_a_strict_csp(client):
     urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
             f"/api/sprite.png?run={RUN}&k=0", "/api/nothing", "/static/secret.py", f"/api/file?run={RUN}&path=..%2Fx"]
@@ -493,6 +525,46 @@ def test_the_class_and_pair_pages_in_headless_chromium(logdir, tmp_path):
         b.screenshot(shots / "dashboard-class.png")
         b.click(*b.center("#graph [data-edge='2-0-0']"))
         b.wait_for("document.body.dataset.view === 'prototype' && location.hash.includes('k=1')")
+        assert not b.console, b.console
+    finally:
+        b.close()
+        server.shutdown()
+        server.server_close()
+    assert all(u.startswith((base, "data:", "blob:", "about:")) for u in b.requests), b.requests
+
+
+def test_two_runs_side_by_side_in_headless_chromium(tmp_path):
+    """The header opens the side-by-side page; the second run's slider moves its checkpoint and
+    the lists of fixed and broken images follow; a listed image opens in its run."""
+    from werkzeug.serving import make_server
+
+    require_chromium("the side-by-side test")
+    server = make_server("127.0.0.1", 0, DashboardApp(repaired_runs(tmp_path / "runs"), allowed_hosts={"127.0.0.1"}), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/"
+    shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    b = DevTools(size=(1300, 900))
+    try:
+        b.goto(base + "#run=before")
+        b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#compare-link')")
+        b.click(*b.center("#compare-link"))
+        b.wait_for("document.querySelector('#view') && document.querySelector('#view').dataset.compared === '1-1'")
+        assert b.eval("document.querySelector('#compare-other').value") == "after"
+        fixed = "[...document.querySelectorAll('#compare-changes [data-kind=fixed] [data-image]')].map((a) => a.dataset.image).join(',')"
+        assert b.eval(fixed) == "0,1,2"
+        b.eval("(() => { const s = document.querySelector('#ckpt-other'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.compared === '1-0'")
+        assert b.eval(fixed) == "0,1,2"
+        assert b.eval("document.querySelectorAll('#compare-changes [data-kind=broken] [data-image]').length") == 0  # after@0: all right
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.compared === '0-0'")
+        assert "0 probe images change class" in b.eval("document.querySelector('#compare-changes').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 1; s.dispatchEvent(new Event('input')); })()")
+        b.eval("(() => { const s = document.querySelector('#ckpt-other'); s.value = 1; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.compared === '1-1'")
+        b.screenshot(shots / "dashboard-compare.png")
+        b.click(*b.center("#compare-changes [data-kind=broken] [data-image='5']"))
+        b.wait_for("document.body.dataset.view === 'image' && location.hash.includes('run=before') && location.hash.includes('i=5')")
         assert not b.console, b.console
     finally:
         b.close()

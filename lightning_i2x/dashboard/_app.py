@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from ..errors import I2XRunError
 from ..store import MARK_VALUES
-from . import _data, _figures
+from . import _compare, _data, _figures
 from ._runs import RunCache, find_runs
 
 __all__ = ["DashboardApp", "CSP", "STATIC_FILES"]
@@ -48,6 +48,7 @@ URL_MAP = Map([
     Rule("/api/prototype", endpoint="prototype"),
     Rule("/api/class", endpoint="class_page"),
     Rule("/api/pair", endpoint="pair_page"),
+    Rule("/api/compare", endpoint="compare"),
     Rule("/api/sprite.png", endpoint="sprite"),
     Rule("/api/image", endpoint="image"),
     Rule("/api/image.png", endpoint="image_png"),
@@ -141,8 +142,8 @@ class DashboardApp:
                 self._scanned = time.monotonic()
             return dict(self._runs)
 
-    def _snapshot(self, request: Request):
-        name = request.args.get("run")
+    def _snapshot(self, request: Request, key: str = "run"):
+        name = request.args.get(key)
         runs = self.runs()
         if name is None and len(runs) == 1:
             name = next(iter(runs))
@@ -195,6 +196,15 @@ class DashboardApp:
     def on_pair_page(self, request: Request) -> Response:
         _, snap = self._snapshot(request)
         return self._json(_figures.pair_page(snap, self._int(request, "a"), self._int(request, "b")))
+
+    def on_compare(self, request: Request) -> Response:
+        """Run ``run`` at checkpoint ``t`` next to run ``other`` (default: the same run) at ``u``."""
+        _, a = self._snapshot(request)
+        _, b = self._snapshot(request, "other") if "other" in request.args else (None, a)
+        why = _compare.probe_mismatch(a, b)
+        if why is not None:
+            raise BadRequest(f"cannot set these runs side by side: {why}")
+        return self._json(_compare.compare(a, self._int(request, "t"), b, self._int(request, "u")))
 
     def on_sprite(self, request: Request) -> Response:
         _, snap = self._snapshot(request)

@@ -182,6 +182,7 @@ class App {
       else if (s.view === "image") this.view = await this.imagePage(main, Number(s.i));
       else if (s.view === "class") this.view = await this.classPage(main, Number(s.c));
       else if (s.view === "pair") this.view = await this.pairPage(main, Number(s.a), Number(s.b));
+      else if (s.view === "compare") this.view = await this.comparePage(main, s);
       else this.view = this.overviewPage(main, s);
       this.view.setT(this.t);
       document.body.dataset.view = s.view || "overview";
@@ -207,7 +208,8 @@ class App {
     const mode = this.inline ? "offline file: marks need i2x serve" : this.config.read_only ? "read-only" : null;
     this.root.replaceChildren(el("header", {},
       el("h1", { text: "I2X" }), runSel || el("span", { class: "muted", text: this.run }),
-      el("nav", {}, this.link("overview", { run: this.run, view: "overview", k: null, i: null })),
+      el("nav", {}, this.link("overview", { run: this.run, view: "overview", k: null, i: null }),
+        this.inline ? null : this.link("side by side", { run: this.run, view: "compare", k: null, i: null }, { id: "compare-link" })),
       slider, label, mode ? el("span", { class: "badge", text: mode }) : null,
       this.inline && this.inline.left_out.images ? el("span", { class: "note", text: `${this.inline.left_out.images} probe images left out of this file (size cap)` }) : null));
   }
@@ -468,6 +470,48 @@ class App {
       const moved = d.rows.filter((r) => r.over[c]).map((r) => `P-${r.prototype} towards ${r.diff[c] > 0 ? names[a] : names[b]}`);
       now.textContent = `interval ${c}: ${moved.join(", ") || "none past τ"}`;
     } };
+  }
+
+  // -- two runs (or two checkpoints of one run) side by side on the same probe -------------------------
+  async comparePage(main, s) {
+    const ov = this.ov, names = ov.class_names, runs = this.config.runs;
+    if (this.inline) throw new Error("side by side needs i2x serve (this file holds one run)");
+    const other = runs.includes(s.other) ? s.other : runs.find((r) => r !== this.run) || this.run;
+    const ob = other === this.run ? ov : await this.src.json("api/overview", { run: other });
+    const U = ob.checkpoints.length;
+    let u = s.u !== undefined && !Number.isNaN(Number(s.u)) ? Math.max(0, Math.min(U - 1, Number(s.u))) : U - 1, t = this.t, asked = 0;
+    const pick = el("select", { id: "compare-other", onchange: (e) => this.go({ other: e.target.value, u: null }) },
+      runs.map((r) => el("option", { value: r, selected: r === other, text: r === this.run ? `${r} (the same run)` : r })));
+    const slider = el("input", { type: "range", id: "ckpt-other", min: 0, max: Math.max(0, U - 1), value: u, "aria-label": "checkpoint of the second run" });
+    const label = el("span", { id: "ckpt-other-label" });
+    const chart = (o) => lineChart(o.confidence.map((v, c) => ({ name: names[c], values: v, color: color(c) })), { ymin: 0, ymax: 1, label: "checkpoint" });
+    const ca = chart(ov), cb = chart(ob);
+    const table = el("table", { class: "small", id: "compare-table" });
+    const changes = el("div", { id: "compare-changes" });
+    const list = (title, kind, d, run) => el("p", { "data-kind": kind }, `${title}: ${d.count}`, d.count ? " — " : "",
+      d.images.map((i) => [this.link(`#${i}`, { run, view: "image", i, other: null, u: null }, { "data-image": i }), " "]), d.count > d.images.length ? "…" : "");
+    const refresh = async () => {
+      const mine = ++asked;
+      label.textContent = `${other}: checkpoint ${u} / ${U - 1}`;
+      ca.setCursor(t); cb.setCursor(u);
+      const d = await this.src.json("api/compare", { run: this.run, t, other, u });
+      if (mine !== asked) return;  // a later move of a slider answered first
+      table.replaceChildren(el("tr", {}, el("th", { text: "class" }), el("th", { text: `${this.run} @${t}` }), el("th", { text: `${other} @${u}` }), el("th", { text: "Δ" })),
+        ...names.map((n, c) => el("tr", {}, el("td", { text: n }), el("td", { text: fmt(d.confidence[0][c]) }), el("td", { text: fmt(d.confidence[1][c]) }),
+          el("td", { text: fmt(d.confidence[1][c] - d.confidence[0][c]) }))),
+        el("tr", {}, el("td", { text: "probe accuracy" }), el("td", { text: fmt(d.accuracy[0]) }), el("td", { text: fmt(d.accuracy[1]) }), el("td", { text: fmt(d.accuracy[1] - d.accuracy[0]) })));
+      changes.replaceChildren(el("p", { class: "muted", text: `${d.changed} probe images change class` }),
+        list(`right only in ${other} @${u} (fixed)`, "fixed", d.fixed, other), list(`right only in ${this.run} @${t} (broken)`, "broken", d.broken, this.run));
+      main.dataset.compared = `${t}-${u}`;
+    };
+    slider.addEventListener("input", () => { u = Number(slider.value); refresh().catch(showError); });
+    const showError = (e) => changes.replaceChildren(el("p", { class: "note", id: "compare-error", text: String(e.message || e) }));
+    main.append(el("h2", {}, "Side by side on the same probe: ", el("span", { text: `${this.run} (the slider above) vs ` }), pick, " ", slider, " ", label),
+      el("div", { class: "grid" },
+        el("section", { class: "card" }, el("h2", { text: `${this.run}: confidence of the true class` }), ca.node, legend(names)),
+        el("section", { class: "card" }, el("h2", { text: `${other}: confidence of the true class` }), cb.node, legend(names)),
+        el("section", { class: "card" }, el("h2", { text: "At the two checkpoints" }), table, changes)));
+    return { setT: (nt) => { t = nt; refresh().catch(showError); } };
   }
 
   thumb(h, k) {
