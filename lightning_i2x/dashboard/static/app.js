@@ -506,7 +506,8 @@ class App {
     };
     slider.addEventListener("input", () => { u = Number(slider.value); refresh().catch(showError); });
     const showError = (e) => changes.replaceChildren(el("p", { class: "note", id: "compare-error", text: String(e.message || e) }));
-    main.append(el("h2", {}, "Side by side on the same probe: ", el("span", { text: `${this.run} (the slider above) vs ` }), pick, " ", slider, " ", label),
+    main.append(el("h2", { text: "Side by side on the same probe" }),
+      el("p", { class: "controls" }, `${this.run} at the checkpoint of the slider above, next to `, pick, " at ", slider, " ", label),
       el("div", { class: "grid" },
         el("section", { class: "card" }, el("h2", { text: `${this.run}: confidence of the true class` }), ca.node, legend(names)),
         el("section", { class: "card" }, el("h2", { text: `${other}: confidence of the true class` }), cb.node, legend(names)),
