@@ -584,6 +584,10 @@ def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):
         b.wait_for("document.body.dataset.view === 'prototype' && document.querySelector('#sprite').naturalWidth > 0")
         b.goto(out.as_uri() + "#view=image&i=3")
         b.wait_for("document.body.dataset.view === 'image' && !!document.querySelector('#image-canvas')")
+        b.goto(out.as_uri() + "#view=class&c=1")
+        b.wait_for("document.body.dataset.view === 'class' && !!document.querySelector('#evolution') && !!document.querySelector('#graph')")
+        rows = json.loads(Client(DashboardApp(logdir)).get(f"/api/class?run={RUN}&c=1").data)["rows"]
+        assert b.eval("document.querySelectorAll('#evolution .proto-label').length") == len(rows) > 0
         assert not b.console, b.console
     finally:
         b.close()
