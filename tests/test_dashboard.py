@@ -1,7 +1,7 @@
 """The dashboard (lightning_i2x.dashboard): its routes through werkzeug's test client (the class,
 pair and side-by-side pages on planted answers), path safety, headers, the token and read-only
 mode, the TensorBoard plugin in-process and its entry point, the one-file interactive report, and
-real headless Chromium sessions over ``i2x serve``'s app."""
+real headless Chromium driving ``i2x serve``'s app."""
 
 from __future__ import annotations
 
