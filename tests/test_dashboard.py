@@ -198,7 +198,7 @@ def test_two_runs_side_by_side_on_the_same_probe(tmp_path):
 
 
 def test_every_response_has_a_type_nosniff_and_html_a_strict_csp(client):
-    urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
+    urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/draw.js", "/static/pages.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
             f"/api/sprite.png?run={RUN}&k=0", "/api/nothing", "/static/secret.py", f"/api/file?run={RUN}&path=..%2Fx"]
     for url in urls:
         r = client.get(url)

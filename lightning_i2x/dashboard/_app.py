@@ -29,11 +29,13 @@ from ..store import MARK_VALUES
 from . import _compare, _data, _figures
 from ._runs import RunCache, find_runs
 
-__all__ = ["DashboardApp", "CSP", "STATIC_FILES"]
+__all__ = ["DashboardApp", "CSP", "STATIC_FILES", "SCRIPTS"]
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "tb.js": "text/javascript"}
+STATIC_FILES = {"app.js": "text/javascript", "draw.js": "text/javascript", "pages.js": "text/javascript", "style.css": "text/css",
+                "tb.js": "text/javascript"}
+SCRIPTS = ("draw.js", "pages.js", "app.js")  # the page's modules, each after those it imports
 TOKEN_HEADER = "X-I2X-Token"
 # the routes, the same for every app (compiled once: a fresh app answers its first view sooner)
 URL_MAP = Map([

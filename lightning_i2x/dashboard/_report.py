@@ -14,6 +14,7 @@ import hashlib
 import html
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -21,7 +22,7 @@ from werkzeug.test import Client
 
 from .._core import write_bytes
 from ..store import I2XRun
-from ._app import DashboardApp, static_text
+from ._app import SCRIPTS, DashboardApp, static_text
 
 __all__ = ["build_interactive_report", "write_interactive_report", "DEFAULT_MAX_BYTES"]
 
@@ -36,6 +37,16 @@ def _key(path: str, params: dict) -> str:
 
 def _sha(text: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+def _one_script() -> str:
+    """The page's modules as one inline module: each in import order, its imports and exports
+    dropped (the names they share are then in one scope)."""
+    parts = []
+    for name in SCRIPTS:
+        text = re.sub(r"^import \{[^}]*\} from \"\./[a-z]+\.js\";\n", "", static_text(name), flags=re.M)
+        parts.append(re.sub(r"^export ", "", text, flags=re.M))
+    return "\n".join(parts)
 
 
 def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
@@ -92,7 +103,7 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
     data = {"static": True, "config": {"token": None, "read_only": True, "marks": ["shortcut", "fine"], "runs": [name]},
             "responses": responses, "images": images,
             "left_out": {"images": ov["num_probe"] - included, "max_bytes": max_bytes}}
-    script, style = static_text("app.js"), static_text("style.css")
+    script, style = _one_script(), static_text("style.css")
     csp = (f"default-src 'none'; script-src '{_sha(script)}'; style-src '{_sha(style)}'; img-src data: blob:; "
            "connect-src 'none'; base-uri 'none'; form-action 'none'")
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")

@@ -1,31 +1,11 @@
 // The I2X dashboard: plain JavaScript, no build step, no external resource. It asks the server
 // (i2x serve, or the TensorBoard plugin) for small JSON documents and PNGs on demand, or reads
 // them from the page itself (i2x report --interactive). Styles are set through the CSSOM only,
-// so the strict Content-Security-Policy needs no 'unsafe-inline'.
+// so the strict Content-Security-Policy needs no 'unsafe-inline'. Drawing helpers: draw.js; the
+// class, pair and side-by-side pages: pages.js (one script when inlined: _report.py joins them).
 
-const SVG = "http://www.w3.org/2000/svg";
-const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const color = (c) => COLORS[c % COLORS.length];
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false) e.append(c);
-  return e;
-}
-
-function svg(tag, attrs = {}) {
-  const e = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  return e;
-}
-
-const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+import { color, contributionBars, el, fmt, legend, line, lineChart, virtualList } from "./draw.js";
+import { classPage, comparePage, pairPage } from "./pages.js";
 
 // -- data: the server, or what the page carries -------------------------------------------------
 export function keyOf(path, params) {
@@ -61,75 +41,6 @@ class Source {
     if (!r.ok) throw new Error(out.error || r.statusText);
     return out;
   }
-}
-
-// -- charts ------------------------------------------------------------------------------------
-// Lines over x = 0..n-1 with a cursor; returns {node, setCursor(x)}.
-function lineChart(series, { width = 460, height = 200, ymin = null, ymax = null, label = "", bands = null } = {}) {
-  const pad = { l: 36, r: 8, t: 10, b: 22 };
-  const n = Math.max(1, ...series.map((s) => s.values.length));
-  const vals = series.flatMap((s) => s.values).filter((v) => v !== null);
-  let lo = ymin ?? Math.min(0, ...vals), hi = ymax ?? Math.max(1e-9, ...vals);
-  if (bands) for (const b of bands) if (b !== null) { lo = Math.min(lo, -b); hi = Math.max(hi, b); }
-  if (hi === lo) hi = lo + 1;
-  const X = (i) => pad.l + (n <= 1 ? 0 : (i / (n - 1)) * (width - pad.l - pad.r));
-  const Y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
-  const root = svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
-  root.append(svg("line", { class: "axis", x1: pad.l, x2: width - pad.r, y1: Y(lo), y2: Y(lo) }));
-  root.append(svg("line", { class: "axis", x1: pad.l, x2: pad.l, y1: pad.t, y2: height - pad.b }));
-  for (const v of [lo, hi]) { const t = svg("text", { x: 2, y: Y(v) + 3 }); t.textContent = fmt(v, 2); root.append(t); }
-  if (lo < 0 && hi > 0) root.append(svg("line", { class: "axis", x1: pad.l, x2: width - pad.r, y1: Y(0), y2: Y(0), "stroke-dasharray": "2 3" }));
-  if (bands) for (const sign of [1, -1]) {
-    const pts = bands.map((b, i) => (b === null ? null : `${X(i)},${Y(sign * b)}`)).filter(Boolean).join(" ");
-    root.append(svg("polyline", { points: pts, fill: "none", stroke: "#aaa", "stroke-dasharray": "4 3" }));
-  }
-  const xl = svg("text", { x: width - pad.r - 60, y: height - 6 }); xl.textContent = label; root.append(xl);
-  for (const s of series) {
-    const pts = s.values.map((v, i) => (v === null ? null : `${X(i)},${Y(v)}`)).filter(Boolean).join(" ");
-    const line = svg("polyline", { points: pts, fill: "none", stroke: s.color, "stroke-width": s.bold ? 2.5 : 1.4, "data-series": s.name });
-    const title = svg("title"); title.textContent = s.name; line.append(title);
-    root.append(line);
-  }
-  const cursor = svg("line", { class: "cursor", y1: pad.t, y2: height - pad.b, x1: X(0), x2: X(0) });
-  root.append(cursor);
-  return { node: root, setCursor(i) { const x = X(Math.max(0, Math.min(n - 1, i))); cursor.setAttribute("x1", x); cursor.setAttribute("x2", x); cursor.dataset.at = i; } };
-}
-
-// signed horizontal bars: blue raises the class, red lowers it; widths relative to the largest |value|
-function contributionBars(bars) {
-  const top = Math.max(1e-12, ...bars.map((b) => Math.abs(b.value)));
-  return el("div", { class: "bars" }, bars.map((b) => el("div", { class: "bar-row" },
-    el("span", { class: "bar-label", text: `ch ${b.channel}` }),
-    (() => { const bar = el("span", { class: "bar" }); Object.assign(bar.style, { display: "inline-block", height: "0.8em",
-      width: `${(45 * Math.abs(b.value)) / top}%`, background: b.value > 0 ? "#2b8cbe" : "#e34a33" }); return bar; })(),
-    el("span", { class: "muted", text: ` ${fmt(b.value, 3)}` }))));
-}
-
-function legend(names, only = null) {
-  return el("div", { class: "legend" }, names.map((name, c) => (only !== null && only !== c ? null : el("span", {}, (() => { const i = el("i"); i.style.background = color(c); return i; })(), name))));
-}
-
-// A list that draws only the rows in view (rows of fixed height).
-function virtualList(items, renderRow, { rowHeight = 26, height = 300, id } = {}) {
-  const box = el("div", { class: "vlist", id });
-  box.style.height = `${Math.min(height, Math.max(rowHeight, items.length * rowHeight) + 2)}px`;
-  const spacer = el("div", { class: "spacer" });
-  spacer.style.height = `${items.length * rowHeight}px`;
-  box.append(spacer);
-  const draw = () => {
-    const first = Math.max(0, Math.floor(box.scrollTop / rowHeight) - 4);
-    const last = Math.min(items.length, Math.ceil((box.scrollTop + (box.clientHeight || height)) / rowHeight) + 4);
-    spacer.replaceChildren();
-    for (let i = first; i < last; i++) {
-      const row = el("div", { class: "row", "data-index": i }, renderRow(items[i], i));
-      row.style.top = `${i * rowHeight}px`;
-      spacer.append(row);
-    }
-  };
-  box.addEventListener("scroll", draw);
-  requestAnimationFrame(draw);
-  draw();
-  return box;
 }
 
 // -- the application ---------------------------------------------------------------------------
@@ -180,9 +91,9 @@ class App {
     try {
       if (s.view === "prototype") this.view = await this.prototypePage(main, Number(s.k));
       else if (s.view === "image") this.view = await this.imagePage(main, Number(s.i));
-      else if (s.view === "class") this.view = await this.classPage(main, Number(s.c));
-      else if (s.view === "pair") this.view = await this.pairPage(main, Number(s.a), Number(s.b));
-      else if (s.view === "compare") this.view = await this.comparePage(main, s);
+      else if (s.view === "class") this.view = await classPage(this, main, Number(s.c));
+      else if (s.view === "pair") this.view = await pairPage(this, main, Number(s.a), Number(s.b));
+      else if (s.view === "compare") this.view = await comparePage(this, main, s);
       else this.view = this.overviewPage(main, s);
       this.view.setT(this.t);
       document.body.dataset.view = s.view || "overview";
@@ -371,150 +282,6 @@ class App {
     } };
   }
 
-  // -- class and pair pages -------------------------------------------------------------------------
-  // Rows (prototypes) x intervals as SVG: a cell's colour is its value (blue > 0, red < 0), its text
-  // what passed tau; row labels open the prototype page; the slider's interval is framed.
-  grid(rows, n, { value, text, outlined = () => false, label, id }) {
-    const cell = 30, left = 150, top = 22, W = left + n * cell + 10, H = top + rows.length * 24 + 8;
-    const root = svg("svg", { class: "grid-svg", id, width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
-    const hi = Math.max(1e-9, ...rows.flatMap((r, i) => [...Array(n).keys()].map((t) => Math.abs(value(r, t) ?? 0))));
-    for (let t = 0; t < n; t++) { const h = svg("text", { x: left + t * cell + cell / 2, y: 14, "text-anchor": "middle" }); h.textContent = `T${t}`; root.append(h); }
-    rows.forEach((r, i) => {
-      const y = top + i * 24, a = svg("text", { x: 4, y: y + 16, class: "proto-label", "data-prototype": r.prototype });
-      a.textContent = label(r);
-      a.addEventListener("click", () => this.go({ view: "prototype", k: r.prototype, c: null, a: null, b: null }));
-      root.append(a);
-      for (let t = 0; t < n; t++) {
-        const v = value(r, t) ?? 0, x = v / hi;
-        const fill = x >= 0 ? `rgba(33,102,172,${Math.abs(x)})` : `rgba(178,24,43,${Math.abs(x)})`;
-        const rect = svg("rect", { x: left + t * cell, y, width: cell - 2, height: 22, fill, stroke: "#ddd", "data-t": t, "data-row": i });
-        const title = svg("title"); title.textContent = `P-${r.prototype}, interval ${t}: ${fmt(value(r, t))}`; rect.append(title);
-        root.append(rect);
-        const s = text(r, t);
-        if (s) { const tx = svg("text", { x: left + t * cell + cell / 2 - 1, y: y + 15, "text-anchor": "middle", class: Math.abs(x) > 0.6 ? "on-dark" : "" }); tx.textContent = s; root.append(tx); }
-      }
-      if (outlined(r)) root.append(svg("rect", { x: left - 1, y: y - 1, width: n * cell, height: 24, fill: "none", stroke: "#000", "stroke-width": 1.8 }));
-    });
-    const frame = svg("rect", { class: "cursor-frame", y: top - 2, width: cell, height: rows.length * 24 + 2, fill: "none" });
-    root.append(frame);
-    return { node: root, setT(t) { const c = Math.max(0, Math.min(n - 1, t)); frame.setAttribute("x", left + c * cell - 1); root.dataset.interval = c; } };
-  }
-
-  // Fig. 4: one row per interval (time flows down): T_t, then the classes that lost confidence to
-  // the class, each with its prototypes as labels that open the prototype page.
-  checkpointGraph(g, c) {
-    const names = this.ov.class_names, row = 46, W = 760, H = 10 + g.length * row;
-    const root = svg("svg", { class: "grid-svg", id: "graph", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
-    const rows = g.map((r, i) => {
-      const y = 10 + i * row + 18, band = svg("rect", { x: 0, y: y - 20, width: W, height: row - 4, fill: "none", class: "graph-row", "data-interval": r.interval });
-      root.append(band);
-      if (i) root.append(svg("line", { x1: 24, x2: 24, y1: y - row + 16, y2: y - 16, stroke: "#999" }));
-      root.append(svg("circle", { cx: 24, cy: y, r: 15, fill: color(c), stroke: "#000" }));
-      const node = svg("text", { x: 24, y: y + 4, "text-anchor": "middle", class: "on-dark" }); node.textContent = `T${r.interval}`; root.append(node);
-      if (!r.sources.length) { const n = svg("text", { x: 60, y: y + 4, class: "muted" }); n.textContent = "no class lost confidence to it"; root.append(n); }
-      r.sources.slice(0, 6).forEach((src, j) => {
-        const x = 60 + j * 115;
-        root.append(svg("rect", { x, y: y - 18, width: 108, height: 16, rx: 4, fill: color(src.class) }));
-        const n = svg("text", { x: x + 54, y: y - 6, "text-anchor": "middle", class: "on-dark" }); n.textContent = `${names[src.class]} →`; root.append(n);
-        src.prototypes.slice(0, 4).forEach((k, m) => {
-          const a = svg("text", { x: x + 2 + m * 27, y: y + 12, class: "proto-label", "data-prototype": k, "data-edge": `${src.class}-${c}-${r.interval}` });
-          a.textContent = `P-${k}`;
-          a.addEventListener("click", () => this.go({ view: "prototype", k, c: null }));
-          root.append(a);
-        });
-        if (src.prototypes.length > 4) { const more = svg("text", { x: x + 2 + 4 * 27, y: y + 12, class: "muted" }); more.textContent = `+${src.prototypes.length - 4}`; root.append(more); }
-      });
-      if (r.sources.length > 6) { const more = svg("text", { x: W - 60, y: y + 4, class: "muted" }); more.textContent = `+${r.sources.length - 6} classes`; root.append(more); }
-      return band;
-    });
-    return { node: root, setT(t) { const c2 = Math.max(0, Math.min(rows.length - 1, t)); rows.forEach((b, i) => b.classList.toggle("now", i === c2)); root.dataset.interval = c2; } };
-  }
-
-  async classPage(main, c) {
-    const names = this.ov.class_names;
-    const d = await this.src.json("api/class", { run: this.run, c });
-    const n = d.thresholds.length;
-    const head = el("h2", {}, `Class ${names[c]}`, " ", el("span", { class: "muted", text: `shared: ${d.shared.map((k) => `P-${k}`).join(", ") || "none"}; specialised: ${d.specialised.map((k) => `P-${k}`).join(", ") || "none"}` }));
-    if (!n) { main.append(head, el("p", { class: "note", id: "class-note", text: d.note || "no interval yet (needs two checkpoints)" })); return { setT() {} }; }
-    const grid = this.grid(d.rows, n, { id: "evolution", value: (r, t) => r.beta[t], text: (r, t) => (r.against[t] === null ? "" : names[r.against[t]].slice(0, 4)),
-      label: (r) => `P-${r.prototype}${r.kind ? ` (${r.kind})` : ""}` });
-    const graph = this.checkpointGraph(d.graph, c);
-    const now = el("p", { id: "class-now" });
-    main.append(head, el("p", {}, "its uncertain pairs: ", d.pairs.length ? d.pairs.map((p) => [this.pairLink(p), " "]) : "none"),
-      el("div", { class: "grid" },
-        el("section", { class: "card" }, el("h2", { text: "Evolution (Fig. 3): what each prototype did to its confidence per interval (blue raised, red lowered; label: the competing class past τ)" }), grid.node, now),
-        el("section", { class: "card" }, el("h2", { text: "Checkpoint graph (Fig. 4): who lost confidence to it, by which prototypes (click one)" }), graph.node)));
-    return { setT: (t) => {
-      const b = Math.min(t, n - 1);
-      grid.setT(b); graph.setT(b);
-      const src = d.graph[b].sources;
-      now.textContent = `interval ${b} (τ ${fmt(d.thresholds[b])}): ` + (src.length ? src.map((e) => `${names[e.class]} → ${names[c]} by ${e.prototypes.map((k) => `P-${k}`).join(", ")}`).join("; ") : "no class lost confidence to it");
-    } };
-  }
-
-  async pairPage(main, a, b) {
-    const names = this.ov.class_names;
-    const d = await this.src.json("api/pair", { run: this.run, a, b });
-    const n = d.thresholds.length;
-    const head = el("h2", {}, `${names[a]} vs ${names[b]}`, " ", this.link(`class ${names[a]}`, { view: "class", c: a, a: null, b: null }), " ",
-      this.link(`class ${names[b]}`, { view: "class", c: b, a: null, b: null }));
-    if (!n || !d.rows.length) { main.append(head, el("p", { class: "note", id: "pair-note", text: d.note || (n ? "no prototype separated them above τ" : "no interval yet (needs two checkpoints)") })); return { setT() {} }; }
-    const grid = this.grid(d.rows, n, { id: "pair-grid", value: (r, t) => r.diff[t], text: (r, t) => (r.over[t] ? (r.diff[t] > 0 ? "+" : "−") : ""),
-      outlined: (r) => r.flips !== null, label: (r) => `P-${r.prototype}${r.flips !== null ? ` uncertain, ${r.flips} flips` : ""}` });
-    const now = el("p", { id: "pair-now" });
-    main.append(head, el("section", { class: "card" },
-      el("h2", { text: `Pair view (Fig. 5): β[t][k, ${names[a]}] − β[t][k, ${names[b]}] (blue: towards ${names[a]}, red: towards ${names[b]}; ± past τ; uncertain ones outlined)` }), grid.node, now));
-    return { setT: (t) => {
-      const c = Math.min(t, n - 1);
-      grid.setT(c);
-      const moved = d.rows.filter((r) => r.over[c]).map((r) => `P-${r.prototype} towards ${r.diff[c] > 0 ? names[a] : names[b]}`);
-      now.textContent = `interval ${c}: ${moved.join(", ") || "none past τ"}`;
-    } };
-  }
-
-  // -- two runs (or two checkpoints of one run) side by side on the same probe -------------------------
-  async comparePage(main, s) {
-    const ov = this.ov, names = ov.class_names, runs = this.config.runs;
-    if (this.inline) throw new Error("side by side needs i2x serve (this file holds one run)");
-    const other = runs.includes(s.other) ? s.other : runs.find((r) => r !== this.run) || this.run;
-    const ob = other === this.run ? ov : await this.src.json("api/overview", { run: other });
-    const U = ob.checkpoints.length;
-    let u = s.u !== undefined && !Number.isNaN(Number(s.u)) ? Math.max(0, Math.min(U - 1, Number(s.u))) : U - 1, t = this.t, asked = 0;
-    const pick = el("select", { id: "compare-other", onchange: (e) => this.go({ other: e.target.value, u: null }) },
-      runs.map((r) => el("option", { value: r, selected: r === other, text: r === this.run ? `${r} (the same run)` : r })));
-    const slider = el("input", { type: "range", id: "ckpt-other", min: 0, max: Math.max(0, U - 1), value: u, "aria-label": "checkpoint of the second run" });
-    const label = el("span", { id: "ckpt-other-label" });
-    const chart = (o) => lineChart(o.confidence.map((v, c) => ({ name: names[c], values: v, color: color(c) })), { ymin: 0, ymax: 1, label: "checkpoint" });
-    const ca = chart(ov), cb = chart(ob);
-    const table = el("table", { class: "small", id: "compare-table" });
-    const changes = el("div", { id: "compare-changes" });
-    const list = (title, kind, d, run) => el("p", { "data-kind": kind }, `${title}: ${d.count}`, d.count ? " — " : "",
-      d.images.map((i) => [this.link(`#${i}`, { run, view: "image", i, other: null, u: null }, { "data-image": i }), " "]), d.count > d.images.length ? "…" : "");
-    const refresh = async () => {
-      const mine = ++asked;
-      label.textContent = `${other}: checkpoint ${u} / ${U - 1}`;
-      ca.setCursor(t); cb.setCursor(u);
-      const d = await this.src.json("api/compare", { run: this.run, t, other, u });
-      if (mine !== asked) return;  // a later move of a slider answered first
-      table.replaceChildren(el("tr", {}, el("th", { text: "class" }), el("th", { text: `${this.run} @${t}` }), el("th", { text: `${other} @${u}` }), el("th", { text: "Δ" })),
-        ...names.map((n, c) => el("tr", {}, el("td", { text: n }), el("td", { text: fmt(d.confidence[0][c]) }), el("td", { text: fmt(d.confidence[1][c]) }),
-          el("td", { text: fmt(d.confidence[1][c] - d.confidence[0][c]) }))),
-        el("tr", {}, el("td", { text: "probe accuracy" }), el("td", { text: fmt(d.accuracy[0]) }), el("td", { text: fmt(d.accuracy[1]) }), el("td", { text: fmt(d.accuracy[1] - d.accuracy[0]) })));
-      changes.replaceChildren(el("p", { class: "muted", text: `${d.changed} probe images change class` }),
-        list(`right only in ${other} @${u} (fixed)`, "fixed", d.fixed, other), list(`right only in ${this.run} @${t} (broken)`, "broken", d.broken, this.run));
-      main.dataset.compared = `${t}-${u}`;
-    };
-    slider.addEventListener("input", () => { u = Number(slider.value); refresh().catch(showError); });
-    const showError = (e) => changes.replaceChildren(el("p", { class: "note", id: "compare-error", text: String(e.message || e) }));
-    main.append(el("h2", { text: "Side by side on the same probe" }),
-      el("p", { class: "controls" }, `${this.run} at the checkpoint of the slider above, next to `, pick, " at ", slider, " ", label),
-      el("div", { class: "grid" },
-        el("section", { class: "card" }, el("h2", { text: `${this.run}: confidence of the true class` }), ca.node, legend(names)),
-        el("section", { class: "card" }, el("h2", { text: `${other}: confidence of the true class` }), cb.node, legend(names)),
-        el("section", { class: "card" }, el("h2", { text: "At the two checkpoints" }), table, changes)));
-    return { setT: (nt) => { t = nt; refresh().catch(showError); } };
-  }
-
   thumb(h, k) {
     const ov = this.ov, [fh, fw] = ov.feature_shape, scale = 3;
     const [H, W] = ov.image_shape || [fh * 8, fw * 8];
@@ -624,7 +391,6 @@ class App {
   }
 }
 
-function line(g, x1, y1, x2, y2) { g.beginPath(); g.moveTo(x1, y1); g.lineTo(x2, y2); g.stroke(); }
 
 const blob = document.getElementById("i2x-data");
 const app = new App(document.getElementById("app"), blob ? JSON.parse(blob.textContent) : null);
