@@ -1,6 +1,7 @@
-"""The dashboard (lightning_i2x.dashboard): its routes through werkzeug's test client, path safety,
-headers, the token and read-only mode, the TensorBoard plugin in-process and its entry point, the
-one-file interactive report, and a real headless Chromium session over ``i2x serve``'s app."""
+"""The dashboard (lightning_i2x.dashboard): its routes through werkzeug's test client (the class,
+pair and side-by-side pages on planted answers), path safety, headers, the token and read-only
+mode, the TensorBoard plugin in-process and its entry point, the one-file interactive report, and
+real headless Chromium driving ``i2x serve``'s app."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_routes_answer_small_json_of_the_documented_shape(client):
     ov = get_json(client, f"/api/overview?run={RUN}")
     assert ov["class_names"] == ["c0", "c1", "c2"] and len(ov["checkpoints"]) == 6
     assert np.array(ov["confidence"]).shape == (3, 6) and len(ov["accuracy"]) == 6 and len(ov["holding"]) == 8
-    ex = ov["explanation"]
+    assert "explanation" not in ov  # the first view is only what the run holds; the explanation comes on its own route
+    ex = get_json(client, f"/api/explanation?run={RUN}")["explanation"]
     assert ex["num_intervals"] == 5 and ex["suspects"] is None
     for row in ex["uncertain"]:  # grouped: one row per prototype, its pairs inside
         assert set(row) == {"prototype", "score", "pairs"} and row["pairs"]
@@ -113,8 +115,90 @@ def test_routes_answer_small_json_of_the_documented_shape(client):
     assert client.post(f"/api/overview?run={RUN}").status_code == 405
 
 
+def planted_explanation(n=60, k=8, m=3, intervals=5):
+    """An explanation with known answers: P-3 shared by class 0; in interval 0 P-1 moves
+    confidence from class 2 to class 0 (beta +1 / -1, tau 0.5); P-5 is uncertain between 0 and 2."""
+    from lightning_i2x.analysis import Explanation, UncertainPrototype
+
+    beta = np.zeros((intervals, k, m))
+    beta[0, 1, 0], beta[0, 1, 2] = 1.0, -1.0
+    beta[2, 5, 0], beta[3, 5, 2] = 0.8, 0.8
+    labels = np.arange(n) % m
+    presence = np.zeros((n, k), bool)
+    presence[labels == 0, 3] = True
+    return Explanation(beta=beta, thresholds=np.full(intervals, 0.5), groups=np.full((intervals, n), -1), presence=presence,
+                       labels=labels, class_names=["c0", "c1", "c2"],
+                       params={"shared_frac": 0.8, "specialised_frac": 0.5, "min_group_members": 3},
+                       _uncertain=[UncertainPrototype(5, (0, 2), 3, 0.9)])
+
+
+def planted_app(logdir, **kw) -> DashboardApp:
+    app = DashboardApp(logdir, **kw)
+    app.cache.get(app.runs()[RUN]).memo("explanation", lambda: (planted_explanation(), None))
+    return app
+
+
+def test_the_class_and_pair_pages_draw_the_planted_explanation(logdir):
+    client = Client(planted_app(logdir))
+    page = get_json(client, f"/api/class?run={RUN}&c=0")
+    rows = {r["prototype"]: r for r in page["rows"]}
+    assert page["rows"][0]["prototype"] == 3 and page["rows"][0]["kind"] == "shared" and page["shared"] == [3]
+    assert rows[1]["beta"] == [1.0, 0, 0, 0, 0] and rows[1]["against"] == [2, None, None, None, None]  # Fig. 3
+    assert rows[5]["against"][2] is None  # raised class 0, but no class fell past tau
+    assert [g["sources"] for g in page["graph"]] == [[{"class": 2, "prototypes": [1]}], [], [], [], []]  # Fig. 4
+    assert page["pairs"] == [[0, 2]] and page["thresholds"] == [0.5] * 5
+    assert get_json(client, f"/api/class?run={RUN}&c=2")["graph"][0]["sources"] == []  # c2 lost, it gained nothing
+    pair = get_json(client, f"/api/pair?run={RUN}&a=0&b=2")  # Fig. 5
+    assert [r["prototype"] for r in pair["rows"]] == [5, 1] and pair["rows"][0]["flips"] == 3 and pair["rows"][1]["flips"] is None
+    assert pair["rows"][1]["diff"][0] == 2.0 and pair["rows"][1]["over"] == [True, False, False, False, False]
+    assert pair["rows"][0]["over"] == [False, False, True, True, False]
+    other = get_json(client, f"/api/pair?run={RUN}&a=0&b=1")["rows"]  # separated, not uncertain: largest difference first
+    assert [(r["prototype"], r["flips"]) for r in other] == [(1, None), (5, None)]
+    get_json(client, f"/api/class?run={RUN}&c=3", 404)
+    get_json(client, f"/api/pair?run={RUN}&a=1&b=1", 404)
+    get_json(client, f"/api/class?run={RUN}&c=x", 400)
+
+
+def test_the_class_page_says_why_before_an_explanation(tmp_path):
+    make_run(tmp_path / "young", t=1)
+    page = get_json(Client(DashboardApp(tmp_path / "young")), "/api/class?c=1")
+    assert page["rows"] == [] and "at least two checkpoints" in page["note"]
+
+
+def repaired_runs(root, n=60, m=3):
+    """Two runs on one probe, planted: "before" predicts images 0, 1, 2 wrong at its last
+    checkpoint, "after" fixes them and breaks image 5; both right everywhere else."""
+    labels = np.arange(n) % m
+    for name, wrong in (("before", [0, 1, 2]), ("after", [5])):
+        run = I2XRun.create(root / name, labels=labels, class_names=["c0", "c1", "c2"], feature_shape=(2, 2), num_prototypes=2)
+        for step, bad in enumerate(([], wrong)):
+            pred = labels.copy()
+            pred[bad] = (labels[bad] + 1) % m
+            conf = np.full((n, m), 0.1, np.float32)
+            conf[np.arange(n), pred] = 0.8
+            run.append_checkpoint(np.ones((n, 2, 2), np.float32), conf, epoch=step, global_step=step)
+    return root
+
+
+def test_two_runs_side_by_side_on_the_same_probe(tmp_path):
+    make_run(tmp_path / "runs" / "elsewhere", n=30)
+    client = Client(DashboardApp(repaired_runs(tmp_path / "runs")))
+    d = get_json(client, "/api/compare?run=before&t=1&other=after&u=1")
+    assert d["fixed"] == {"count": 3, "images": [0, 1, 2]} and d["broken"] == {"count": 1, "images": [5]} and d["changed"] == 4
+    assert d["accuracy"] == [0.95, round(59 / 60, 5)] and d["checkpoints"] == [1, 1]
+    one_wrong = pytest.approx((19 * 0.8 + 0.1) / 20, abs=1e-5)  # a class with one of its 20 images wrong
+    assert d["confidence"][0] == [one_wrong] * 3 and d["confidence"][1] == [pytest.approx(0.8, abs=1e-5)] * 2 + [one_wrong]
+    # one run at two checkpoints: checkpoint 0 was right everywhere
+    same = get_json(client, "/api/compare?run=before&t=0&u=1")
+    assert same["broken"]["images"] == [0, 1, 2] and same["fixed"]["count"] == 0
+    get_json(client, "/api/compare?run=before&t=2&other=after&u=1", 404)
+    r = get_json(client, "/api/compare?run=before&t=0&other=elsewhere&u=0", 400)
+    assert "other probe sets" in r["error"]
+    get_json(client, "/api/compare?run=before&t=0&other=nope&u=0", 404)
+
+
 def test_every_response_has_a_type_nosniff_and_html_a_strict_csp(client):
-    urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
+    urls = ["/", "/index.html", "/index.js", "/static/app.js", "/static/draw.js", "/static/pages.js", "/static/style.css", "/api/config", f"/api/overview?run={RUN}",
             f"/api/sprite.png?run={RUN}&k=0", "/api/nothing", "/static/secret.py", f"/api/file?run={RUN}&path=..%2Fx"]
     for url in urls:
         r = client.get(url)
@@ -284,6 +368,8 @@ def test_the_interactive_report_is_one_file_that_needs_no_network(logdir, tmp_pa
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and '<link' not in page
     data = json.loads(re.search(r'<script type="application/json" id="i2x-data">(.*?)</script>', page, re.S).group(1))
     assert data["static"] and data["left_out"]["images"] == 0
+    assert data["responses"]["api/explanation?run=i2x"]["explanation"]["num_intervals"] == 5
+    assert "api/class?c=2&run=i2x" in data["responses"]
     assert "api/overview?run=i2x" in data["responses"] and "api/prototype?k=7&run=i2x" in data["responses"]
     assert data["images"]["api/sprite.png?k=0&run=i2x"].startswith("data:image/png;base64,")
     def left_out(max_bytes):
@@ -359,6 +445,12 @@ def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
         assert b.eval("document.querySelector('#conf-now').textContent") != before
         assert b.eval("document.querySelector('#ckpt-label').textContent").startswith("checkpoint 1 / 5")
         b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 5; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.explained === '1' && !!document.querySelector('#order')")
+        resolved = b.eval("document.querySelectorAll('#order li.resolved').length")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelectorAll('#order li.resolved').length") == 0  # nothing resolved before interval 0
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 5; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelectorAll('#order li.resolved').length") == resolved
         b.screenshot(shots / "dashboard-overview.png")
 
         b.goto(base + f"#run={RUN}&view=prototype&k=2")
@@ -400,6 +492,88 @@ def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
     assert b.requests and not outside, outside
 
 
+def test_the_class_and_pair_pages_in_headless_chromium(logdir, tmp_path):
+    """The overview links to the class and pair pages; the slider frames the interval in the grid
+    and the graph; clicking an edge's prototype label opens that prototype's page."""
+    from werkzeug.serving import make_server
+
+    require_chromium("the class page test")
+    server = make_server("127.0.0.1", 0, planted_app(logdir, allowed_hosts={"127.0.0.1"}), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/"
+    shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    b = DevTools(size=(1300, 900))
+    try:
+        b.goto(base + f"#run={RUN}")
+        b.wait_for("document.querySelector('#view').dataset.explained === '1' && !!document.querySelector('#uncertain [data-pair]')")
+        b.click(*b.center("#uncertain [data-pair='0-2']"))
+        b.wait_for("document.body.dataset.view === 'pair' && !!document.querySelector('#pair-grid')")
+        assert b.eval("document.querySelector('#pair-now').textContent") == "interval 4: none past τ"
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#pair-now').textContent") == "interval 0: P-1 towards c0"
+        b.screenshot(shots / "dashboard-pair.png")
+        b.goto(base + f"#run={RUN}")
+        b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#class-links [data-class]')")
+        b.click(*b.center("#class-links [data-class='0']"))
+        b.wait_for("document.body.dataset.view === 'class' && !!document.querySelector('#graph')")
+        assert b.eval("document.querySelector('#evolution').dataset.interval") == "0"  # the slider is at checkpoint 0
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 3; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#evolution').dataset.interval") == "3"
+        assert b.eval("document.querySelector('#graph').dataset.interval") == "3"
+        assert "no class lost confidence" in b.eval("document.querySelector('#class-now').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        assert b.eval("document.querySelector('#class-now').textContent") == "interval 0 (τ 0.500): c2 → c0 by P-1"
+        b.screenshot(shots / "dashboard-class.png")
+        b.click(*b.center("#graph [data-edge='2-0-0']"))
+        b.wait_for("document.body.dataset.view === 'prototype' && location.hash.includes('k=1')")
+        assert not b.console, b.console
+    finally:
+        b.close()
+        server.shutdown()
+        server.server_close()
+    assert all(u.startswith((base, "data:", "blob:", "about:")) for u in b.requests), b.requests
+
+
+def test_two_runs_side_by_side_in_headless_chromium(tmp_path):
+    """The header opens the side-by-side page; the second run's slider moves its checkpoint and
+    the lists of fixed and broken images follow; a listed image opens in its run."""
+    from werkzeug.serving import make_server
+
+    require_chromium("the side-by-side test")
+    server = make_server("127.0.0.1", 0, DashboardApp(repaired_runs(tmp_path / "runs"), allowed_hosts={"127.0.0.1"}), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/"
+    shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    b = DevTools(size=(1300, 900))
+    try:
+        b.goto(base + "#run=before")
+        b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#compare-link')")
+        b.click(*b.center("#compare-link"))
+        b.wait_for("document.querySelector('#view') && document.querySelector('#view').dataset.compared === '1-1'")
+        assert b.eval("document.querySelector('#compare-other').value") == "after"
+        fixed = "[...document.querySelectorAll('#compare-changes [data-kind=fixed] [data-image]')].map((a) => a.dataset.image).join(',')"
+        assert b.eval(fixed) == "0,1,2"
+        b.eval("(() => { const s = document.querySelector('#ckpt-other'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.compared === '1-0'")
+        assert b.eval(fixed) == "0,1,2"
+        assert b.eval("document.querySelectorAll('#compare-changes [data-kind=broken] [data-image]').length") == 0  # after@0: all right
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 0; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.compared === '0-0'")
+        assert "0 probe images change class" in b.eval("document.querySelector('#compare-changes').textContent")
+        b.eval("(() => { const s = document.querySelector('#ckpt'); s.value = 1; s.dispatchEvent(new Event('input')); })()")
+        b.eval("(() => { const s = document.querySelector('#ckpt-other'); s.value = 1; s.dispatchEvent(new Event('input')); })()")
+        b.wait_for("document.querySelector('#view').dataset.compared === '1-1'")
+        b.screenshot(shots / "dashboard-compare.png")
+        b.click(*b.center("#compare-changes [data-kind=broken] [data-image='5']"))
+        b.wait_for("document.body.dataset.view === 'image' && location.hash.includes('run=before') && location.hash.includes('i=5')")
+        assert not b.console, b.console
+    finally:
+        b.close()
+        server.shutdown()
+        server.server_close()
+    assert all(u.startswith((base, "data:", "blob:", "about:")) for u in b.requests), b.requests
+
+
 def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):
     require_chromium("the interactive report test")
     out = tmp_path / "dash.html"
@@ -410,6 +584,10 @@ def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):
         b.wait_for("document.body.dataset.view === 'prototype' && document.querySelector('#sprite').naturalWidth > 0")
         b.goto(out.as_uri() + "#view=image&i=3")
         b.wait_for("document.body.dataset.view === 'image' && !!document.querySelector('#image-canvas')")
+        b.goto(out.as_uri() + "#view=class&c=1")
+        b.wait_for("document.body.dataset.view === 'class' && !!document.querySelector('#evolution') && !!document.querySelector('#graph')")
+        rows = json.loads(Client(DashboardApp(logdir)).get(f"/api/class?run={RUN}&c=1").data)["rows"]
+        assert b.eval("document.querySelectorAll('#evolution .proto-label').length") == len(rows) > 0
         assert not b.console, b.console
     finally:
         b.close()

@@ -4,7 +4,17 @@ on arrays, the prototypes' centred latent subspace, and choosing what is worth s
 torch, lightning, FAISS or matplotlib (an import contract keeps it so)."""
 
 from ._basis import LatentBasis, suspect_basis
-from ._choose import Pair, pair_prototypes, resolve_pairs, select_classes, select_pairs, select_prototypes
+from ._choose import (
+    Pair,
+    class_rows,
+    competing_class,
+    pair_prototypes,
+    pair_rows,
+    resolve_pairs,
+    select_classes,
+    select_pairs,
+    select_prototypes,
+)
 from ._explanation import Explanation, LearningStep, UncertainPrototype, explain
 from ._refine import ReliedClusters, relied_clusters
 from ._reliance import INTERVENTIONS, RELIANCE_ATTACHMENT, Reliance
@@ -51,5 +61,6 @@ __all__ = [
     "Reliance", "RELIANCE_ATTACHMENT", "INTERVENTIONS", "prototype_geometry", "suspect_prototypes", "SUSPECT_RULE_OPTIONS",
     "SUSPECT_RULE_DEFAULTS", "suspect_report", "SuspectReport", "SuspectCandidate", "Criterion", "Suspects", "intensity_rise",
     "LatentBasis", "suspect_basis", "ReliedClusters", "relied_clusters",
-    "Pair", "resolve_pairs", "pair_prototypes", "select_pairs", "select_classes", "select_prototypes",
+    "Pair", "resolve_pairs", "pair_prototypes", "select_pairs", "select_classes", "select_prototypes", "class_rows", "competing_class",
+    "pair_rows",
 ]

@@ -10,7 +10,8 @@ import numpy as np
 
 from ._explanation import Explanation
 
-__all__ = ["Pair", "resolve_pairs", "pair_prototypes", "select_pairs", "select_classes", "select_prototypes"]
+__all__ = ["Pair", "resolve_pairs", "pair_prototypes", "select_pairs", "select_classes", "select_prototypes", "class_rows",
+           "competing_class", "pair_rows"]
 
 Pair = tuple[int, int]
 
@@ -110,3 +111,46 @@ def select_prototypes(expl, limit: int) -> list[int]:
         if k not in out:
             out.append(k)
     return sorted(out[:limit])
+
+
+def class_rows(expl: Explanation, c: int | str, max_rows: int) -> list[tuple[int, str]]:
+    """The prototypes a class view (Fig. 3) shows, each with its kind (``"shared"``,
+    ``"specialised"`` or ``""``): shared, specialised, those on the class's graph edges (largest
+    coefficient first), then the largest coefficients on the class; at most ``max_rows``."""
+    ci = expl.class_index(c)
+    shared, special = expl.shared_prototypes(ci), expl.specialised_prototypes(ci)
+    on_edges = sorted({k for e in expl.edges(ci) for k in e[3]})
+    magnitude = np.abs(expl.beta[:, :, ci]).max(axis=0) if expl.num_intervals else np.zeros(expl.num_prototypes)
+    rest = [int(k) for k in np.argsort(-magnitude, kind="stable") if magnitude[k] > 0]
+    rows: list[int] = []
+    for k in [*shared, *special, *sorted(on_edges, key=lambda k: -magnitude[k]), *rest]:
+        if k not in rows:
+            rows.append(k)
+    kind = {**{k: "shared" for k in shared}, **{k: "specialised" for k in special}}
+    return [(k, kind.get(k, "")) for k in rows[:max_rows]]
+
+
+def competing_class(expl: Explanation, t: int, k: int, c: int) -> int | None:
+    """Fig. 3's cell label: where prototype k moved class c's confidence past tau in interval t,
+    the class it moved the other way the most, when that move passes tau too; else None."""
+    v, tau = expl.beta[t, k, c], expl.thresholds[t]
+    others = [b for b in range(expl.num_classes) if b != c]
+    if abs(v) <= tau or not others:
+        return None
+    col = expl.beta[t, k, others]
+    b = others[int(np.argmin(col))] if v > 0 else others[int(np.argmax(col))]
+    return b if (v > 0 and expl.beta[t, k, b] < -tau) or (v < 0 and expl.beta[t, k, b] > tau) else None
+
+
+def pair_rows(expl: Explanation, a: int | str, b: int | str, max_rows: int) -> tuple[list[int], dict[int, int]]:
+    """The prototypes a pair view (Fig. 5) shows: the pair's uncertain ones first (best first),
+    then those separating a from b above tau in some interval, largest difference first; at most
+    ``max_rows``. Also {uncertain prototype: flips}."""
+    ai, bi = expl.class_index(a), expl.class_index(b)
+    unc = {u.prototype: u.flips for u in expl.uncertain if set(u.classes) == {ai, bi}}
+    if not expl.num_intervals:
+        return list(unc)[:max_rows], unc
+    diff = expl.beta[:, :, ai] - expl.beta[:, :, bi]
+    over = np.abs(diff) > expl.thresholds[:, None]
+    involved = [int(k) for k in np.argsort(-np.abs(diff).max(axis=0), kind="stable") if over[:, k].any() and k not in unc]
+    return [*unc, *involved][:max_rows], unc

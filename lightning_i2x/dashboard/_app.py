@@ -26,15 +26,38 @@ from werkzeug.wrappers import Request, Response
 
 from ..errors import I2XRunError
 from ..store import MARK_VALUES
-from . import _data
+from . import _compare, _data, _figures
 from ._runs import RunCache, find_runs
 
-__all__ = ["DashboardApp", "CSP", "STATIC_FILES"]
+__all__ = ["DashboardApp", "CSP", "STATIC_FILES", "SCRIPTS"]
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
        "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css", "tb.js": "text/javascript"}
+STATIC_FILES = {"app.js": "text/javascript", "draw.js": "text/javascript", "pages.js": "text/javascript", "style.css": "text/css",
+                "tb.js": "text/javascript"}
+SCRIPTS = ("draw.js", "pages.js", "app.js")  # the page's modules, each after those it imports
 TOKEN_HEADER = "X-I2X-Token"
+# the routes, the same for every app (compiled once: a fresh app answers its first view sooner)
+URL_MAP = Map([
+    Rule("/", endpoint="index"),
+    Rule("/index.html", endpoint="index"),
+    Rule("/index.js", endpoint="tb_entry"),
+    Rule("/static/<name>", endpoint="static"),
+    Rule("/api/config", endpoint="config"),
+    Rule("/api/runs", endpoint="runs"),
+    Rule("/api/overview", endpoint="overview"),
+    Rule("/api/explanation", endpoint="explanation"),
+    Rule("/api/prototype", endpoint="prototype"),
+    Rule("/api/class", endpoint="class_page"),
+    Rule("/api/pair", endpoint="pair_page"),
+    Rule("/api/compare", endpoint="compare"),
+    Rule("/api/sprite.png", endpoint="sprite"),
+    Rule("/api/image", endpoint="image"),
+    Rule("/api/image.png", endpoint="image_png"),
+    Rule("/api/twin.png", endpoint="twin_png"),
+    Rule("/api/marks", endpoint="marks", methods=["GET", "POST"]),
+    Rule("/api/file", endpoint="file"),
+], strict_slashes=False)
 
 
 def static_text(name: str) -> str:
@@ -64,22 +87,7 @@ class DashboardApp:
         self._scan_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.cache = RunCache()
-        self.url_map = Map([
-            Rule("/", endpoint="index"),
-            Rule("/index.html", endpoint="index"),
-            Rule("/index.js", endpoint="tb_entry"),
-            Rule("/static/<name>", endpoint="static"),
-            Rule("/api/config", endpoint="config"),
-            Rule("/api/runs", endpoint="runs"),
-            Rule("/api/overview", endpoint="overview"),
-            Rule("/api/prototype", endpoint="prototype"),
-            Rule("/api/sprite.png", endpoint="sprite"),
-            Rule("/api/image", endpoint="image"),
-            Rule("/api/image.png", endpoint="image_png"),
-            Rule("/api/twin.png", endpoint="twin_png"),
-            Rule("/api/marks", endpoint="marks", methods=["GET", "POST"]),
-            Rule("/api/file", endpoint="file"),
-        ], strict_slashes=False)
+        self.url_map = URL_MAP
 
     # -- WSGI ------------------------------------------------------------------------------------
     def __call__(self, environ, start_response):
@@ -136,8 +144,8 @@ class DashboardApp:
                 self._scanned = time.monotonic()
             return dict(self._runs)
 
-    def _snapshot(self, request: Request):
-        name = request.args.get("run")
+    def _snapshot(self, request: Request, key: str = "run"):
+        name = request.args.get(key)
         runs = self.runs()
         if name is None and len(runs) == 1:
             name = next(iter(runs))
@@ -175,9 +183,30 @@ class DashboardApp:
         name, snap = self._snapshot(request)
         return self._json(_data.overview(snap, name))
 
+    def on_explanation(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return self._json(_data.explanation(snap))
+
     def on_prototype(self, request: Request) -> Response:
         _, snap = self._snapshot(request)
         return self._json(_data.prototype(snap, self._int(request, "k")))
+
+    def on_class_page(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return self._json(_figures.class_page(snap, self._int(request, "c")))
+
+    def on_pair_page(self, request: Request) -> Response:
+        _, snap = self._snapshot(request)
+        return self._json(_figures.pair_page(snap, self._int(request, "a"), self._int(request, "b")))
+
+    def on_compare(self, request: Request) -> Response:
+        """Run ``run`` at checkpoint ``t`` next to run ``other`` (default: the same run) at ``u``."""
+        _, a = self._snapshot(request)
+        _, b = self._snapshot(request, "other") if "other" in request.args else (None, a)
+        why = _compare.probe_mismatch(a, b)
+        if why is not None:
+            raise BadRequest(f"cannot set these runs side by side: {why}")
+        return self._json(_compare.compare(a, self._int(request, "t"), b, self._int(request, "u")))
 
     def on_sprite(self, request: Request) -> Response:
         _, snap = self._snapshot(request)

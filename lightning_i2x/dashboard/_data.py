@@ -15,7 +15,7 @@ from ..xfeatures import PANEL_ATTACHMENT, stored_xfeatures
 from ._png import png_bytes
 from ._runs import Snapshot
 
-__all__ = ["overview", "xfeatures", "prototype", "image", "sprite_png", "image_png", "twin_png", "served_files", "marks", "PATCHES",
+__all__ = ["overview", "explanation", "xfeatures", "prototype", "image", "sprite_png", "image_png", "twin_png", "served_files", "marks", "PATCHES",
            "MAX_HOLDERS", "TWIN_VIEWS"]
 
 TWIN_VIEWS = ("graph", "effects", "counterfactuals")
@@ -57,8 +57,9 @@ def _image_shape(snap: Snapshot) -> list[int] | None:
 
 
 def overview(snap: Snapshot, name: str) -> dict:
-    """The first view: confidence per class over the checkpoints, the uncertain prototypes
-    grouped by prototype, the suspects, the learning order, per-prototype counts and the marks."""
+    """The first view: confidence per class over the checkpoints, per-prototype counts, the marks
+    and what the measures stored. Only what the run holds: the explanation (Steps 4-6, far
+    dearer than loading the run) comes on its own route, ``explanation``."""
     run = snap.run
     conf = run.confidences()
     labels = run.labels
@@ -67,16 +68,10 @@ def overview(snap: Snapshot, name: str) -> dict:
         members = labels == c
         per_class.append(conf[:, members, c].mean(axis=1) if members.any() and conf.shape[0] else np.full(conf.shape[0], np.nan))
     accuracy = (conf.argmax(axis=2) == labels).mean(axis=1) if conf.shape[0] else np.zeros(0)
-    expl, note = snap.explanation()
     assignment = snap.assignment()
     holding = (np.zeros(run.num_prototypes, int) if assignment is None else
                np.bincount((assignment + np.arange(run.num_probe)[:, None] * run.num_prototypes).ravel(),
                            minlength=run.num_probe * run.num_prototypes).reshape(run.num_probe, -1).astype(bool).sum(axis=0))
-    uncertain: dict[int, dict] = {}
-    if expl is not None:
-        for u in expl.uncertain:
-            row = uncertain.setdefault(u.prototype, {"prototype": u.prototype, "score": _f(u.score), "pairs": []})
-            row["pairs"].append({"classes": list(u.classes), "flips": int(u.flips), "score": _f(u.score)})
     return {
         "name": name,
         "class_names": run.class_names,
@@ -89,13 +84,6 @@ def overview(snap: Snapshot, name: str) -> dict:
         "reference": run.reference,
         "confidence": _fl(np.array(per_class).reshape(run.num_classes, -1)),
         "accuracy": _fl(accuracy),
-        "explanation": None if expl is None else {
-            "num_intervals": expl.num_intervals,
-            "uncertain": list(uncertain.values()),
-            "learning_order": [{"classes": list(s.classes), "interval": s.interval} for s in expl.learning_order()],
-            "suspects": None if expl.suspects is None else list(expl.suspects),
-        },
-        "note": note,
         "channels": _channels(run),
         "holding": [int(x) for x in holding],
         "marks": marks(snap),
@@ -104,6 +92,25 @@ def overview(snap: Snapshot, name: str) -> dict:
         "twin": _twin_summary(snap),
         "xfeatures": xfeatures(snap),
     }
+
+
+def explanation(snap: Snapshot) -> dict:
+    """The overview's explanation, asked for after the first view is drawn: the uncertain
+    prototypes grouped by prototype (one row each, its pairs inside), the suspects and the
+    learning order; or None and why there is none yet (``note``)."""
+    expl, note = snap.explanation()
+    if expl is None:
+        return {"explanation": None, "note": note}
+    uncertain: dict[int, dict] = {}
+    for u in expl.uncertain:
+        row = uncertain.setdefault(u.prototype, {"prototype": u.prototype, "score": _f(u.score), "pairs": []})
+        row["pairs"].append({"classes": list(u.classes), "flips": int(u.flips), "score": _f(u.score)})
+    return {"explanation": {
+        "num_intervals": expl.num_intervals,
+        "uncertain": list(uncertain.values()),
+        "learning_order": [{"classes": list(s.classes), "interval": s.interval} for s in expl.learning_order()],
+        "suspects": None if expl.suspects is None else list(expl.suspects),
+    }, "note": None}
 
 
 def _twin(snap: Snapshot):
@@ -186,7 +193,7 @@ def prototype(snap: Snapshot, k: int) -> dict:
         last = dict(zip(holders.tolist(), inten[-1].tolist()))
     else:
         mean, order, last = np.full(t_, np.nan), holders, {}
-    expl, _ = snap.explanation()
+    expl, note = snap.explanation()
     rel = snap.reliance()
     ph, pw = (None, None) if run.images is None else patch_box(0, 0, run.feature_shape, run.images.shape[2:])[2:]
     out = {
@@ -200,6 +207,7 @@ def prototype(snap: Snapshot, k: int) -> dict:
         "holders": [{"image": int(s), "label": int(run.labels[s]), "cells": np.flatnonzero(mask[s]).tolist(), "intensity": _f(last.get(int(s), np.nan))}
                     for s in order[:MAX_HOLDERS]],
         "mark": run.marks().get(k),
+        "note": note,
         "beta": None, "thresholds": None, "shared_in": [], "specialised_in": [], "uncertain": [], "suspect": None,
         "reliance": None if rel is None else {"reliance": _f(rel.reliance[k]), "drop": _f(rel.drop[k]),
                                                "random_drop": _f(rel.random_drop[k]), "count": int(rel.count[k])},

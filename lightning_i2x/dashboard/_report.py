@@ -1,7 +1,8 @@
 """``i2x report --interactive``: the dashboard as one self-contained HTML file that opens offline.
 
-The page's script, style and the answers of every route it would ask (the overview, every
-prototype and its sprite, as many probe images as fit in ``max_bytes``) are inlined; a strict
+The page's script, style and the answers of every route it would ask (the overview, the
+explanation, every prototype and its sprite, the class pages and the uncertain pairs' pages, up to
+``MAX_CLASS_PAGES`` each, as many probe images as fit in ``max_bytes``) are inlined; a strict
 Content-Security-Policy (hashes of the inline script and style, no network) is set in a meta tag.
 Probe images past the cap are left out, and the page says so where one is asked for.
 """
@@ -13,6 +14,7 @@ import hashlib
 import html
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -20,11 +22,12 @@ from werkzeug.test import Client
 
 from .._core import write_bytes
 from ..store import I2XRun
-from ._app import DashboardApp, static_text
+from ._app import SCRIPTS, DashboardApp, static_text
 
 __all__ = ["build_interactive_report", "write_interactive_report", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_MAX_BYTES = 48 * 2**20
+MAX_CLASS_PAGES = 100  # class pages, and pair pages of the uncertain pairs, carried by the file
 
 
 def _key(path: str, params: dict) -> str:
@@ -34,6 +37,16 @@ def _key(path: str, params: dict) -> str:
 
 def _sha(text: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+def _one_script() -> str:
+    """The page's modules as one inline module: each in import order, its imports and exports
+    dropped (the names they share are then in one scope)."""
+    parts = []
+    for name in SCRIPTS:
+        text = re.sub(r"^import \{[^}]*\} from \"\./[a-z]+\.js\";\n", "", static_text(name), flags=re.M)
+        parts.append(re.sub(r"^export ", "", text, flags=re.M))
+    return "\n".join(parts)
 
 
 def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
@@ -70,6 +83,12 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
             if has_images:
                 get("/api/sprite.png", {"k": k}, binary=True)
             wanted += [p["image"] for p in proto["patches"]] + [h["image"] for h in proto["holders"][:8]]
+    ex = json.loads(get("/api/explanation", {}).data)["explanation"]
+    for c in range(min(len(ov["class_names"]), MAX_CLASS_PAGES)):
+        get("/api/class", {"c": c})
+    pairs = list(dict.fromkeys(tuple(p["classes"]) for u in (ex["uncertain"] if ex else []) for p in u["pairs"]))
+    for a, b in pairs[:MAX_CLASS_PAGES]:
+        get("/api/pair", {"a": a, "b": b})
     for view in (ov["twin"] or {}).get("views", []):
         get("/api/twin.png", {"view": view}, binary=True)
     order = list(dict.fromkeys(wanted + list(range(ov["num_probe"]))))
@@ -84,7 +103,7 @@ def build_interactive_report(run: I2XRun | str | os.PathLike, *, max_bytes: int 
     data = {"static": True, "config": {"token": None, "read_only": True, "marks": ["shortcut", "fine"], "runs": [name]},
             "responses": responses, "images": images,
             "left_out": {"images": ov["num_probe"] - included, "max_bytes": max_bytes}}
-    script, style = static_text("app.js"), static_text("style.css")
+    script, style = _one_script(), static_text("style.css")
     csp = (f"default-src 'none'; script-src '{_sha(script)}'; style-src '{_sha(style)}'; img-src data: blob:; "
            "connect-src 'none'; base-uri 'none'; form-action 'none'")
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..analysis import SALIENCY_THRESHOLD, salient_mask
+from ..analysis import SALIENCY_THRESHOLD, class_rows, competing_class, pair_rows, salient_mask
 from ._mpl import Circle, FancyArrowPatch, FancyBboxPatch, Figure, FigureCanvasAgg, LineCollection, Rectangle
 from ._patches import display_images, prototype_patches
 
@@ -196,19 +196,10 @@ def _gallery_reliance(run) -> tuple[np.ndarray | None, set[int]]:
 
 # -- class views --------------------------------------------------------------------------------------
 def _class_rows(expl, ci: int, max_rows: int) -> tuple[list[int], list[str]]:
-    """The prototypes a class view shows: shared, specialised, those on its graph's edges, then the
-    largest coefficients on the class; at most max_rows."""
-    shared, special = expl.shared_prototypes(ci), expl.specialised_prototypes(ci)
-    on_edges = sorted({k for e in expl.edges(ci) for k in e[3]})
-    magnitude = np.abs(expl.beta[:, :, ci]).max(axis=0) if expl.num_intervals else np.zeros(expl.num_prototypes)
-    rest = [int(k) for k in np.argsort(-magnitude, kind="stable") if magnitude[k] > 0]
-    rows: list[int] = []
-    for k in [*shared, *special, *sorted(on_edges, key=lambda k: -magnitude[k]), *rest]:
-        if k not in rows:
-            rows.append(k)
-    rows = rows[:max_rows]
-    kind = {**{k: " shared" for k in shared}, **{k: " spec." for k in special}}
-    return rows, [f"P-{k}{kind.get(k, '')}" for k in rows]
+    """The prototypes a class view shows (``analysis.class_rows``) and their row labels."""
+    rows = class_rows(expl, ci, max_rows)
+    short = {"shared": " shared", "specialised": " spec.", "": ""}
+    return [k for k, _ in rows], [f"P-{k}{short[kind]}" for k, kind in rows]
 
 
 def evolution_grid(expl, c: int | str, run=None, *, max_rows: int = 12, context: float = 1.0, dpi: int = DEFAULT_DPI) -> Figure:
@@ -225,18 +216,13 @@ def evolution_grid(expl, c: int | str, run=None, *, max_rows: int = 12, context:
     fig, ax = _heat_map(values, labels, [f"T{t}" for t in range(t_)], run, rows, context=context, dpi=dpi, colour_label="beta[t][k, c]",
                         x_label="interval (blue: raised, red: lowered; label: the competing class)",
                         title=f"class {names[ci]}: what each prototype did to its confidence")
-    others = [b for b in range(expl.num_classes) if b != ci]
-    if t_ <= 24 and others:
+    if t_ <= 24:
         for r, k in enumerate(rows):
             for t in range(t_):
-                v, tau = values[r, t], expl.thresholds[t]
-                if abs(v) <= tau:
-                    continue
-                col = expl.beta[t, k, others]
-                b = others[int(np.argmin(col))] if v > 0 else others[int(np.argmax(col))]
-                if (v > 0 and expl.beta[t, k, b] < -tau) or (v < 0 and expl.beta[t, k, b] > tau):
+                b = competing_class(expl, t, k, ci)
+                if b is not None:
                     ax.text(t, r, _short(names[b], 5), ha="center", va="center", fontsize=7,
-                            color="white" if abs(v) > 0.6 * _symmetric(values) else "black")
+                            color="white" if abs(values[r, t]) > 0.6 * _symmetric(values) else "black")
     return fig
 
 
@@ -298,11 +284,9 @@ def confused_pair(expl, a: int | str, b: int | str, run=None, *, max_rows: int =
     (``|beta[t][k, a] - beta[t][k, b]| > tau``), coloured by that difference (blue: towards a, red:
     towards b). Uncertain prototypes, whose difference keeps changing sign, come first, outlined."""
     ai, bi, names, t_ = expl.class_index(a), expl.class_index(b), expl.class_names, expl.num_intervals
-    unc = {u.prototype: u.flips for u in expl.uncertain if set(u.classes) == {ai, bi}}
+    rows, unc = pair_rows(expl, ai, bi, max_rows)
     diff = (expl.beta[:, :, ai] - expl.beta[:, :, bi]) if t_ else np.zeros((0, expl.num_prototypes))
     over = np.abs(diff) > expl.thresholds[:, None] if t_ else np.zeros((0, expl.num_prototypes), bool)
-    involved = [int(k) for k in np.argsort(-np.abs(diff).max(axis=0, initial=0), kind="stable") if over[:, k].any() and k not in unc]
-    rows = [*unc, *involved][:max_rows]
     title = f"{names[ai]} vs {names[bi]}"
     if not rows:
         return _note(_figure(5, 1.5, dpi), f"{title}: no prototype separated them above tau" if t_ else f"{title}: no interval yet (needs two checkpoints)")

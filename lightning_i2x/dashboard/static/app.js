@@ -1,31 +1,11 @@
 // The I2X dashboard: plain JavaScript, no build step, no external resource. It asks the server
 // (i2x serve, or the TensorBoard plugin) for small JSON documents and PNGs on demand, or reads
 // them from the page itself (i2x report --interactive). Styles are set through the CSSOM only,
-// so the strict Content-Security-Policy needs no 'unsafe-inline'.
+// so the strict Content-Security-Policy needs no 'unsafe-inline'. Drawing helpers: draw.js; the
+// class, pair and side-by-side pages: pages.js (one script when inlined: _report.py joins them).
 
-const SVG = "http://www.w3.org/2000/svg";
-const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const color = (c) => COLORS[c % COLORS.length];
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false) e.append(c);
-  return e;
-}
-
-function svg(tag, attrs = {}) {
-  const e = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  return e;
-}
-
-const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+import { color, contributionBars, el, fmt, legend, line, lineChart, virtualList } from "./draw.js";
+import { classPage, comparePage, pairPage } from "./pages.js";
 
 // -- data: the server, or what the page carries -------------------------------------------------
 export function keyOf(path, params) {
@@ -63,75 +43,6 @@ class Source {
   }
 }
 
-// -- charts ------------------------------------------------------------------------------------
-// Lines over x = 0..n-1 with a cursor; returns {node, setCursor(x)}.
-function lineChart(series, { width = 460, height = 200, ymin = null, ymax = null, label = "", bands = null } = {}) {
-  const pad = { l: 36, r: 8, t: 10, b: 22 };
-  const n = Math.max(1, ...series.map((s) => s.values.length));
-  const vals = series.flatMap((s) => s.values).filter((v) => v !== null);
-  let lo = ymin ?? Math.min(0, ...vals), hi = ymax ?? Math.max(1e-9, ...vals);
-  if (bands) for (const b of bands) if (b !== null) { lo = Math.min(lo, -b); hi = Math.max(hi, b); }
-  if (hi === lo) hi = lo + 1;
-  const X = (i) => pad.l + (n <= 1 ? 0 : (i / (n - 1)) * (width - pad.l - pad.r));
-  const Y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (height - pad.t - pad.b);
-  const root = svg("svg", { class: "chart", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
-  root.append(svg("line", { class: "axis", x1: pad.l, x2: width - pad.r, y1: Y(lo), y2: Y(lo) }));
-  root.append(svg("line", { class: "axis", x1: pad.l, x2: pad.l, y1: pad.t, y2: height - pad.b }));
-  for (const v of [lo, hi]) { const t = svg("text", { x: 2, y: Y(v) + 3 }); t.textContent = fmt(v, 2); root.append(t); }
-  if (lo < 0 && hi > 0) root.append(svg("line", { class: "axis", x1: pad.l, x2: width - pad.r, y1: Y(0), y2: Y(0), "stroke-dasharray": "2 3" }));
-  if (bands) for (const sign of [1, -1]) {
-    const pts = bands.map((b, i) => (b === null ? null : `${X(i)},${Y(sign * b)}`)).filter(Boolean).join(" ");
-    root.append(svg("polyline", { points: pts, fill: "none", stroke: "#aaa", "stroke-dasharray": "4 3" }));
-  }
-  const xl = svg("text", { x: width - pad.r - 60, y: height - 6 }); xl.textContent = label; root.append(xl);
-  for (const s of series) {
-    const pts = s.values.map((v, i) => (v === null ? null : `${X(i)},${Y(v)}`)).filter(Boolean).join(" ");
-    const line = svg("polyline", { points: pts, fill: "none", stroke: s.color, "stroke-width": s.bold ? 2.5 : 1.4, "data-series": s.name });
-    const title = svg("title"); title.textContent = s.name; line.append(title);
-    root.append(line);
-  }
-  const cursor = svg("line", { class: "cursor", y1: pad.t, y2: height - pad.b, x1: X(0), x2: X(0) });
-  root.append(cursor);
-  return { node: root, setCursor(i) { const x = X(Math.max(0, Math.min(n - 1, i))); cursor.setAttribute("x1", x); cursor.setAttribute("x2", x); cursor.dataset.at = i; } };
-}
-
-// signed horizontal bars: blue raises the class, red lowers it; widths relative to the largest |value|
-function contributionBars(bars) {
-  const top = Math.max(1e-12, ...bars.map((b) => Math.abs(b.value)));
-  return el("div", { class: "bars" }, bars.map((b) => el("div", { class: "bar-row" },
-    el("span", { class: "bar-label", text: `ch ${b.channel}` }),
-    (() => { const bar = el("span", { class: "bar" }); Object.assign(bar.style, { display: "inline-block", height: "0.8em",
-      width: `${(45 * Math.abs(b.value)) / top}%`, background: b.value > 0 ? "#2b8cbe" : "#e34a33" }); return bar; })(),
-    el("span", { class: "muted", text: ` ${fmt(b.value, 3)}` }))));
-}
-
-function legend(names, only = null) {
-  return el("div", { class: "legend" }, names.map((name, c) => (only !== null && only !== c ? null : el("span", {}, (() => { const i = el("i"); i.style.background = color(c); return i; })(), name))));
-}
-
-// A list that draws only the rows in view (rows of fixed height).
-function virtualList(items, renderRow, { rowHeight = 26, height = 300, id } = {}) {
-  const box = el("div", { class: "vlist", id });
-  box.style.height = `${Math.min(height, Math.max(rowHeight, items.length * rowHeight) + 2)}px`;
-  const spacer = el("div", { class: "spacer" });
-  spacer.style.height = `${items.length * rowHeight}px`;
-  box.append(spacer);
-  const draw = () => {
-    const first = Math.max(0, Math.floor(box.scrollTop / rowHeight) - 4);
-    const last = Math.min(items.length, Math.ceil((box.scrollTop + (box.clientHeight || height)) / rowHeight) + 4);
-    spacer.replaceChildren();
-    for (let i = first; i < last; i++) {
-      const row = el("div", { class: "row", "data-index": i }, renderRow(items[i], i));
-      row.style.top = `${i * rowHeight}px`;
-      spacer.append(row);
-    }
-  };
-  box.addEventListener("scroll", draw);
-  requestAnimationFrame(draw);
-  draw();
-  return box;
-}
-
 // -- the application ---------------------------------------------------------------------------
 class App {
   constructor(root, inline) {
@@ -167,6 +78,8 @@ class App {
     const run = runs.includes(s.run) ? s.run : runs[0];
     if (!this.ov || this.ov.name !== run || this.needsReload) {
       this.ov = await this.src.json("api/overview", { run });
+      this.explained = this.src.json("api/explanation", { run });  // dearer: drawn when it comes
+      this.explained.catch(() => {});
       this.needsReload = false;
       if (this.t === null || this.t >= this.ov.checkpoints.length) this.t = Math.max(0, this.ov.checkpoints.length - 1);
     }
@@ -178,6 +91,9 @@ class App {
     try {
       if (s.view === "prototype") this.view = await this.prototypePage(main, Number(s.k));
       else if (s.view === "image") this.view = await this.imagePage(main, Number(s.i));
+      else if (s.view === "class") this.view = await classPage(this, main, Number(s.c));
+      else if (s.view === "pair") this.view = await pairPage(this, main, Number(s.a), Number(s.b));
+      else if (s.view === "compare") this.view = await comparePage(this, main, s);
       else this.view = this.overviewPage(main, s);
       this.view.setT(this.t);
       document.body.dataset.view = s.view || "overview";
@@ -203,7 +119,8 @@ class App {
     const mode = this.inline ? "offline file: marks need i2x serve" : this.config.read_only ? "read-only" : null;
     this.root.replaceChildren(el("header", {},
       el("h1", { text: "I2X" }), runSel || el("span", { class: "muted", text: this.run }),
-      el("nav", {}, this.link("overview", { run: this.run, view: "overview", k: null, i: null })),
+      el("nav", {}, this.link("overview", { run: this.run, view: "overview", k: null, i: null }),
+        this.inline ? null : this.link("side by side", { run: this.run, view: "compare", k: null, i: null }, { id: "compare-link" })),
       slider, label, mode ? el("span", { class: "badge", text: mode }) : null,
       this.inline && this.inline.left_out.images ? el("span", { class: "note", text: `${this.inline.left_out.images} probe images left out of this file (size cap)` }) : null));
   }
@@ -214,9 +131,14 @@ class App {
       mark ? el("span", { class: `badge ${mark}`, text: mark }) : null);
   }
 
+  pairLink([a, b]) {
+    const names = this.ov.class_names;
+    return this.link(`${names[a]} ↔ ${names[b]}`, { view: "pair", a, b, c: null, k: null, i: null }, { "data-pair": `${a}-${b}` });
+  }
+
   // -- overview --------------------------------------------------------------------------------
   overviewPage(main, s) {
-    const ov = this.ov, names = ov.class_names, ex = ov.explanation;
+    const ov = this.ov, names = ov.class_names;
     const cls = s.cls !== undefined && s.cls !== "" ? Number(s.cls) : null;
     const pair = s.pair || "";
     const conf = lineChart(ov.confidence.map((v, c) => ({ name: names[c], values: v, color: color(c), bold: c === cls })), { ymin: 0, ymax: 1, label: "checkpoint" });
@@ -224,32 +146,24 @@ class App {
     const drawNow = (t) => now.replaceChildren(el("tr", {}, el("th", { text: "class" }), el("th", { text: `confidence @${t}` })),
       ...names.map((n, c) => el("tr", {}, el("td", { text: n }), el("td", { text: fmt(ov.confidence[c][t]) }))),
       el("tr", {}, el("td", { text: "probe accuracy" }), el("td", { text: fmt(ov.accuracy[t]) })));
-    const filters = el("div", { class: "filters" },
-      el("label", { text: "class " }), el("select", { id: "filter-class", onchange: (e) => this.go({ cls: e.target.value || null, pair: null }) },
-        el("option", { value: "", text: "all" }), names.map((n, c) => el("option", { value: c, selected: c === cls, text: n }))),
-      el("label", { text: "pair " }), el("select", { id: "filter-pair", onchange: (e) => this.go({ pair: e.target.value || null }) },
-        el("option", { value: "", text: "all" }),
-        [...new Set((ex ? ex.uncertain : []).flatMap((u) => u.pairs.map((p) => p.classes.join("-"))))]
-          .filter((p) => cls === null || p.split("-").map(Number).includes(cls))
-          .map((p) => el("option", { value: p, selected: p === pair, text: p.split("-").map((c) => names[c]).join(" ↔ ") }))));
-    const rows = (ex ? ex.uncertain : []).map((u) => ({ ...u, pairs: u.pairs.filter((p) => (cls === null || p.classes.includes(cls)) && (!pair || p.classes.join("-") === pair)) }))
-      .filter((u) => u.pairs.length);
-    const uncertain = rows.length ? virtualList(rows, (u) => [this.protoLink(u.prototype), " ",
-      el("span", { class: "muted", text: u.pairs.map((p) => `${names[p.classes[0]]} ↔ ${names[p.classes[1]]} (${p.flips} flips, ${fmt(p.score, 2)})`).join("; ") }),
-      ex.suspects && ex.suspects.includes(u.prototype) ? el("span", { class: "badge suspect", text: "suspect" }) : null], { id: "uncertain" })
-      : el("p", { class: "muted", id: "uncertain", text: ex ? "no uncertain prototype (for this filter)" : ov.note });
-    const suspects = !ex ? el("p", { class: "muted", text: ov.note }) : ex.suspects === null
-      ? el("p", { class: "muted", text: "not measured: add RelianceMeasure() to I2XCallback(measures=[...]) or call reliance_of_run(run, model)" })
-      : el("p", { id: "suspects" }, ex.suspects.length ? ex.suspects.map((k) => [this.protoLink(k), " "]) : "none");
-    const order = el("ol", { class: "order", id: "order" }, (ex ? ex.learning_order : [])
-      .filter((o) => (cls === null || o.classes.includes(cls)) && (!pair || o.classes.join("-") === pair)).slice(0, 60)
-      .map((o) => el("li", { "data-interval": o.interval === null ? "" : o.interval, text: `${names[o.classes[0]]}/${names[o.classes[1]]} ` + (o.interval === null ? "unresolved" : `@ interval ${o.interval}`) })));
+    const unc = el("section", { class: "card", id: "uncertain-card" }, el("h2", { text: "Uncertain prototypes (one row per prototype, with its pairs)" }),
+      el("p", { class: "muted", text: "explaining the run…" }));
+    const sus = el("section", { class: "card", id: "suspects-card" }, el("h2", { text: "Suspected shortcuts" }), el("p", { class: "muted", text: "explaining the run…" }));
+    let order = null, t = this.t;
+    const setOrder = () => { if (order) for (const li of order.children) li.classList.toggle("resolved", li.dataset.interval !== "" && Number(li.dataset.interval) < t); };
+    this.explained.then((d) => {
+      const c = this.explanationCards(d, cls, pair);
+      order = c.order;
+      unc.replaceChildren(unc.firstChild, c.filters, c.uncertain);
+      sus.replaceChildren(sus.firstChild, c.suspects, el("h2", { text: "Learning order (pair resolved after interval)" }), order);
+      setOrder();
+      main.dataset.explained = "1";
+    }, (e) => { for (const card of [unc, sus]) card.replaceChildren(card.firstChild, el("p", { class: "note", text: String(e.message || e) })); });
     const all = ov.has_prototypes ? virtualList([...Array(ov.num_prototypes).keys()], (k) => [this.protoLink(k), el("span", { class: "muted", text: `  in ${ov.holding[k]} probe images` })], { id: "all-prototypes", height: 240 }) : el("p", { class: "muted", text: "no prototypes yet" });
     main.append(el("div", { class: "grid" },
-      el("section", { class: "card" }, el("h2", { text: "Confidence of the true class, per class" }), conf.node, legend(names), now),
-      el("section", { class: "card" }, el("h2", { text: "Uncertain prototypes (one row per prototype, with its pairs)" }), filters, uncertain),
-      el("section", { class: "card" }, el("h2", { text: "Suspected shortcuts" }), suspects,
-        el("h2", { text: "Learning order (pair resolved after interval)" }), order),
+      el("section", { class: "card" }, el("h2", { text: "Confidence of the true class, per class" }), conf.node, legend(names), now,
+        el("p", { id: "class-links" }, "class pages: ", names.map((n, c) => [this.link(n, { view: "class", c, k: null, i: null }, { "data-class": c }), " "]))),
+      unc, sus,
       ov.channels ? el("section", { class: "card", id: "channels" }, el("h2", { text: `Disentangled channels (EPIC): purity ${fmt(ov.channels.purity_before, 2)} → ${fmt(ov.channels.purity_after, 2)}` }),
         el("table", { class: "small" }, el("tr", {}, el("th", { text: "channel" }), el("th", { text: "purity before" }), el("th", { text: "after" }), el("th", { text: "class it weighs most" })),
           ov.channels.channels.map((c) => el("tr", {}, el("td", { text: `ch ${c.channel}` }), el("td", { text: fmt(c.purity_before, 2) }), el("td", { text: fmt(c.purity_after, 2) }), el("td", { text: names[c.top_class] }))))) : null,
@@ -266,10 +180,37 @@ class App {
           el("input", { type: "number", id: "goto-image", min: 0, max: ov.num_probe - 1, value: 0, onchange: (e) => this.go({ view: "image", i: e.target.value, k: null }) })),
         this.inline ? null : el("p", { class: "muted" }, "files: ", ov.files.slice(0, 3).map((f) => [el("a", { href: new URL(keyOf("api/file", { run: this.run, path: f }), document.baseURI).href, text: f }), " "]), ov.files.length > 3 ? `and ${ov.files.length - 3} more` : "")),
       ov.twin ? this.twinCard(ov.twin) : null));
-    return { setT: (t) => {
-      conf.setCursor(t); drawNow(t);
-      for (const li of order.children) li.classList.toggle("resolved", li.dataset.interval !== "" && Number(li.dataset.interval) < t);
+    return { setT: (nt) => {
+      conf.setCursor(nt); drawNow(nt); t = nt; setOrder();
     } };
+  }
+
+  // The explanation's cards of the overview (uncertain prototypes, suspects, learning order), once
+  // api/explanation answered; filtered by class and pair.
+  explanationCards(d, cls, pair) {
+    const ov = this.ov, names = ov.class_names, ex = d.explanation;
+    const filters = el("div", { class: "filters" },
+      el("label", { text: "class " }), el("select", { id: "filter-class", onchange: (e) => this.go({ cls: e.target.value || null, pair: null }) },
+        el("option", { value: "", text: "all" }), names.map((n, c) => el("option", { value: c, selected: c === cls, text: n }))),
+      el("label", { text: "pair " }), el("select", { id: "filter-pair", onchange: (e) => this.go({ pair: e.target.value || null }) },
+        el("option", { value: "", text: "all" }),
+        [...new Set((ex ? ex.uncertain : []).flatMap((u) => u.pairs.map((p) => p.classes.join("-"))))]
+          .filter((p) => cls === null || p.split("-").map(Number).includes(cls))
+          .map((p) => el("option", { value: p, selected: p === pair, text: p.split("-").map((c) => names[c]).join(" ↔ ") }))));
+    const rows = (ex ? ex.uncertain : []).map((u) => ({ ...u, pairs: u.pairs.filter((p) => (cls === null || p.classes.includes(cls)) && (!pair || p.classes.join("-") === pair)) }))
+      .filter((u) => u.pairs.length);
+    const uncertain = rows.length ? virtualList(rows, (u) => [this.protoLink(u.prototype), " ",
+      el("span", { class: "muted" }, u.pairs.map((p, j) => [j ? "; " : "", this.pairLink(p.classes),
+        ` (${p.flips} flips, ${fmt(p.score, 2)})`])),
+      ex.suspects && ex.suspects.includes(u.prototype) ? el("span", { class: "badge suspect", text: "suspect" }) : null], { id: "uncertain" })
+      : el("p", { class: "muted", id: "uncertain", text: ex ? "no uncertain prototype (for this filter)" : d.note });
+    const suspects = !ex ? el("p", { class: "muted", text: d.note }) : ex.suspects === null
+      ? el("p", { class: "muted", text: "not measured: add RelianceMeasure() to I2XCallback(measures=[...]) or call reliance_of_run(run, model)" })
+      : el("p", { id: "suspects" }, ex.suspects.length ? ex.suspects.map((k) => [this.protoLink(k), " "]) : "none");
+    const order = el("ol", { class: "order", id: "order" }, (ex ? ex.learning_order : [])
+      .filter((o) => (cls === null || o.classes.includes(cls)) && (!pair || o.classes.join("-") === pair)).slice(0, 60)
+      .map((o) => el("li", { "data-interval": o.interval === null ? "" : o.interval, text: `${names[o.classes[0]]}/${names[o.classes[1]]} ` + (o.interval === null ? "unresolved" : `@ interval ${o.interval}`) })));
+    return { filters, uncertain, suspects, order };
   }
 
   // The causal twin a TwinMeasure stored: fidelity, effects per concept, edges, its three figures.
@@ -331,7 +272,7 @@ class App {
         el("section", { class: "card" }, el("h2", { text: `Its ${p.patches.length} probe patches nearest the centroid` }), sprite, status),
         el("section", { class: "card" }, el("h2", { text: "Mean intensity in the images holding it" }), inten.node, now),
         el("section", { class: "card" }, el("h2", { text: "Ridge coefficient per class over the intervals (dashed: ±τ)" }),
-          beta ? [beta.node, legend(names)] : el("p", { class: "muted", text: ov.note || "no explanation" })),
+          beta ? [beta.node, legend(names)] : el("p", { class: "muted", text: p.note || "no explanation" })),
         el("section", { class: "card" }, el("h2", { text: `Probe images holding it (${p.holders.length} of ${p.num_holding}, cells outlined)` }), thumbs))].filter(Boolean));
     return { setT: (t) => {
       inten.setCursor(t);
@@ -450,7 +391,6 @@ class App {
   }
 }
 
-function line(g, x1, y1, x2, y2) { g.beginPath(); g.moveTo(x1, y1); g.lineTo(x2, y2); g.stroke(); }
 
 const blob = document.getElementById("i2x-data");
 const app = new App(document.getElementById("app"), blob ? JSON.parse(blob.textContent) : null);
