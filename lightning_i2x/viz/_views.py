@@ -36,8 +36,11 @@ its class is not drawn now; so do stored x-feature panels (``XFeatureMeasure``).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -256,3 +259,12 @@ class DrawBudget:
 
     def spent(self, start: float, end: float) -> None:
         self.cost, self.end, self.pending = end - start, end, False
+
+    @contextlib.contextmanager
+    def drawing(self) -> Iterator[None]:
+        """Count the block's wall time as the latest drawing's (``spent``), also when it fails."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent(start, time.perf_counter())
