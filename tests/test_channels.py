@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import lightning.pytorch as pl
 import numpy as np
@@ -13,8 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from werkzeug.test import Client
 
-from lightning_i2x import I2XCallback, I2XRun, PrototypeOptions, RelianceMeasure, ViewOptions
+from lightning_i2x import I2XCallback, I2XRun, PrototypeOptions, Recorder, RelianceMeasure, ViewOptions
 from lightning_i2x.channels import (
+    ChannelStream,
     HeadMismatchError,
     InfoDisentHead,
     amari_index,
@@ -33,6 +35,7 @@ from lightning_i2x.dashboard import DashboardApp
 from lightning_i2x.errors import OptionsError
 from lightning_i2x.measures import InfoDisentMeasure
 from lightning_i2x.options import RunConfig
+from lightning_i2x.prototypes import PrototypeStream
 from lightning_i2x.saliency import resolve_target_layer
 from lightning_i2x.viz import build_report
 
@@ -316,6 +319,37 @@ def test_channel_source_refuses_more_prototypes_than_channels(tmp_path, digits):
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[cb]))
     with pytest.raises(ValueError, match="num_prototypes=17 exceeds the 16 channels"):
         trainer.fit(TinyCNN(), DataLoader(train, batch_size=64), DataLoader(probe, batch_size=100))
+
+
+def test_recorder_reads_the_bound_head_at_each_pass_and_pickles_without_the_model(digits):
+    _, probe = digits
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x, y = probe.tensors
+    layer = resolve_target_layer(model, "features", x[:2], forward_fn=lambda m, t: m(t))
+    rec = Recorder(8, PrototypeOptions(source="channels", epic_epochs=1))
+    with pytest.raises(ValueError, match=r"Recorder.bind\(model, ...\) before training"):
+        rec.start_pass(streaming=True)
+    rec.bind(model, layer, x, y)
+    assert isinstance(rec.start_pass(streaming=True), ChannelStream)
+    linear = model.head[3]
+    np.testing.assert_array_equal(rec.head[0], linear.weight.detach().numpy())
+    with torch.no_grad():
+        linear.weight.add_(1.0)
+    assert rec.start_pass(streaming=False) is None  # under DDP nothing streams, yet the head is read as it is now
+    np.testing.assert_array_equal(rec.head[0], linear.weight.detach().numpy())
+    read = linear.weight.detach().numpy().copy()
+    with torch.no_grad():
+        linear.weight.add_(1.0)
+    copy = pickle.loads(pickle.dumps(rec))  # spawn strategies pickle the callback and its recorder
+    copy.start_pass(streaming=False)  # unbound: it holds no model (nor a copy of it), so the head stays the one read last
+    np.testing.assert_array_equal(copy.head[0], read)
+    copy.bind(model, layer, x, y)  # what the copy's setup does
+    copy.start_pass(streaming=False)
+    np.testing.assert_array_equal(copy.head[0], linear.weight.detach().numpy())
+    kmeans = Recorder(8)
+    kmeans.bind(model, layer, x, y)
+    assert isinstance(kmeans.start_pass(streaming=True), PrototypeStream) and kmeans.head is None
 
 
 def test_localisation_rate_by_hand():

@@ -22,7 +22,6 @@ from .. import record
 from .._core import check_bool, check_choice, check_int
 from .._model import ForwardFn, default_forward, preserved_rng
 from ..analysis import Explanation
-from ..channels import LinearHead, channel_head
 from ..finetune import FinetuneResult, finetune_after_fit
 from ..measures import Measure, check_measures
 from ..options import ExplainOptions, FinetuneOptions, ProbePassOptions, PrototypeOptions, RunConfig, ViewOptions, check_groups
@@ -120,7 +119,6 @@ class I2XCallback(pl.Callback):
         self.explanation: Explanation | None = None
         self.finetune_result: FinetuneResult | None = None
         self._recorder = Recorder(num_prototypes, prototypes, explain)
-        self._head: LinearHead | None = None  # the avg-pool + linear head, for the channel prototype source
         self._budget = DrawBudget(views.time_budget)
         self._worker: AnalysisWorker | None = None
         self._run: I2XRun | None = None
@@ -153,7 +151,7 @@ class I2XCallback(pl.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for spawn strategies): a copy reopens its run from the state dict or anew."""
-        return {**self.__dict__, "_run": None, "_layer": None, "_worker": None, "_head": None}
+        return {**self.__dict__, "_run": None, "_layer": None, "_worker": None}
 
     # -- setup: every check before the first training step -------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -165,8 +163,7 @@ class I2XCallback(pl.Callback):
         self._names = record.check_fit(self._labels, self._layer, num_prototypes=self.num_prototypes, cam=self.cam, views=self.views,
                                 class_names=self.class_names or self._dataset_names, world_size=trainer.world_size,
                                 finetune=self.finetune if self.auto_finetune else None)
-        if self.prototypes.source == "channels":
-            self._head = channel_head(pl_module, self._layer, self._images, self._labels, self.num_prototypes, self.forward_fn)
+        self._recorder.bind(pl_module, self._layer, self._images, self._labels, self.forward_fn)
         if trainer.is_global_zero and self._run is None:
             self._run_path = record.check_writable(self.run_dir or Path(trainer.log_dir or trainer.default_root_dir) / "i2x")
 
@@ -193,12 +190,11 @@ class I2XCallback(pl.Callback):
 
     def _gathered_probe_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeEvidence | None:
         """The whole probe's evidence on rank 0 (None elsewhere or when a rank failed): streamed alone, ``record.distributed_probe_pass`` under DDP."""
-        if self._head is not None:  # the channel source carries over the head as it is now
-            self._recorder.head = self._head.read()
+        stream = self._recorder.start_pass(streaming=trainer.world_size == 1)  # the channel source's head is read as it is now
         guard = lambda where, fn, *a, **kw: self._guarded(where, trainer, fn, *a, **kw)  # noqa: E731
         run_pass = lambda images, labels, stream: record.probe_pass(pl_module, self._layer.module, images, labels, cam=self.cam, options=self.probe_pass, reshape_transform=self._layer.reshape_transform, forward_fn=self.forward_fn, stream=stream)  # noqa: E731
         if trainer.world_size == 1:
-            return guard("probe pass", run_pass, self._images, self._labels, stream=self._recorder.new_stream())
+            return guard("probe pass", run_pass, self._images, self._labels, stream=stream)
         group = record.Group(trainer.global_rank, trainer.world_size, trainer.strategy.all_gather, lambda t: trainer.strategy.broadcast(t, src=0), pl_module.device)
         previous = lambda: self._join(trainer) or (None if self._run is None or self._run.prototypes is None else self._run.assignment())  # noqa: E731
         return record.distributed_probe_pass(group, run_pass, guard, self._images, self._labels, self._recorder, self._layer,
@@ -236,11 +232,8 @@ class I2XCallback(pl.Callback):
         sink.scalars({f"i2x/{k}": float(v[-1]) for k, v in self._run.metrics().items() if np.isfinite(v[-1])}, step)
 
     def _draw(self, sink: LogSink, step: int) -> None:
-        start = time.perf_counter()
-        try:
+        with self._budget.drawing():
             log_figures(sink, self._run, self.explanation, step, self.views)
-        finally:
-            self._budget.spent(start, time.perf_counter())
 
     def _join(self, trainer: pl.Trainer) -> None:
         """Wait for the analysis in flight and report what failed there."""
@@ -249,13 +242,8 @@ class I2XCallback(pl.Callback):
             self._report_worker_failures(trainer)
 
     def _report_worker_failures(self, trainer: pl.Trainer) -> None:
-        if self._worker is None:
-            return
-        for where, e in self._worker.failures():  # the job itself broke (not expected: _analyse isolates its steps)
-            self._isolation.report(where, e, At.of(trainer))
-        for _, failures in self._worker.results():  # what the analysis isolated, at the record it belongs to
-            for where, e, at in failures or []:
-                self._isolation.report(where, e, at)
+        if self._worker is not None:
+            self._isolation.report_worker(self._worker, At.of(trainer))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._join(trainer)

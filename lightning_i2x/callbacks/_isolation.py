@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 
+from ..record import AnalysisWorker
+
 __all__ = ["At", "Isolation"]
 
 
@@ -46,6 +48,16 @@ class Isolation:
                 run.record_error(where, e, epoch=at.epoch, global_step=at.step)
             except Exception:
                 pass  # the run directory itself may be what failed
+
+    def report_worker(self, worker: AnalysisWorker, at: At) -> None:
+        """What the background worker finished with: a job that broke itself (not expected: each
+        record's analysis isolates its steps) is reported at ``at``, what a record's analysis
+        isolated (its ``(where, error, at)`` list) at the record it belongs to."""
+        for where, e in worker.failures():
+            self.report(where, e, at)
+        for _, failures in worker.results():
+            for where, e, record_at in failures or []:
+                self.report(where, e, record_at)
 
     def guarded(self, where: str, at: At, fn: Callable, *args, **kw) -> Any:
         try:

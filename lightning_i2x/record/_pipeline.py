@@ -36,7 +36,7 @@ import torch
 
 from .._model import ForwardFn
 from ..analysis import Explanation
-from ..channels import ChannelStream
+from ..channels import ChannelStream, LinearHead, channel_head
 from ..options import ExplainOptions, ProbePassOptions, PrototypeOptions, RunConfig
 from ..prototypes import Prototypes, PrototypeStream
 from ..saliency import TargetLayer, probe_batches
@@ -186,6 +186,30 @@ class Recorder:
     latest: ProbeEvidence | None = field(default=None, init=False, repr=False)
     """The last appended record's float32 maps and confidences (on the CPU; no features), for the
     end-of-fit measures."""
+    _live_head: LinearHead | None = field(default=None, init=False, repr=False)
+    """The model's head module found by ``bind`` (a live reference: dropped on pickling)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for spawn strategies: the copy holds no model; ``bind`` it to its own in setup."""
+        return {**self.__dict__, "_live_head": None}
+
+    def bind(self, model: torch.nn.Module, layer: TargetLayer, images: torch.Tensor, labels: torch.Tensor,
+             forward_fn: ForwardFn | None = None) -> None:
+        """Before training, for the channel source: find and check the model's avg-pool + linear head
+        (``channels.channel_head``; ValueError / ``HeadMismatchError`` saying what to change) and keep
+        it, so ``start_pass`` reads its weights as they are at each record. The k-means source needs
+        no head: then none is kept."""
+        self._live_head = None
+        if self.prototypes.source == "channels":
+            self._live_head = channel_head(model, layer, images, labels, self.num_prototypes, forward_fn)
+
+    def start_pass(self, *, streaming: bool) -> PrototypeStream | ChannelStream | None:
+        """Called before each probe pass: the bound head's current weights become ``head`` (what this
+        record carries over, read before training changes them), then a ``new_stream`` for
+        ``probe_pass(stream=...)`` when the features stream (one process), else None."""
+        if self._live_head is not None:
+            self.head = self._live_head.read()
+        return self.new_stream() if streaming else None
 
     def new_stream(self) -> PrototypeStream | ChannelStream:
         """An empty ``PrototypeStream`` with these options (a ``ChannelStream`` for the channel
@@ -193,8 +217,8 @@ class Recorder:
         o = self.prototypes
         if o.source == "channels":
             if self.head is None:
-                raise ValueError("the channel prototype source needs the model's head: set Recorder.head = channels.LinearHead.read() "
-                                 "(I2XCallback does it before each probe pass)")
+                raise ValueError("the channel prototype source needs the model's head: Recorder.bind(model, ...) before training, then "
+                                 "start_pass() before each probe pass (I2XCallback does both), or set Recorder.head = LinearHead.read()")
             return ChannelStream(self.num_prototypes, self.head, epochs=o.epic_epochs, seed=o.seed)
         return PrototypeStream(self.num_prototypes, n_components=o.pca_components, niter=o.kmeans_iters, seed=o.seed)
 

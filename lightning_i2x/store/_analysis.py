@@ -12,17 +12,11 @@ from ..analysis import RELIANCE_ATTACHMENT, SUSPECT_RULE_OPTIONS, Explanation, R
 from ..errors import I2XRunError
 from ..options import ExplainOptions
 
-__all__ = ["RunAnalysis", "NO_RELIANCE", "CONCEPT_SOURCES", "XFEATURE_CONTRIBUTIONS"]
+__all__ = ["RunAnalysis", "NO_RELIANCE", "CONCEPT_SOURCES"]
 
 CONCEPT_SOURCES = ("prototypes", "xfeatures")
 """What ``run.explain`` reads as concepts: the prototypes' GradCAM intensities (I2X) or the
 x-features' contributions (XNN), stored by ``lightning_i2x.xfeatures.store_xfeatures``."""
-
-XFEATURE_CONTRIBUTIONS = "xfeature-contributions"
-"""The attachment holding the x-features' contributions (T, N, K) at every checkpoint."""
-
-NO_XFEATURES = ("add XFeatureMeasure(classes=[...]) to I2XCallback(measures=[...]) or call "
-                "lightning_i2x.xfeatures.store_xfeatures(run, explainer) with a fitted XFeatureExplainer first")
 
 NO_RELIANCE = ("add RelianceMeasure() to I2XCallback(measures=[...]) or call "
                "lightning_i2x.reliance_of_run(run, model) first")
@@ -79,29 +73,6 @@ class RunAnalysis:
             **kw,
         )
         return expl if concepts == "xfeatures" else self._with_suspects(expl)
-
-    def xfeature_contributions(self) -> np.ndarray:
-        """(T, N, K) the x-features' contributions at every checkpoint, K = all explained classes'
-        x-features in turn. Raises I2XRunError saying what to do when the run holds none for its
-        current checkpoints."""
-        stored = self.attachment(XFEATURE_CONTRIBUTIONS)
-        if stored is None:
-            raise I2XRunError(f"{self.path} holds no x-feature contributions: {NO_XFEATURES}")
-        arrays, _ = stored
-        values = np.asarray(arrays["contributions"], dtype=np.float64)
-        if values.ndim != 3 or values.shape[:2] != (self.num_checkpoints, self.num_probe):
-            raise I2XRunError(f"{self.path} holds x-feature contributions of shape {values.shape}, not of its {self.num_checkpoints} "
-                              f"checkpoints and {self.num_probe} probe images: {NO_XFEATURES} again")
-        return values
-
-    def xfeature_concepts(self) -> list[tuple[int, int]]:
-        """(class, x-feature) of each column of ``xfeature_contributions``."""
-        stored = self.attachment(XFEATURE_CONTRIBUTIONS)
-        if stored is None:
-            raise I2XRunError(f"{self.path} holds no x-feature contributions: {NO_XFEATURES}")
-        arrays, _ = stored
-        classes = np.asarray(arrays["concept_class"], dtype=np.int64)
-        return [(int(c), int(np.sum(classes[:i] == c))) for i, c in enumerate(classes)]
 
     def _with_suspects(self, expl: Explanation) -> Explanation:
         """The explanation with its ``suspects`` when the run holds a reliance of its current

@@ -47,9 +47,6 @@ from ._format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
-    MARK_VALUES,
-    MARKS,
-    MARKS_FORMAT,
     PROBE_IMAGES,
     READABLE_VERSIONS,
     check_manifest,
@@ -57,10 +54,12 @@ from ._format import (
     read_config,
     read_probe_images,
 )
+from ._marks import RunMarks
+from ._xfeatures import RunXFeatures
 
 __all__ = ["I2XRun"]
 
-class I2XRun(RunAnalysis):
+class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
     """A recorded I2X run: read with ``I2XRun.load(path)``, no Trainer and no model needed.
 
     The callback appends to the same object while training (``callback.run``).
@@ -336,43 +335,6 @@ class I2XRun(RunAnalysis):
         except (ValueError, OSError) as e:
             raise I2XRunError(f"{file} is damaged: {e}") from None
 
-    def marks(self) -> dict[int, str]:
-        """{prototype: "shortcut" | "fine"} as people marked the run's current prototypes (the
-        dashboard writes them to ``marks.json`` beside the manifest); marks made on earlier
-        prototypes (they are refitted at every record) are not returned. Empty when none."""
-        try:
-            raw = json.loads((self.path / MARKS).read_text())
-        except FileNotFoundError:
-            return {}
-        except (ValueError, OSError) as e:
-            raise I2XRunError(f"{self.path / MARKS} is damaged: {e}") from None
-        current = self._manifest["prototypes"]
-        if not isinstance(raw, dict) or raw.get("format") != MARKS_FORMAT or current is None or raw.get("prototypes") != current["file"]:
-            return {}
-        marks = raw.get("marks")
-        if not isinstance(marks, dict):
-            raise I2XRunError(f"{self.path / MARKS} is damaged: marks is not a mapping")
-        return {int(k): v for k, v in marks.items() if str(k).isdigit() and int(k) < self.num_prototypes and v in MARK_VALUES}
-
-    def set_mark(self, prototype: int, mark: str | None) -> dict[int, str]:
-        """Mark a current prototype ``"shortcut"`` or ``"fine"`` (None: clear its mark); written
-        atomically to ``marks.json``, never to the manifest. Returns every mark. ``marks()`` and
-        ``FinetuneOptions(prototypes="marked")`` read them."""
-        self._require_prototypes()
-        k = int(prototype)
-        if not 0 <= k < self.num_prototypes:
-            raise ValueError(f"prototype {k} is not a prototype of the run; its prototypes are 0..{self.num_prototypes - 1}")
-        if mark is not None and mark not in MARK_VALUES:
-            raise ValueError(f"a mark is one of {MARK_VALUES} or None, got {mark!r}")
-        marks = self.marks()
-        if mark is None:
-            marks.pop(k, None)
-        else:
-            marks[k] = mark
-        write_json(self.path / MARKS, {"format": MARKS_FORMAT, "version": 1, "prototypes": self._manifest["prototypes"]["file"],
-                                       "marks": {str(p): v for p, v in sorted(marks.items())}})
-        return marks
-
     @property
     def attachments(self) -> list[str]:
         """The names of the stored attachments."""
@@ -477,16 +439,6 @@ class I2XRun(RunAnalysis):
         if not self._confidences:
             raise I2XRunError(f"{self.path} has no checkpoint yet")
         return self._confidences[-1]
-
-    def pooled_features(self) -> np.ndarray:
-        """(T, N, d) float32 target-layer features averaged over the locations, per checkpoint (the
-        x-features' input). Raises I2XRunError when a checkpoint was recorded without them."""
-        missing = [i for i, p in enumerate(self._pooled) if p is None]
-        if not self._pooled or missing:
-            which = "has no checkpoint yet" if not self._pooled else f"has checkpoints without pooled features ({len(missing)} of {len(self._pooled)}, first {missing[0]})"
-            raise I2XRunError(f"{self.path} {which}: x-feature concepts need the target layer's pooled features of every record; "
-                              "record the run again with lightning-i2x >= 0.3, whose records store them")
-        return self._cached("pooled", lambda: np.stack(self._pooled))
 
     def intensities(self) -> np.ndarray:
         """(T, N, K) mean saliency of each prototype in each sample, NaN where absent (computed once

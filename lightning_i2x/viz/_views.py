@@ -36,8 +36,12 @@ its class is not drawn now; so do stored x-feature panels (``XFeatureMeasure``).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -46,6 +50,8 @@ from ..measures import stored_sags, stored_twin
 from ..options import ViewOptions
 from ..xfeatures import PANEL_ATTACHMENT, stored_xfeatures
 from ._sinks import LogSink
+
+T = TypeVar("T")
 
 __all__ = ["ViewOptions", "DrawBudget", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "drawn_classes", "drawn_pairs", "tag_name",
            "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
@@ -216,26 +222,29 @@ def _log_xfeatures(image, run, classes: list[int], options: ViewOptions) -> None
     """Each class's stored x-feature panel, in its class's slot (after the drawn classes otherwise)."""
     from ._xfeature_figure import plot_xfeatures
 
-    slots = {c: slot for slot, c in enumerate(classes, 1)}
-    extra = len(classes)
-    for p in stored_xfeatures(run):
-        if p.class_index not in slots:
-            extra += 1
-            slots[p.class_index] = extra
-        image(TAG_XFEATURES.format(slot=slots[p.class_index]), plot_xfeatures(p, run.images, run.class_names[p.class_index], dpi=options.dpi))
+    for slot, p in _class_slots(classes, stored_xfeatures(run), lambda p: p.class_index):
+        image(TAG_XFEATURES.format(slot=slot), plot_xfeatures(p, run.images, run.class_names[p.class_index], dpi=options.dpi))
 
 
 def _log_sags(image, run, classes: list[int], options: ViewOptions) -> None:
     """Each SAG a ``SAGMeasure`` stored, over its probe image, in its class's slot."""
-    slots = {c: slot for slot, c in enumerate(classes, 1)}
-    extra = len(classes)
-    for s in stored_sags(run):
-        if s.cls not in slots:
-            extra += 1
-            slots[s.cls] = extra
+    for slot, s in _class_slots(classes, stored_sags(run), lambda s: s.cls):
         title = (f"SAG, class {run.class_names[s.cls]}, probe image {s.image} (checkpoint {s.checkpoint}): "
                  f"full p={s.sag.full_probability:.2f}, blurred p={s.sag.baseline_probability:.2f}")
-        image(TAG_SAG.format(slot=slots[s.cls]), s.sag.plot(image=run.images[s.image], max_per_level=6, dpi=options.dpi, title=title))
+        image(TAG_SAG.format(slot=slot), s.sag.plot(image=run.images[s.image], max_per_level=6, dpi=options.dpi, title=title))
+
+
+def _class_slots(classes: list[int], stored: Iterable[T], class_of: Callable[[T], int]) -> Iterator[tuple[int, T]]:
+    """Each stored view with its class's slot: a drawn class's own, else the next slot after the
+    drawn classes (one per further class), so the dashboard's cards stay put."""
+    slots = {c: slot for slot, c in enumerate(classes, 1)}
+    extra = len(classes)
+    for item in stored:
+        c = class_of(item)
+        if c not in slots:
+            extra += 1
+            slots[c] = extra
+        yield slots[c], item
 
 
 class DrawBudget:
@@ -256,3 +265,12 @@ class DrawBudget:
 
     def spent(self, start: float, end: float) -> None:
         self.cost, self.end, self.pending = end - start, end, False
+
+    @contextlib.contextmanager
+    def drawing(self) -> Iterator[None]:
+        """Count the block's wall time as the latest drawing's (``spent``), also when it fails."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent(start, time.perf_counter())
