@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pickle
 
@@ -36,6 +37,7 @@ from lightning_i2x.errors import OptionsError
 from lightning_i2x.measures import InfoDisentMeasure
 from lightning_i2x.options import RunConfig
 from lightning_i2x.prototypes import PrototypeStream
+from lightning_i2x.record import open_run, probe_pass
 from lightning_i2x.saliency import resolve_target_layer
 from lightning_i2x.viz import build_report
 
@@ -350,6 +352,30 @@ def test_recorder_reads_the_bound_head_at_each_pass_and_pickles_without_the_mode
     kmeans = Recorder(8)
     kmeans.bind(model, layer, x, y)
     assert isinstance(kmeans.start_pass(streaming=True), PrototypeStream) and kmeans.head is None
+
+
+def test_the_stream_a_record_brings_keeps_the_head_read_at_its_own_pass(digits, tmp_path):
+    """Under DDP the channel source's evidence is gathered whole and analysed later (in the
+    background): its stream, made at its own pass, must carry that pass's head, not the head a later
+    ``start_pass`` read meanwhile; ``append`` streams whole activations into the stream the evidence brings."""
+    _, probe = digits
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x, y = probe.tensors
+    layer = resolve_target_layer(model, "features", x[:2], forward_fn=lambda m, t: m(t))
+    rec = Recorder(8, PrototypeOptions(source="channels", epic_epochs=1))
+    rec.bind(model, layer, x, y)
+    rec.start_pass(streaming=False)
+    first = rec.new_stream()  # what distributed_probe_pass attaches to the gathered evidence
+    evidence = dataclasses.replace(probe_pass(model, layer.module, x, y), stream=first)
+    read = model.head[3].weight.detach().numpy().copy()
+    with torch.no_grad():
+        model.head[3].weight.add_(1.0)
+    rec.start_pass(streaming=False)  # the next record's pass, before the first one's analysis ran
+    run = open_run(tmp_path / "run", x, y, [str(c) for c in range(10)], layer, num_prototypes=8)
+    rec.append(run, evidence, epoch=0, global_step=1)
+    np.testing.assert_array_equal(first.head[0], read)
+    assert first.num_vectors == 0 and run.prototypes is not None  # fitted (then emptied) from the evidence's own stream
 
 
 def test_localisation_rate_by_hand():

@@ -34,6 +34,7 @@ after that one, so none is left waiting.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +106,9 @@ def distributed_probe_pass(group: Group, run_pass: Callable[..., ProbeEvidence],
     current assignment, read once every pass is done."""
     d, h, w = layer.feature_shape
     num_probe, locations = images.shape[0], h * w
-    if recorder.prototypes.source == "channels":
-        return _whole(group, run_pass, guard, images, labels, layer)
+    if recorder.prototypes.source == "channels":  # the stream made now holds the head read at this pass, not a later one's
+        evidence = _whole(group, run_pass, guard, images, labels, layer)
+        return None if evidence is None else dataclasses.replace(evidence, stream=recorder.new_stream())
     stream = recorder.new_stream()
     if num_probe * locations < stream.sample_locations:
         return _whole(group, run_pass, guard, images, labels, layer)

@@ -229,9 +229,8 @@ class Recorder:
         pooled = evidence.pooled_features()
         index = run.append_checkpoint(evidence.cams.cpu().numpy(), evidence.confidences.cpu().numpy(),
                                       epoch=epoch, global_step=global_step, pooled=None if pooled is None else pooled.cpu().numpy())
-        stream = evidence.stream
-        if stream is None:
-            stream = self.new_stream()
+        stream = self.new_stream() if evidence.stream is None else evidence.stream
+        if evidence.activations is not None:  # whole activations (gathered, or a caller's pass): streamed here
             for s in range(0, evidence.activations.shape[0], 256):
                 stream.add(evidence.activations[s : s + 256])
         previous = None if run.prototypes is None else run.assignment().reshape(-1)
