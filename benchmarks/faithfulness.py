@@ -121,7 +121,7 @@ def setups(quick: bool):
     x, y = correct_subset(cnn, xt, yt, 8 if quick else MNIST_IMAGES)
     log(f"SmallCNN trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.3f}")
     yield dict(name="SmallCNN / MNIST", model=cnn, layer=cnn.features, x=x, y=y, acc=acc, n_igos=4 if quick else MNIST_IGOS_IMAGES,
-               igos=MNIST_IGOS, loop_images=4, train=f"1 epoch on {len(idx)} images (Adam {cnn.hparams.lr:g}, batch {MNIST_BATCH})" + quick_test(quick, xt))
+               igos=MNIST_IGOS, loop_images=1 if quick else 4, train=f"1 epoch on {len(idx)} images (Adam {cnn.hparams.lr:g}, batch {MNIST_BATCH})" + quick_test(quick, xt))
 
     t0 = time.perf_counter()
     c_train = load_cifar10_subset(True)
