@@ -22,7 +22,8 @@ operation once, and reads the peak resident set size (resource.getrusage ru_maxr
 = peak - resident size before the operation: host memory of torch, NumPy and FAISS alike, what
 the operating system sees. The process's peak before the operation is checked to be no higher
 than its resident size then (else the row is flagged). Reference: one no_grad forward of one
-probe batch in the same kind of process.
+probe batch in the same kind of process. The children run one after another (--quick: two at a
+time, one thread each).
 
 Quality: in one more process per probe size, the target-layer activations of the probe set
 (no_grad forward; the maps do not matter here) go both to fit_prototypes on all vectors (the
@@ -50,6 +51,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -285,18 +287,22 @@ def main(argv=None) -> None:
     probes = [int(p) for p in (args.probes or ("64,128" if args.quick else "256,1024,4096")).split(",")]
     old_max = args.old_max or (min(probes) if args.quick else max(probes))  # --quick: the old path and the quality at the smallest only
     quality_max = args.quality_max or (min(probes) if args.quick else max(probes))
-    base = {"size": size, "threads": args.threads, "classes": 10 if args.quick else 1000}
-    fwd = run_child({**base, "mode": "forward", "n": BATCH})
-    batch = {m: run_child({**base, "mode": m, "n": BATCH}) for m in ("old_batch", "new_batch")}
-    rec: dict[tuple[str, int], dict] = {}
-    quality: dict[int, dict] = {}
+    # --quick: two children at a time, one thread each (each still alone in its process; --quick measures nothing)
+    base = {"size": size, "threads": args.threads or (1 if args.quick else None), "classes": 10 if args.quick else 1000}
+    specs: dict = {m: {**base, "mode": m, "n": BATCH} for m in ("forward", "old_batch", "new_batch")}
     for n in probes:
         for mode in ("old", "new", "callback"):
             if mode == "old" and n > old_max:
                 continue
-            rec[mode, n] = run_child({**base, "mode": mode, "n": n})
+            specs[mode, n] = {**base, "mode": mode, "n": n}
         if n <= quality_max:
-            quality[n] = run_child({**base, "mode": "quality", "n": n})
+            specs["quality", n] = {**base, "mode": "quality", "n": n}
+    with ThreadPoolExecutor(2 if args.quick else 1) as pool:
+        done = dict(zip(specs, pool.map(run_child, specs.values())))
+    fwd = done["forward"]
+    batch = {m: done[m] for m in ("old_batch", "new_batch")}
+    rec: dict[tuple[str, int], dict] = {k: v for k, v in done.items() if isinstance(k, tuple) and k[0] != "quality"}
+    quality: dict[int, dict] = {k[1]: v for k, v in done.items() if isinstance(k, tuple) and k[0] == "quality"}
 
     flag = lambda r: " (!)" if r["earlier_peak_over_base"] > 0.05 * max(r["extra"], 1) else ""  # noqa: E731
     rows = [["no_grad forward, one batch", BATCH, mib(fwd["extra"]) + flag(fwd), "1", _common.fmt_s(fwd["seconds"])]]

@@ -61,6 +61,7 @@ LOOP_TOLERANCE = 1e-6  # batched curves vs the per-image loop's, max abs differe
 MNIST_IMAGES, MNIST_IGOS_IMAGES, MNIST_IGOS = 96, 12, dict(iterations=10, ig_iter=10)
 CIFAR_IMAGES, CIFAR_IGOS_IMAGES, CIFAR_IGOS = 16, 4, dict(iterations=5, ig_iter=5)
 MNIST_BATCH = 32  # 1 epoch on 12,000 images, seed 0, this loop: test accuracy 0.66 at batch 128, 0.88 at 32 (0.81 / 0.86 at 64 / 32 on the first 2,000 test images)
+QUICK_TEST = {"mnist": 1000, "cifar": 200}  # --quick: accuracy and the correctly classified images from the first test images only
 CHEAP = ["gradcam", "gradcam++", "eigencam"]
 IGOS = ["igos", "igos++"]
 
@@ -88,6 +89,10 @@ def accuracy(model, x, y):
         return float(torch.cat([model(x[s : s + 500]).argmax(1) for s in range(0, x.shape[0], 500)]).eq(y).float().mean())
 
 
+def quick_test(quick: bool, xt: torch.Tensor) -> str:
+    return f" (--quick: accuracy on the first {xt.shape[0]} test images)" if quick else ""
+
+
 def correct_subset(model, x, y, n, seed=0):
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -110,26 +115,30 @@ def setups(quick: bool):
     cnn = SmallCNN()
     cnn = train(cnn, mn_train.tensors[0][idx], mn_train.tensors[1][idx], epochs=1, lr=cnn.hparams.lr, batch=MNIST_BATCH)
     xt, yt = load_mnist(False).tensors
+    if quick:  # the forwards over all 10k test images were most of a --quick run
+        xt, yt = xt[:QUICK_TEST["mnist"]], yt[:QUICK_TEST["mnist"]]
     acc = accuracy(cnn, xt, yt)
     x, y = correct_subset(cnn, xt, yt, 8 if quick else MNIST_IMAGES)
     log(f"SmallCNN trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.3f}")
     yield dict(name="SmallCNN / MNIST", model=cnn, layer=cnn.features, x=x, y=y, acc=acc, n_igos=4 if quick else MNIST_IGOS_IMAGES,
-               igos=MNIST_IGOS, loop_images=4, train=f"1 epoch on {len(idx)} images (Adam {cnn.hparams.lr:g}, batch {MNIST_BATCH})")
+               igos=MNIST_IGOS, loop_images=1 if quick else 4, train=f"1 epoch on {len(idx)} images (Adam {cnn.hparams.lr:g}, batch {MNIST_BATCH})" + quick_test(quick, xt))
 
     t0 = time.perf_counter()
     c_train = load_cifar10_subset(True)
     xc, yc = c_train.tensors
-    n_train = 256 if quick else 2000
+    n_train = 128 if quick else 2000
     keep = torch.randperm(xc.shape[0], generator=torch.Generator().manual_seed(0))[:n_train]
     xc, yc = xc[keep], yc[keep]
     torch.manual_seed(0)
     net = train(resnet18_32px(), xc, yc, epochs=1, lr=1e-3)
     xt, yt = load_cifar10_subset(False).tensors
+    if quick:
+        xt, yt = xt[:QUICK_TEST["cifar"]], yt[:QUICK_TEST["cifar"]]
     acc = accuracy(net, xt, yt)
     x, y = correct_subset(net, xt, yt, 3 if quick else CIFAR_IMAGES)
     log(f"ResNet-18 trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.3f}")
     yield dict(name="ResNet-18 / CIFAR-10 subset", model=net, layer=net.layer3, x=x, y=y, acc=acc, n_igos=2 if quick else CIFAR_IGOS_IMAGES,
-               igos=CIFAR_IGOS, loop_images=1, train=f"1 epoch on {xc.shape[0]} images (Adam 1e-3)")
+               igos=CIFAR_IGOS, loop_images=1, train=f"1 epoch on {xc.shape[0]} images (Adam 1e-3)" + quick_test(quick, xt))
 
 
 def method_maps(name, case, x, y, quick):

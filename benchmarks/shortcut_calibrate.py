@@ -3,7 +3,7 @@ the planted swatch of Decoy MNIST / Decoy Fashion-MNIST without ground truth, an
 models trained on the clean data? Optionally (--rrr) the RRR oracle on Decoy MNIST.
 
     python benchmarks/shortcut_calibrate.py [--datasets mnist fashion-mnist] [--seeds 0 1]
-        [--train-size 10000] [--epochs 2] [--records-per-epoch 4] [--probe-size 500]
+        [--train-size 10000] [--epochs 2] [--records-per-epoch 4] [--probe-size 500] [--test-size N]
         [--save-dir DIR] [--from-saved] [--rrr] [--quick] [--out FILE]
 
 Protocol, per data set, seed and variant (decoy / clean): ``SmallCNN`` trained on a seeded subset
@@ -67,7 +67,7 @@ def split(seed: int, train_size: int, probe_size: int, val_size: int, n: int = 6
     return perm[:train_size], perm[train_size : train_size + probe_size], perm[train_size + probe_size : train_size + probe_size + val_size]
 
 
-def data(name: str, decoy: bool, seed: int, sizes):
+def data(name: str, decoy: bool, seed: int, sizes, test_size: int | None = None):
     tr, pr, va = split(seed, *sizes)
     if decoy:
         train, _ = load_decoy(True, name=name, seed=seed, indices=tr)
@@ -80,7 +80,7 @@ def data(name: str, decoy: bool, seed: int, sizes):
         # the swatch masks the probe *would* have: where the decoy run's swatch cells are, for
         # checking that clean suspects are not merely sitting in corners
         _, probe_masks = load_decoy(True, name=name, seed=seed + 1000, indices=pr)
-    test, test_masks = load_decoy(False, name=name, seed=seed + 3000)
+    test, test_masks = load_decoy(False, name=name, seed=seed + 3000, indices=None if test_size is None else np.arange(test_size))
     return train, probe, probe_masks, val, test, test_masks
 
 
@@ -102,7 +102,7 @@ def swatch_cells(masks: np.ndarray, feature_shape) -> np.ndarray:
 
 def train_one(name, decoy, seed, args, workdir: Path):
     sizes = (args.train_size, args.probe_size, args.val_size)
-    train, probe, probe_masks, val, test, test_masks = data(name, decoy, seed, sizes)
+    train, probe, probe_masks, val, test, test_masks = data(name, decoy, seed, sizes, args.test_size)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = SmallCNN()
     cb = I2XCallback(probe=probe.tensors, target_layer="features", num_prototypes=K, run_dir=workdir / f"{name}-{decoy}-{seed}",
@@ -191,6 +191,7 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=10000)
     ap.add_argument("--probe-size", type=int, default=500)
     ap.add_argument("--val-size", type=int, default=1000)
+    ap.add_argument("--test-size", type=int, default=None, help="first N decoy test images (default: all 10,000; --quick: 1000)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--records-per-epoch", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -203,7 +204,7 @@ def main() -> None:
     ap.add_argument("--rrr-lr", type=float, default=1e-3)
     args = ap.parse_args()
     if args.quick:
-        args.datasets, args.seeds, args.train_size, args.probe_size, args.val_size = ["mnist"], [0], 600, 100, 200
+        args.datasets, args.seeds, args.train_size, args.probe_size, args.val_size, args.test_size = ["mnist"], [0], 600, 100, 200, 1000
         args.epochs, args.records_per_epoch, args.n_random = 1, 2, 1
     _common.set_threads(args.threads)
     save = Path(args.save_dir) if args.save_dir else None
