@@ -66,7 +66,7 @@ class SurrogateLosses:
     """The weights of the surrogate's loss terms (see the module's docstring)."""
 
     beta: float = 1.0
-    distill: float = 1000.0
+    distill: float = 20.0
     align: float = 50.0
     decorrelate: float = 20.0
 
