@@ -22,7 +22,7 @@ docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 test: lint docs
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile
 
 clean:
 	rm -rf $(VENV) lightning_logs i2x_demo .pytest_cache site

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 import warnings
@@ -23,6 +24,12 @@ if str(EXAMPLES) not in sys.path:  # the demo model and data loaders live with t
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, so each computes on one thread
+    torch.set_num_threads(1)
+    # and each unpacks the MNIST files into its own cache (examples/demo_data.py), so no worker reads another's half-written copy
+    os.environ["I2X_CACHE_DIR"] = str(Path(os.environ.get("I2X_CACHE_DIR", Path.home() / ".cache" / "lightning_i2x"))
+                                      / f"xdist-{os.environ['PYTEST_XDIST_WORKER']}")
 
 
 class TinyCNN(pl.LightningModule):
