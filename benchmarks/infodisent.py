@@ -9,11 +9,11 @@ Protocol (seed 0 throughout; the full run is sized for at most about 8-10 minute
 one ResNet-18 epoch over 512 CIFAR images 31 s, a float64 matrix exponential's forward + backward at
 D = 512 1.0 s, 0.5 s in float32, which the head's and EPIC's training steps now use):
   mnist, fashion  examples' SmallCNN (width 32, Adam 1e-3 without the one-cycle schedule, batch 32)
-                  trained 1 epoch on a seeded random --train (6000) images of the train split;
+                  trained --epochs (3) epochs on a seeded random --train (6000) images of the train split;
                   validation = a class-balanced 2000 test images. Target layer `features` (64 x 7 x 7)
   cifar           torchvision ResNet-18 adapted to 32 px (3 x 3 stride-1 first convolution, max-pool
-                  kept: layer4 is 512 x 2 x 2), trained --cifar-epochs (1) epoch(s) (Adam 1e-3, batch
-                  128) on the first --cifar-train (3000) of the CIFAR-10 subset's 5000 train images
+                  kept: layer4 is 512 x 2 x 2), trained --cifar-epochs (5) epochs (Adam 1e-3, batch
+                  128) on the first --cifar-train (all 5000) of the CIFAR-10 subset's 5000 train images
                   (the table states the number); validation = its 1000 test images. Target layer
                   `layer4`. A short CPU training: the accuracy it reaches is in the table
   InfoDisent      fit_infodisent on the target layer: features cached once (train and validation),
@@ -135,16 +135,18 @@ def localisation(n_train, epochs):
 def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--train", type=int, default=None, help="MNIST / Fashion-MNIST train images (default 6000; --quick: 1000)")
-    ap.add_argument("--cifar-train", type=int, default=None, help="CIFAR-10-subset train images, the first of its 5000 (default 3000; --quick: 256)")
-    ap.add_argument("--cifar-epochs", type=int, default=None, help="ResNet-18 epochs on the CIFAR-10 subset (default 1; 0 skips it)")
+    ap.add_argument("--epochs", type=int, default=None, help="SmallCNN epochs on MNIST / Fashion-MNIST (default 3; --quick: 1)")
+    ap.add_argument("--cifar-train", type=int, default=None, help="CIFAR-10-subset train images, the first of its 5000 (default 5000; --quick: 256)")
+    ap.add_argument("--cifar-epochs", type=int, default=None, help="ResNet-18 epochs on the CIFAR-10 subset (default 5; --quick: 1; 0 skips it)")
     ap.add_argument("--head-epochs", type=int, default=None, help="InfoDisent head epochs (default 10; --quick: 2)")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args(argv)
     _common.set_threads(args.threads)
     info = _common.machine()
     n_train = args.train or (1000 if args.quick else 6000)
-    n_cifar = args.cifar_train or (256 if args.quick else 3000)
-    cifar_epochs = args.cifar_epochs if args.cifar_epochs is not None else 1
+    n_cifar = args.cifar_train or (256 if args.quick else 5000)
+    cifar_epochs = args.cifar_epochs if args.cifar_epochs is not None else (1 if args.quick else 5)
+    epochs = args.epochs or (1 if args.quick else 3)
     head_epochs = args.head_epochs or (2 if args.quick else 10)
     n_val = 200 if args.quick else 2000
     from demo_data import balanced_indices, load_cifar10_subset, load_mnist
@@ -161,7 +163,7 @@ def main(argv=None) -> None:
         vidx = balanced_indices(test.tensors[1], n_val // 10)
         val = torch.utils.data.TensorDataset(test.tensors[0][vidx], test.tensors[1][vidx])
         torch.manual_seed(0)
-        model = _common.train_classifier(SmallCNN(one_cycle=False), x, y, 1, 1e-3, 32)
+        model = _common.train_classifier(SmallCNN(one_cycle=False), x, y, epochs, 1e-3, 32)
         _log(f"{name}: trained ({time.perf_counter() - start:.0f} s)")
         row, fig = evaluate(name.replace("-", ""), model, "features", torch.utils.data.TensorDataset(x, y), val, head_epochs)
         rows.append(row)
