@@ -4,8 +4,8 @@ MNIST against k-means prototypes, and the cost in probe passes.
 
     python benchmarks/infodisent.py [--quick] [--out FILE] [--threads T] [--data-dir DIR]
 
-Protocol (seed 0 throughout; the full run is sized for at most about 8-10 minutes on 2 cores with
---threads 2, an estimate from timing each stage at small sizes on a shared, loaded 2-core machine:
+Protocol (seed 0 throughout; the full run took 225 s on 2 idle cores with --threads 2; stages
+timed at small sizes on a shared, loaded 2-core machine:
 one ResNet-18 epoch over 512 CIFAR images 31 s, a float64 matrix exponential's forward + backward at
 D = 512 1.0 s, 0.5 s in float32, which the head's and EPIC's training steps now use):
   mnist, fashion  examples' SmallCNN (width 32, Adam 1e-3 without the one-cycle schedule, batch 32)

@@ -119,6 +119,15 @@ PERFORMANCE = [
     ("growth of that record's peak from the smallest to the largest probe", "bench_scale-cpu", "record_peak_mb_growth", "growth", "<= 10"),
     ("the whole-network-graph path (re-implemented in the benchmark) vs the record, peak", "bench_scale-cpu", "old_vs_new_record", "x", ""),
     ("k-means objective of the streamed prototypes vs all vectors (`inertia_vs_full`)", "bench_scale-cpu", "inertia_vs_full", ".4f", "<= 1.02"),
+    ("a whole callback record (`trainer.validate` with `I2XCallback` at its defaults, largest probe) vs one batch's `no_grad` forward, peak",
+     "bench_scale-cpu", "callback_record_vs_forward", "x", "<= 1.6"),
+    ("growth of the callback record's peak from the smallest to the largest probe", "bench_scale-cpu", "callback_record_growth", "growth", "<= 10"),
+    ("DDP: bytes each rank receives per record, streamed vs whole-activation gather (2 gloo ranks, largest probe)",
+     "bench_distributed-cpu", "new_vs_old_bytes_w2", "x", ""),
+    ("the same, 4 ranks", "bench_distributed-cpu", "new_vs_old_bytes_w4", "x", ""),
+    ("DDP: growth exponent in N of the bytes received per rank, streamed gather (2 ranks; the whole gather's is 1)",
+     "bench_distributed-cpu", "bytes_growth_new_w2", ".2f", "<= 0.9"),
+    ("the same, 4 ranks", "bench_distributed-cpu", "bytes_growth_new_w4", ".2f", "<= 0.9"),
 ]
 
 
@@ -190,8 +199,28 @@ def protocol_status(tables: dict[str, Table]) -> str:
     return "; ".join(parts) + " (below 1 is the paper's direction)."
 
 
+def explainers(tables: dict[str, Table]) -> str:
+    """The three explainers' headline figures against their goals: channels, x-features, the twin."""
+    v = lambda t, k, kind: fmt(value(tables, t, k), kind)  # noqa: E731
+    acc = lambda data: (f"{v('infodisent-cpu', data + '_backbone_accuracy', '.3f')} / {v('infodisent-cpu', data + '_infodisent_accuracy', '.3f')}"  # noqa: E731
+                        f" / {v('infodisent-cpu', data + '_epic_accuracy', '.3f')}")
+    return (f"InfoDisent (`infodisent-cpu`), backbone / InfoDisent head / EPIC accuracy: MNIST {acc('mnist')}, Fashion-MNIST "
+            f"{acc('fashionmnist')}, CIFAR-10 subset {acc('cifar10')} (goals: the head within 1, 1 and 3 points; EPIC equal); "
+            f"Decoy MNIST classes whose top channel peaks in the swatch in >= 90 % of images: "
+            f"{v('infodisent-cpu', 'decoy_channel_classes_at_0.9', '.0f')} of 10 (k-means prototypes: "
+            f"{v('infodisent-cpu', 'decoy_kmeans_classes_at_0.9', '.0f')}). X-features (`xnn-cpu`): the lowest held-out R^2 of a "
+            f"class score {v('xnn-cpu', 'min_r2_mnist', '.3f')} on MNIST (goal: >= 0.95 with n_x <= 5; n_x up to "
+            f"{v('xnn-cpu', 'max_n_x_mnist', '.0f')}), {v('xnn-cpu', 'min_r2_fashion_mnist', '.3f')} on Fashion-MNIST, "
+            f"{v('xnn-cpu', 'min_r2_cifar10_subset', '.3f')} on the CIFAR-10 subset; without the reconstruction term "
+            f"{v('xnn-cpu', 'ablation_r2_no_rec', '.3f')} (ablation, MNIST classes 0-2). Twin (`twin-cpu`): fidelity at least "
+            f"{v('twin-cpu', 'chain_fidelity_min', '.3f')} on the planted chain and {v('twin-cpu', 'mnist_fidelity', '.3f')} on MNIST "
+            f"(goal: 0.95); the planted graph exactly on a share {v('twin-cpu', 'chain_graph_exact_share', '.2f')} of the seeds "
+            f"(goal: 1), the swapped roles {'yes' if value(tables, 'twin-cpu', 'swap_graph_exact') else 'no'}.")
+
+
 BLOCKS: dict[str, Callable[[dict[str, Table]], str]] = {
     "performance": performance, "faithfulness": faithfulness, "sag": sag, "shortcut": shortcut, "files": files, "status": status,
+    "explainers": explainers,
 }
 
 
