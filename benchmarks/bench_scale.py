@@ -267,6 +267,13 @@ def run_child(spec: dict) -> dict:
     return result
 
 
+def median_child(runs: list[dict]) -> dict:
+    """The run whose peak is the median of ``runs`` (its phases and time with it; an even count takes
+    the lower middle), plus every run's peak, so the table can show the spread."""
+    ordered = sorted(runs, key=lambda r: r.get("extra", 0))
+    return {**ordered[(len(ordered) - 1) // 2], "extras": [r.get("extra", 0) for r in runs]}
+
+
 def mib(b: float) -> str:
     return f"{b / 2**20:.0f}"
 
@@ -297,14 +304,20 @@ def main(argv=None) -> None:
             specs[mode, n] = {**base, "mode": mode, "n": n}
         if n <= quality_max:
             specs["quality", n] = {**base, "mode": "quality", "n": n}
+    # each figure is the median of --repeats fresh processes (default 3; --quick 1), run in interleaved
+    # rounds (every spec once, then again): one process's peak moves by up to +-25 % with glibc's arenas
+    repeats = args.repeats or (1 if args.quick else 3)
+    keys = [k for _ in range(repeats) for k in specs if _ == 0 or k[0] != "quality"]  # the quality figures are deterministic: once
     with ThreadPoolExecutor(2 if args.quick else 1) as pool:
-        done = dict(zip(specs, pool.map(run_child, specs.values())))
+        results = list(pool.map(run_child, [specs[k] for k in keys]))
+    done = {k: median_child([r for key, r in zip(keys, results) if key == k]) for k in specs}
     fwd = done["forward"]
     batch = {m: done[m] for m in ("old_batch", "new_batch")}
     rec: dict[tuple[str, int], dict] = {k: v for k, v in done.items() if isinstance(k, tuple) and k[0] != "quality"}
     quality: dict[int, dict] = {k[1]: v for k, v in done.items() if isinstance(k, tuple) and k[0] == "quality"}
 
-    flag = lambda r: " (!)" if r["earlier_peak_over_base"] > 0.05 * max(r["extra"], 1) else ""  # noqa: E731
+    spread = lambda r: f" ({mib(min(r['extras']))}-{mib(max(r['extras']))})" if len(r["extras"]) > 1 else ""  # noqa: E731
+    flag = lambda r: spread(r) + (" (!)" if r["earlier_peak_over_base"] > 0.05 * max(r["extra"], 1) else "")  # noqa: E731
     rows = [["no_grad forward, one batch", BATCH, mib(fwd["extra"]) + flag(fwd), "1", _common.fmt_s(fwd["seconds"])]]
     for m, label in (("old_batch", "old probe batch (graph from the input)"), ("new_batch", "new probe batch (graph from layer4)")):
         rows.append([label, BATCH, mib(batch[m]["extra"]) + flag(batch[m]), f"{batch[m]['extra'] / fwd['extra']:.2f}", _common.fmt_s(batch[m]["seconds"])])
@@ -336,12 +349,12 @@ def main(argv=None) -> None:
     body = "\n".join([
         f"torchvision ResNet-50 (random init, eval, CPU), {size} x {size} px inputs, target layer `layer4` "
         f"(d = 2048, {-(-size // 32)} x {-(-size // 32)} map), probe batch {BATCH}, K = {K}, PCA to {COMPONENTS}, {NITER} k-means "
-        "iterations, seed 0. Each row is one fresh process (see the protocol in the script's docstring); peak extra = "
+        "iterations, seed 0. Each figure is the median of --repeats fresh processes, run in interleaved rounds (see the protocol in the script's docstring); peak extra = "
         "peak resident set size during the operation - resident set size before it. (!) = the process had peaked "
         "higher before the operation, so the row may be an underestimate. The old path is a re-implementation in this "
         "script of 0.1's approach (whole-network graph, all activations concatenated), not 0.1's code imported.",
         "",
-        _common.table(["operation", "images", "peak extra host memory (MiB)", "/ no_grad forward", "time"], rows),
+        _common.table(["operation", "images", f"peak extra host memory (MiB; median of {repeats} fresh processes" + (", min-max)" if repeats > 1 else ")"), "/ no_grad forward", "time"], rows),
         "",
         "Where a callback record's memory goes: peak extra resident memory (MiB) / time in each phase, sampled every "
         "2 ms (a phase's peak includes what earlier phases left resident; `other` is Lightning's own validate loop).",
