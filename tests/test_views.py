@@ -299,3 +299,50 @@ def _displayed_scale_of_graph(screen: np.ndarray, c: int, dpi: int) -> float:
     ys = np.sort([y for y, _ in centres])
     assert ys.size >= 3, f"found {ys.size} interval nodes in the screenshot"
     return float(np.median(np.diff(ys))) / (0.78 * dpi)
+
+
+def test_a_deferred_sink_hands_the_workers_calls_to_the_replaying_thread_in_order():
+    """The background analysis logs through a DeferredSink: nothing reaches a logger from the
+    worker's thread (Lightning's loggers are not thread-safe); ``replay`` delivers every call, in
+    order, on the thread that calls it, and a second replay delivers nothing twice."""
+    import threading
+
+    class Recording:
+        def __init__(self):
+            self.seen = []
+
+        def add_scalar(self, tag, value, step):
+            self.seen.append((tag, value, step, threading.get_ident()))
+
+        def add_text(self, tag, text, step):
+            self.seen.append((tag, text, step, threading.get_ident()))
+
+        def add_image(self, tag, image, step, dataformats):
+            self.seen.append((tag, image.shape, step, threading.get_ident()))
+
+    target = Recording()
+    sink = views.DeferredSink(views.LogSink([target]))
+    assert sink and sink.takes_images
+
+    def worker():
+        sink.scalars({"i2x/a": 1.0, "i2x/b": 2.0}, 3)
+        sink.text("i2x/summary", "text", 3)
+        sink.image("i2x/figure", np.zeros((2, 2, 3), np.uint8), 3)
+
+    def worker_steps():
+        worker()
+        sink.group()
+
+    thread = threading.Thread(target=worker_steps)
+    thread.start()
+    thread.join()
+    assert target.seen == []
+    failures = []
+    assert sink.replay(failures.append) == 3 and failures == []
+    assert [s[:3] for s in target.seen] == [("i2x/a", 1.0, 3), ("i2x/b", 2.0, 3), ("i2x/summary", "text", 3), ("i2x/figure", (2, 2, 3), 3)]
+    assert {s[3] for s in target.seen} == {threading.get_ident()}
+    assert sink.replay(failures.append) == 0 and len(target.seen) == 4
+    sink.scalars({"i2x/open": 1.0}, 4)  # a step still open (the worker is in it) waits for its group()
+    assert sink.replay(failures.append) == 0 and len(target.seen) == 4
+    sink.group()
+    assert sink.replay(failures.append) == 1 and target.seen[-1][:3] == ("i2x/open", 1.0, 4)

@@ -28,7 +28,7 @@ from ..options import ExplainOptions, FinetuneOptions, ProbePassOptions, Prototy
 from ..record import AnalysisWorker, ProbeEvidence, Recorder
 from ..saliency import TargetLayer, check_saliency_use, resolve_target_layer
 from ..store import I2XRun
-from ..viz import DrawBudget, LogSink, log_figures, log_finetune, log_summary
+from ..viz import DeferredSink, DrawBudget, LogSink, log_figures, log_finetune, log_summary
 from ._isolation import At, Isolation
 from ._strategy import check_strategy
 
@@ -121,6 +121,7 @@ class I2XCallback(pl.Callback):
         self._recorder = Recorder(num_prototypes, prototypes, explain)
         self._budget = DrawBudget(views.time_budget)
         self._worker: AnalysisWorker | None = None
+        self._pending: list[DeferredSink] = []  # the background records' sinks, replayed on the training thread
         self._run: I2XRun | None = None
         self._layer: TargetLayer | None = None
         self._images = self._labels = self._dataset_names = None
@@ -151,7 +152,7 @@ class I2XCallback(pl.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for spawn strategies): a copy reopens its run from the state dict or anew."""
-        return {**self.__dict__, "_run": None, "_layer": None, "_worker": None}
+        return {**self.__dict__, "_run": None, "_layer": None, "_worker": None, "_pending": []}
 
     # -- setup: every check before the first training step -------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -209,7 +210,8 @@ class I2XCallback(pl.Callback):
             evidence = evidence.on_host(self._images, self._labels)
             if self._worker is None:
                 self._worker = AnalysisWorker()
-            self._worker.submit("record", self._analyse, evidence, at, sink, None, [])
+            self._pending.append(DeferredSink(sink, at))  # its logger calls are replayed here, on the training thread
+            self._worker.submit("record", self._analyse, evidence, at, self._pending[-1], None, [])
         else:
             self._analyse(dataclasses.replace(evidence, images=self._images, labels=self._labels), at, sink, pl_module, None)
 
@@ -223,8 +225,10 @@ class I2XCallback(pl.Callback):
             self.explanation = explanation
             if sink:
                 attempt("views", self._log_summary, sink, at.step)
+                sink.group()
                 if self.views.figures and sink.takes_images and self._budget.allows(time.perf_counter()):
                     attempt("views", self._draw, sink, at.step)
+                    sink.group()
         return failures or []
 
     def _log_summary(self, sink: LogSink, step: int) -> None:
@@ -240,13 +244,19 @@ class I2XCallback(pl.Callback):
         if self._worker is not None:
             self._worker.join()
             self._report_worker_failures(trainer)
+            self._pending.clear()  # the worker is idle: every call was replayed
 
     def _report_worker_failures(self, trainer: pl.Trainer) -> None:
         if self._worker is not None:
             self._isolation.report_worker(self._worker, At.of(trainer))
+        for sink in self._pending:
+            sink.replay(lambda e, at=sink.at: self._isolation.report("views", e, at))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._join(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._report_worker_failures(trainer)  # and the background record's logger calls, soon after it made them
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != "fit":  # validate(): nothing trains meanwhile, so the record completes here

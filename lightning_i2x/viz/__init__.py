@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._finetune_log import log_finetune
 from ._patches import display_images, extract_patch, nearest_locations, patch_box, prototype_patches
-from ._sinks import LogSink
+from ._sinks import DeferredSink, LogSink
 from ._views import (
     TAG_BETA,
     TAG_CHANNEL_CONTRIBUTIONS,
@@ -49,7 +49,7 @@ __all__ = [
     "saliency_overlays", "confusion_matrix", "to_rgb", "to_png", "plot_sag", "faithfulness_figure", "has_faithfulness",
     "plot_faithfulness", "channel_gallery", "contribution_bars", "channel_weights", "twin_graph_figure", "twin_effects_figure",
     "twin_counterfactuals_figure", "display_images", "patch_box", "nearest_locations", "extract_patch", "prototype_patches",
-    "LogSink", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "DrawBudget",
+    "LogSink", "DeferredSink", "log_views", "log_summary", "log_figures", "summary_scalars", "custom_scalars_layout", "DrawBudget",
     "drawn_classes", "drawn_pairs", "tag_name", "build_report", "write_report", "log_finetune",
     "TAG_TRUE_CONFIDENCE", "TAG_UNCERTAIN", "TAG_CONFIDENCE", "TAG_INTENSITY", "TAG_SUMMARY", "TAG_CLASS_TEXT",
     "TAG_GALLERY", "TAG_BETA", "TAG_EVOLUTION", "TAG_GRAPH", "TAG_OVERLAY", "TAG_PAIR", "TAG_SAG",

@@ -12,12 +12,13 @@ A raw ``SummaryWriter`` (torch.utils.tensorboard or tensorboardX) is taken as we
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LogSink"]
+__all__ = ["LogSink", "DeferredSink"]
 
 
 class _Writer:
@@ -145,3 +146,64 @@ class LogSink:
     def flush(self) -> None:
         for t in self.targets:
             t.flush()
+
+    def group(self) -> None:
+        """Close a step: the calls since the last one belong together (nothing to do for a live
+        sink; a ``DeferredSink`` replays them as one isolated step)."""
+
+
+class DeferredSink(LogSink):
+    """The background analysis's sink: it keeps each call, and ``replay`` hands them to ``sink`` on
+    the thread that calls it (the training thread). Lightning's loggers are not thread-safe: a
+    worker's ``log_metrics`` raced the Trainer's ``CSVLogger.save`` ("dict contains fields not in
+    fieldnames"). The drawing stays in the background; only the logger calls move. Calls are
+    replayed in the steps ``group`` closes, each isolated as it was when it ran live; ``at`` is
+    the record they belong to."""
+
+    def __init__(self, sink: LogSink, at: Any = None):  # not super().__init__: that would wrap the targets again
+        self.sink, self.targets, self.at = sink, sink.targets, at
+        self._groups: list[list] = [[]]
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.sink)
+
+    @property
+    def takes_images(self) -> bool:
+        return self.sink.takes_images
+
+    def group(self) -> None:
+        with self._lock:
+            self._groups.append([])
+
+    def _keep(self, name: str, *args: Any) -> None:
+        with self._lock:
+            self._groups[-1].append((name, args))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self._keep("scalars", dict(values), step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._keep("text", tag, text, step)
+
+    def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
+        self._keep("image", tag, rgb, step)
+
+    def layout(self, layout: dict) -> None:
+        self._keep("layout", layout)
+
+    def flush(self) -> None:
+        self._keep("flush")
+
+    def replay(self, report: Callable[[Exception], None]) -> int:
+        """Hand the calls of every closed step to the real sink, in order; a step that raises is
+        given to ``report`` and the next goes on. Returns how many calls were handed over."""
+        with self._lock:
+            closed, self._groups = self._groups[:-1], self._groups[-1:]
+        for calls in closed:
+            try:
+                for name, args in calls:
+                    getattr(self.sink, name)(*args)
+            except Exception as e:
+                report(e)
+        return sum(len(calls) for calls in closed)
