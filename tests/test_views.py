@@ -346,3 +346,18 @@ def test_a_deferred_sink_hands_the_workers_calls_to_the_replaying_thread_in_orde
     assert sink.replay(failures.append) == 0 and len(target.seen) == 4
     sink.group()
     assert sink.replay(failures.append) == 1 and target.seen[-1][:3] == ("i2x/open", 1.0, 4)
+
+
+def test_overlay_captions_name_the_runs_saliency_method(fitted):
+    """The overlay says GradCAM only when the maps are GradCAM's: an iGOS++ run's are named iGOS++."""
+    from types import SimpleNamespace
+
+    from lightning_i2x.saliency import saliency_label
+    from lightning_i2x.viz._figures import run_saliency_label
+
+    run = fitted[1].run
+    assert run.config.cam == "gradcam"
+    assert "GradCAM (T" in plots.saliency_overlays(run, 0)._suptitle.get_text()
+    assert run_saliency_label(SimpleNamespace(config=SimpleNamespace(cam="igos++"))) == "iGOS++"
+    assert run_saliency_label(SimpleNamespace(config=None)) == "saliency"
+    assert [saliency_label(n) for n in ("igos", "gradcam++", "hirescam", "no-such")] == ["I-GOS", "GradCAM++", "HiResCAM", "saliency"]

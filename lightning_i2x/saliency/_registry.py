@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["SaliencyMethod", "CAM_METHODS", "saliency_method", "check_saliency_use"]
+__all__ = ["SaliencyMethod", "CAM_METHODS", "saliency_method", "check_saliency_use", "saliency_label"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,18 @@ CAM_METHODS: dict[str, SaliencyMethod] = {
     "igos++": SaliencyMethod("igos++", "igos", takes_forward_fn=True, optional_normalisation=True),
 }
 """Every method ``I2XCallback(cam=...)`` and ``FinetuneOptions`` accept, by name."""
+
+
+_LABELS = {"gradcam": "GradCAM", "gradcam++": "GradCAM++", "igos": "I-GOS", "igos++": "iGOS++"}
+
+
+def saliency_label(name: str | None) -> str:
+    """How captions name the maps of method ``name`` ("GradCAM", "iGOS++", pytorch-grad-cam's class
+    name otherwise); "saliency" when the method is not known (a run without its configuration)."""
+    if name in _LABELS:
+        return _LABELS[name]
+    method = CAM_METHODS.get(name) if name is not None else None
+    return method.grad_cam_class if method is not None and method.grad_cam_class else "saliency"
 
 
 def saliency_method(name: str, owner: str = "cam") -> SaliencyMethod:

@@ -12,7 +12,7 @@ class), red = negative (it lowered it).
 - ``confused_pair(expl, a, b)`` (Fig. 5): every prototype separating a from b, uncertain ones marked;
 - ``ridge_heatmap(expl)``: one interval's K x M coefficients;
 - ``confidence_curves(run)``: each class's mean true-class probability over the checkpoints;
-- ``saliency_overlays(run, c)``: GradCAM over probe images with the salient prototypes outlined.
+- ``saliency_overlays(run, c)``: the run's saliency maps (GradCAM by default) over probe images with the salient prototypes outlined.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..analysis import SALIENCY_THRESHOLD, class_rows, competing_class, pair_rows, salient_mask
+from ..saliency import saliency_label
 from ._mpl import Circle, FancyArrowPatch, FancyBboxPatch, Figure, FigureCanvasAgg, LineCollection, Rectangle
 from ._patches import display_images, prototype_patches
 
@@ -375,9 +376,15 @@ def _salient_prototypes(cam: np.ndarray, assignment: np.ndarray, top: int, thres
     return [int(ks[i]) for i in np.argsort(means)[::-1][:top]]
 
 
+def run_saliency_label(run) -> str:
+    """The caption name of the run's maps: its configured ``cam``, "saliency" when unknown."""
+    return saliency_label(run.config.cam if getattr(run, "config", None) is not None else None)
+
+
 def saliency_overlays(run, c: int | str, *, samples: int = 2, top: int = 3, sample_ids: Sequence[int] | None = None,
                       threshold: float = SALIENCY_THRESHOLD, dpi: int = DEFAULT_DPI) -> Figure:
-    """Probe images of class c with their GradCAM map (reference checkpoint) and the cells of the
+    """Probe images of class c with their saliency map (reference checkpoint; the title names the run's
+    method, ``saliency.saliency_label``) and the cells of the
     ``top`` prototypes of their salient region outlined and named: where the model looks, and which
     prototype is there. Shows the first ``samples`` probe images of the class unless ``sample_ids``."""
     names = run.class_names
@@ -412,7 +419,7 @@ def saliency_overlays(run, c: int | str, *, samples: int = 2, top: int = 3, samp
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"#{i}: p({_short(names[ci])})={conf[i, ci]:.2f}, pred {_short(names[int(conf[i].argmax())])}", fontsize=8)
-    fig.suptitle(f"class {names[ci]}: GradCAM (T{ref}) and the prototypes in the salient region", fontsize=9, y=0.99, va="top")
+    fig.suptitle(f"class {names[ci]}: {run_saliency_label(run)} (T{ref}) and the prototypes in the salient region", fontsize=9, y=0.99, va="top")
     return fig
 
 

@@ -83,7 +83,7 @@ def build_report(
 ) -> str:
     """The report as an HTML string: findings, confidence curves, prototype gallery, ridge
     coefficients, the top ``max_pairs`` confused pairs and, for every class (or ``classes``),
-    its summary, evolution grid, checkpoint graph and GradCAM overlays."""
+    its summary, evolution grid, checkpoint graph and saliency overlays."""
     expl = run.explain() if explanation is None else explanation
     names = run.class_names
     options = ViewOptions(classes=None if classes is None else tuple(classes), max_classes=run.num_classes, max_pairs=max_pairs)
@@ -118,7 +118,7 @@ def build_report(
         tasks.append((f"class-{c}", f"graph-{cls}", "graph", f"class {names[c]}: the annotated checkpoint graph",
                       lambda c=c: plots.checkpoint_graph(expl, c, dpi=dpi)))
         if has_images:
-            tasks.append((f"class-{c}", f"overlay-{cls}", "overlay", f"class {names[c]}: GradCAM and the prototypes of the salient region",
+            tasks.append((f"class-{c}", f"overlay-{cls}", "overlay", f"class {names[c]}: {plots.run_saliency_label(run)} and the prototypes of the salient region",
                           lambda c=c: plots.saliency_overlays(run, c, samples=3, dpi=dpi)))
 
     sags = stored_sags(run) if "sag" in run.attachments else []
@@ -178,7 +178,7 @@ def build_report(
     ]
     if not has_images:
         out.append('<p class="note">This run holds no probe images (store_probe_images=False, or a probe over 64 MiB): '
-                   "the prototype gallery and the GradCAM overlays are left out.</p>")
+                   "the prototype gallery and the saliency overlays are left out.</p>")
     if run.errors:
         out.append(f'<p class="note">{len(run.errors)} explainer errors recorded; first: '
                    f"{html.escape(run.errors[0]['type'])}: {html.escape(run.errors[0]['message'])}</p>")

@@ -16,7 +16,7 @@ images to those that take them, see ``lightning_i2x.sinks``), or a raw ``Summary
 | image | ``i2x/beta`` | heat map of the latest interval's ridge coefficients |
 | image | ``i2x/class<n>/evolution`` | Fig. 3: prototypes x intervals, raised or lowered, against whom |
 | image | ``i2x/class<n>/graph`` | Fig. 4: the annotated checkpoint graph |
-| image | ``i2x/class<n>/overlay`` | GradCAM over probe images, salient prototypes outlined |
+| image | ``i2x/class<n>/overlay`` | the saliency maps (the run's `cam`) over probe images, salient prototypes outlined |
 | image | ``i2x/pair<n>`` | Fig. 5: a confused pair's prototypes, uncertain ones outlined |
 | image | ``i2x/class<n>/sag`` | with ``SAGMeasure``: the structured attention graph of the class's stored probe image |
 | image | ``i2x/channels/gallery``, ``i2x/channels/weights``, ``i2x/channels/contributions<n>`` | with ``InfoDisentMeasure``: each EPIC-unmixed channel's top patches, the channel-to-class weights, one probe image per drawn class as signed contribution bars |
@@ -166,7 +166,7 @@ def log_figures(sink, run, expl, step: int, options: ViewOptions) -> None:
     has_images = run.images is not None
     if not has_images and (options.gallery_patches or options.overlay_samples):
         warnings.warn(f"I2X views: {run.path} holds no probe images (store_images=False or a probe over 64 MiB): "
-                      "the prototype gallery and the GradCAM overlays are left out", RuntimeWarning, stacklevel=2)
+                      "the prototype gallery and the saliency overlays are left out", RuntimeWarning, stacklevel=2)
     if has_images and options.gallery_patches and options.gallery_prototypes:
         image(TAG_GALLERY, plots.prototype_gallery(run, select_prototypes(expl, options.gallery_prototypes),
                                                    n=options.gallery_patches, dpi=options.dpi))
