@@ -20,9 +20,15 @@ a random linear map to 512-d, ReLU, small noise). Quality: the inertia (sum of s
 to the nearest centroid) of every method over ALL vectors in one PCA space, FAISS's; scikit-learn's
 centroids are lifted back to 512-d (components, mean) and projected there.
 
+Spread (issue: the all-vectors ratio moved between 4.7x and 5.7x across releases): the FAISS and
+all-vectors scikit-learn fits again, interleaved, at 1 and at 2 threads (``faiss.omp_set_num_threads``
+and ``threadpoolctl.threadpool_limits`` for scikit-learn's OpenMP and BLAS), each round's ratio
+shown, so a reader sees how much of the ratio is threads and how much is round-to-round noise.
+
 Last line: sklearn_sample_vs_faiss_time and faiss_vs_sklearn_sample_inertia (the same work),
 minibatch_vs_faiss_time and faiss_vs_minibatch_inertia, then sklearn_vs_faiss_time and
-faiss_vs_sklearn_inertia (scikit-learn KMeans on all vectors). Times: median scikit-learn time /
+faiss_vs_sklearn_inertia (scikit-learn KMeans on all vectors), sklearn_vs_faiss_time_1thread
+and sklearn_vs_faiss_time_spread (max / min of the per-round ratios over both thread counts). Times: median scikit-learn time /
 median FAISS time; inertias: FAISS's / scikit-learn's (below 1 means FAISS fits better).
 """
 
@@ -66,6 +72,7 @@ def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--n", type=int, default=None, help="number of vectors (default 500000; --quick: 20000)")
     ap.add_argument("--k", type=int, default=128, help="number of prototypes K")
+    ap.add_argument("--spread-repeats", type=int, default=None, help="rounds per thread count of the spread section (default 3; --quick 1)")
     args = ap.parse_args(argv)
     info = _common.machine()
     info["faiss"] = f"{faiss.__version__} ({faiss.omp_get_max_threads()} OpenMP threads)"
@@ -142,6 +149,22 @@ def main(argv=None) -> None:
         km = last[key][1]
         rows.append([label, trained, _common.fmt_s(med[key]), _common.spread(times[key]), km.n_iter_,
                      f"{inert[key]:.6g}", f"{inertia_ratio[key]:.4f}", f"{time_ratio[key]:.2f}"])
+    spread_rows, round_ratios, thread_ratio = [], [], {}
+    threads_now = faiss.omp_get_max_threads()
+    from threadpoolctl import threadpool_limits
+
+    for t in sorted({1, threads_now}):
+        faiss.omp_set_num_threads(t)
+        with threadpool_limits(t):
+            st = _common.interleaved({"faiss": run_faiss, "sklearn_all": run_sklearn_all},
+                                     args.spread_repeats or (1 if args.quick else 3), warmup=0)
+        per_round = [b / a for a, b in zip(st["faiss"], st["sklearn_all"])]
+        round_ratios += per_round
+        thread_ratio[t] = _common.median(st["sklearn_all"]) / _common.median(st["faiss"])
+        spread_rows.append([t, _common.fmt_s(_common.median(st["faiss"])), _common.spread(st["faiss"]),
+                            _common.fmt_s(_common.median(st["sklearn_all"])), _common.spread(st["sklearn_all"]),
+                            f"{thread_ratio[t]:.2f}", ", ".join(f"{r:.2f}" for r in per_round)])
+    faiss.omp_set_num_threads(threads_now)
     scaled = "" if n >= 500_000 or args.quick else f" (scaled down from the 500000 target: {n})"
     body = "\n".join([
         f"N = {n} vectors{scaled} of dimension {DIM}, PCA to {COMPONENTS}, K = {k}, {NITER} k-means iterations at most, "
@@ -154,6 +177,16 @@ def main(argv=None) -> None:
         f"- MiniBatchKMeans: time ratio {time_ratio['minibatch']:.2f}, inertia ratio {inertia_ratio['minibatch']:.4f}.",
         f"- scikit-learn KMeans on all {n} vectors (more work than FAISS does): time ratio {time_ratio['sklearn_all']:.2f}, "
         f"inertia ratio {inertia_ratio['sklearn_all']:.4f}; most of this speed-up is FAISS's sampling.",
+        "",
+        "Spread: FAISS against scikit-learn KMeans on all vectors, again, at each thread count (FAISS's OpenMP and "
+        "scikit-learn's OpenMP and BLAS limited together), interleaved:",
+        "",
+        _common.table(["threads", "FAISS median", "min-max", "scikit-learn all median", "min-max", "time ratio",
+                       "ratio per round"], spread_rows),
+        "",
+        f"- per-round ratios range {min(round_ratios):.2f}-{max(round_ratios):.2f} (max / min "
+        f"{max(round_ratios) / min(round_ratios):.2f}); the thread count moves the median ratio from "
+        f"{thread_ratio[1]:.2f} (1 thread) to {thread_ratio[max(thread_ratio)]:.2f} ({max(thread_ratio)} threads).",
         "- Vectors: synthetic activation-like features (256 Gaussian clusters in a 48-d latent space, random linear "
         "map to 512-d, ReLU, noise 0.1). Every PCA is fitted on all vectors; all inertias are over all vectors.",
     ])
@@ -162,7 +195,8 @@ def main(argv=None) -> None:
         body,
         {"sklearn_sample_vs_faiss_time": time_ratio["sklearn_sample"], "faiss_vs_sklearn_sample_inertia": inertia_ratio["sklearn_sample"],
          "minibatch_vs_faiss_time": time_ratio["minibatch"], "faiss_vs_minibatch_inertia": inertia_ratio["minibatch"],
-         "sklearn_vs_faiss_time": time_ratio["sklearn_all"], "faiss_vs_sklearn_inertia": inertia_ratio["sklearn_all"]},
+         "sklearn_vs_faiss_time": time_ratio["sklearn_all"], "faiss_vs_sklearn_inertia": inertia_ratio["sklearn_all"],
+         "sklearn_vs_faiss_time_1thread": thread_ratio[1], "sklearn_vs_faiss_time_spread": max(round_ratios) / min(round_ratios)},
         args.out, info, args.quick,
     )
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "bench_probe_pass": ("record_vs_forward", "gradcam_lib_vs_record", "gradcam_feature_vs_record"),
     "bench_prototypes": ("sklearn_sample_vs_faiss_time", "faiss_vs_sklearn_sample_inertia", "minibatch_vs_faiss_time",
-                         "faiss_vs_minibatch_inertia", "sklearn_vs_faiss_time", "faiss_vs_sklearn_inertia"),
+                         "faiss_vs_minibatch_inertia", "sklearn_vs_faiss_time", "faiss_vs_sklearn_inertia",
+                         "sklearn_vs_faiss_time_1thread", "sklearn_vs_faiss_time_spread"),
     "bench_import": ("import_ratio", "own_optional_imports"),
     "bench_overhead": ("epoch_overhead", "overhead_vs_probe_pass", "record_speedup_vs_0_1", "analysis_growth_exponent_T",
                        "analysis_growth_exponent_N"),
@@ -38,6 +39,7 @@ BOUNDS = {
     # k-means of one data set scored by one objective: the methods land within 10 % of each other
     "faiss_vs_sklearn_sample_inertia": (0.9, 1.1), "faiss_vs_minibatch_inertia": (0.9, 1.1), "faiss_vs_sklearn_inertia": (0.9, 1.1),
     "sklearn_sample_vs_faiss_time": TIME, "minibatch_vs_faiss_time": TIME, "sklearn_vs_faiss_time": TIME,
+    "sklearn_vs_faiss_time_1thread": TIME, "sklearn_vs_faiss_time_spread": (1.0, 50.0),  # max / min of positive ratios
     # the record does a forward and part of a backward; the library a forward, a whole backward (and a second forward)
     "record_vs_forward": TIME, "gradcam_lib_vs_record": TIME, "gradcam_feature_vs_record": TIME,
     # --quick fits last a second or two, so on a shared machine either may be several times the
