@@ -75,6 +75,46 @@ def resnet18_32px(num_classes: int = 10):
     return m
 
 
+def flip_crop(x, generator=None, pad: int = 4):
+    """The standard CIFAR augmentation on a batch: each image flipped left-right with probability
+    1/2, then one random crop of the reflect-padded batch (offsets from ``generator``, or torch's
+    global RNG, which Lightning's ``seed_everything`` seeds)."""
+    import torch
+    import torch.nn.functional as F
+
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    h, w = x.shape[-2:]
+    i, j = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")[..., i : i + h, j : j + w]
+
+
+def train_cifar_resnet18(x, y, epochs: int = 15, lr: float = 2e-3, batch: int = 128, seed: int = 0):
+    """``resnet18_32px`` trained as the benchmarks' CIFAR model that is not weak: ``flip_crop``,
+    Adam at weight decay 5e-4 on a one-cycle schedule peaking at ``lr``, cross-entropy, batches of
+    ``batch`` shuffled by a generator seeded ``seed`` (which also draws the augmentation; the
+    weights from ``torch.manual_seed(seed)``). On the whole CIFAR-10 subset (5,000 images) 15 epochs
+    reach about 70 % test accuracy (72.8 % after 20 at seed 0). Returns the model in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    model = resnet18_32px(int(y.max()) + 1)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(len(x) / batch))
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), batch):
+            idx = perm[s : s + batch]
+            opt.zero_grad()
+            F.cross_entropy(model(flip_crop(x[idx], g)), y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -5,7 +5,7 @@ and "penalise -> full" (the flagged regions kept, an explanation penalty on them
 pair and prototypes of each reading of "uncertain" (``--rule``: the edge between the classes
 reverses, or their coefficient difference flips sign; ``both`` by default).
 
-    python benchmarks/paper_protocol.py [--dataset mnist|cifar10] [--model smallcnn|resnet50]
+    python benchmarks/paper_protocol.py [--dataset mnist|cifar10] [--model smallcnn|resnet18|resnet50]
         [--seeds 5] [--train-epochs 1] [--finetune-fraction 0.3333] [--prototypes-per-pair N] [--base once|per-seed]
         [--rule both|edges|difference] [--significance tau|bootstrap|stderr]
         [--device auto|cpu|cuda] [--quick] [--out FILE]
@@ -114,7 +114,46 @@ class ResNet50Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=5e-4)
 
 
+class ResNet18Classifier(pl.LightningModule):
+    """torchvision ResNet-18 adapted to 32 px (``_common.resnet18_32px``: 3x3 stride-1 stem, max-pool
+    kept, ``layer3`` a 4x4 map, the I2X target layer); trained with random flips and 4-pixel
+    reflected crops, Adam with weight decay 5e-4 on a one-cycle schedule (a constant rate when the
+    trainer reloads its loaders, as the fine-tuning's does). 15 epochs on the CIFAR-10 subset reach
+    about 70 % (72.8 % after 20 epochs at seed 0 in a plain loop of the same recipe), against the
+    small CNN's 48 %."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, lr: float = 2e-3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = _common.resnet18_32px(num_classes)
+        if in_channels != 3:
+            self.net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _i):
+        x, y = batch
+        loss = F.cross_entropy(self(_common.flip_crop(x)), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, _i):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=5e-4)
+        if self.trainer.reload_dataloaders_every_n_epochs:
+            return opt
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 def make_model(args, in_channels: int, side: int) -> tuple[pl.LightningModule, str]:
+    if args.model == "resnet18":
+        return ResNet18Classifier(in_channels=in_channels, lr=args.lr or 2e-3), "net.layer3"
     if args.model == "resnet50":
         return ResNet50Classifier(in_channels=in_channels, lr=args.lr or 0.05), "net.layer4"
     return FlatHeadCNN(in_channels=in_channels, width=args.width, lr=args.lr or 3e-3, side=side), "features"
@@ -193,9 +232,9 @@ def main(argv=None) -> None:
     ap = _common.parser(__doc__)
     ap.add_argument("--data-dir", default=None, help="folder holding mnist/ and cifar10/ (default: $I2X_DATA_DIR or ../shared/data)")
     ap.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
-    ap.add_argument("--model", choices=("smallcnn", "resnet50"), default="smallcnn")
+    ap.add_argument("--model", choices=("smallcnn", "resnet18", "resnet50"), default="smallcnn")
     ap.add_argument("--width", type=int, default=16, help="smallcnn channel width")
-    ap.add_argument("--lr", type=float, default=None, help="training learning rate (default: 3e-3 Adam smallcnn, 0.05 SGD resnet50)")
+    ap.add_argument("--lr", type=float, default=None, help="training learning rate (default: 3e-3 Adam smallcnn, 2e-3 Adam resnet18, 0.05 SGD resnet50)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; --quick 1)")
     ap.add_argument("--base", choices=("once", "per-seed"), default="per-seed",
                     help="train the base model once per seed (its own I2X run and pair), or once (seed 0) and vary only the fine-tuning")
@@ -203,10 +242,12 @@ def main(argv=None) -> None:
     ap.add_argument("--checks-per-epoch", type=int, default=None, help="I2X checkpoints per training epoch (default 8; --quick 4)")
     ap.add_argument("--probe-per-class", type=int, default=None, help="probe training images per class (default 100; --quick 10)")
     ap.add_argument("--num-prototypes", type=int, default=None, help="K (default 32; --quick 8)")
-    ap.add_argument("--min-flips", type=int, default=None, help="explain(min_flips=...) for the uncertain prototypes (default 2; --quick 1)")
+    ap.add_argument("--min-flips", type=int, default=None,
+                    help="explain(min_flips=...) for the uncertain prototypes (default: the ExplainOptions default of new runs)")
     ap.add_argument("--finetune-fraction", type=float, default=None,
                     help="share of the training set each fine-tuning epoch covers, a seeded random subset (default 1/3; --quick 1)")
-    ap.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning learning rate (default: the model's own)")
+    ap.add_argument("--finetune-lr", type=float, default=None,
+                    help="fine-tuning learning rate (default: the model's own; resnet18: a tenth of its peak one-cycle rate)")
     ap.add_argument("--prototypes-per-pair", type=int, default=None,
                     help="target only the n highest-ranked uncertain prototypes of the pair (default: all of them)")
     ap.add_argument("--mask-fill", choices=("blur", "noise", "baseline"), default="blur")
@@ -223,8 +264,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     args.rules = RULES if args.rule == "both" else (args.rule,)
     _common.set_threads(args.threads)
-    defaults = (dict(seeds=1, checks_per_epoch=4, probe_per_class=10, num_prototypes=8, min_flips=1, finetune_fraction=1.0) if args.quick
-                else dict(seeds=5, checks_per_epoch=8, probe_per_class=100, num_prototypes=32, min_flips=2, finetune_fraction=1 / 3))
+    defaults = (dict(seeds=1, checks_per_epoch=4, probe_per_class=10, num_prototypes=8, finetune_fraction=1.0) if args.quick
+                else dict(seeds=5, checks_per_epoch=8, probe_per_class=100, num_prototypes=32, finetune_fraction=1 / 3))
+    defaults["min_flips"] = ExplainOptions().min_flips
+    if args.model == "resnet18":  # fine-tuning at the one-cycle peak undoes the schedule's last epochs
+        defaults["finetune_lr"] = (args.lr or 2e-3) / 10
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -340,7 +384,8 @@ def main(argv=None) -> None:
             for v in list(VARIANTS)[1:]:
                 key = v.split(" ")[0]
                 ratios[f"confusions_{key}_full_vs_full_full{suffix}"] = ratios[f"accuracy_delta_{key}_full_vs_full_full{suffix}"] = None
-            ratios[f"flagged_share{suffix}"] = None
+            ratios[f"flagged_share{suffix}"] = ratios[f"seeds_curated_fewer{suffix}"] = None
+            ratios[f"seeds_compared{suffix}"] = 0
             continue
         summary = [["base model (before fine-tuning)", mean_sd([acc(r, first, "before") for r in rs]),
                     mean_sd([conf(r, first, "before") for r in rs]), "-", "-"]]
@@ -356,6 +401,8 @@ def main(argv=None) -> None:
             ratios[f"confusions_{key}_full_vs_full_full{suffix}"] = rv
             ratios[f"accuracy_delta_{key}_full_vs_full_full{suffix}"] = statistics.fmean(da)
         ratios[f"flagged_share{suffix}"] = statistics.fmean(r["share"] for r in rs)
+        ratios[f"seeds_curated_fewer{suffix}"] = paired(rs, "curated -> full")[2]
+        ratios[f"seeds_compared{suffix}"] = len(rs)
         per_seed = []
         for r in rs:
             cells = [r["seed"], " <-> ".join(r["names"]), ", ".join(f"P-{k}" for k in r["prototypes"]),
@@ -392,6 +439,9 @@ def main(argv=None) -> None:
                   for seed, c in counts.items()]
     data_desc = {"mnist": "MNIST", "cifar10": "CIFAR-10 subset (first 1000 of each batch)"}[args.dataset]
     model_desc = ("ResNet-50 (torchvision, small-image stem), target layer `net.layer4`" if args.model == "resnet50" else
+                  "ResNet-18 (torchvision, 32 px stem: 3x3 stride 1, max-pool kept), target layer `net.layer3` (4x4 map); "
+                  f"trained with random flips and 4 px crops, Adam lr {args.lr or 2e-3:g} (weight decay 5e-4) on a one-cycle schedule"
+                  if args.model == "resnet18" else
                   f"a small CNN: the demo SmallCNN's `features` (width {args.width}, the I2X target layer, 7x7 map at 28 px) "
                   "with a linear head on the flattened map")
     body = "\n".join([

@@ -29,7 +29,7 @@ EXPECTED = {
     "paper_protocol": tuple(f"{name}{rule}" for rule in ("", "_difference") for name in (
         "confusions_curated_full_vs_full_full", "accuracy_delta_curated_full_vs_full_full", "confusions_mask_full_vs_full_full",
         "accuracy_delta_mask_full_vs_full_full", "confusions_penalise_full_vs_full_full", "accuracy_delta_penalise_full_vs_full_full",
-        "flagged_share")) + ("accuracy_full_full",),
+        "flagged_share", "seeds_curated_fewer", "seeds_compared")) + ("accuracy_full_full",),
 }
 # a ratio of confusion counts is n/a, the report saying why, when full -> full had no confusion of the pair
 NA_WITH_REASON = {k: "n/a (full -> full had 0 confusions)" for k in EXPECTED["paper_protocol"] if k.startswith("confusions_")}
@@ -55,6 +55,8 @@ BOUNDS = {
     **{k: (0.0, math.inf) for k in NA_WITH_REASON}, "accuracy_full_full": (20.0, 100.0),
     **{k: (-100.0, 100.0) for k in EXPECTED["paper_protocol"] if k.startswith("accuracy_delta_")},
     **{k: (0.0, 1.0) for k in EXPECTED["paper_protocol"] if k.startswith("flagged_share")},
+    # counts of seeds: --quick runs one
+    **{k: (0.0, 1.0) for k in EXPECTED["paper_protocol"] if k.startswith("seeds_")},
 }
 
 

@@ -16,11 +16,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ("igos_pp_vs_gradcam_deletion", "igos_pp_vs_gradcam_insertion", "min_gap_over_random", "batched_vs_loop",
+EXPECTED = ("igos_pp_vs_gradcam_deletion", "igos_pp_vs_gradcam_insertion", "igos_pp_minus_gradcam_deletion_ci_high",
+            "igos_pp_minus_gradcam_insertion_ci_low", "min_gap_over_random", "igos_pp_probe_passes", "batched_vs_loop",
             "metric_probe_passes")
 BOUNDS = {
     "igos_pp_vs_gradcam_deletion": (0.2, 5.0), "igos_pp_vs_gradcam_insertion": (0.2, 5.0),
+    # bounds of intervals of differences of AUCs in [0, 1]: a sign slip or a missing mean breaks them
+    "igos_pp_minus_gradcam_deletion_ci_high": (-1.0, 1.0), "igos_pp_minus_gradcam_insertion_ci_low": (-1.0, 1.0),
     "min_gap_over_random": (-1.0, 1.0),  # a difference of differences of AUCs in [0, 1]; a poor map makes it negative
+    "igos_pp_probe_passes": (2.0, 1e6),  # even --quick's 2 iterations x 3 path points x 4 integrals exceed one pass
     "batched_vs_loop": (0.2, 1000.0),  # the loop runs one forward per image and step
     "metric_probe_passes": (0.5, 1e4),  # 2 x 64 steps of forwards against one forward + backward
 }
@@ -43,7 +47,9 @@ def test_faithfulness_benchmark_quick_run(tmp_path):
         assert math.isfinite(float(value)) and lo <= float(value) <= hi, f"{key}={value} outside [{lo}, {hi}]"
     text = out.read_text()
     assert "| " in text and "command: `python benchmarks/faithfulness.py" in text and "--quick" in text
-    assert "igos++" in text and "random" in text
+    assert "igos++" in text and "random" in text and "95 % t interval" in text
+    for fill in ("optimiser's baseline (authors' blur)", "strong blur (0.22 of the side)", "zero"):
+        assert f"| {fill} |" in text, fill
     assert "checked equal to 1e-06, else the script fails" in text and "median of 3 timed rounds after a warm-up" in text
     for field in ("- commit: ", "- packages: ", "- load average at end: "):
         assert field in text, field
