@@ -174,8 +174,9 @@ def shortcut(tables: dict[str, Table]) -> str:
     out = []
     for table, label in (("shortcut-decoy-mnist-cpu", "Decoy MNIST"), ("shortcut-decoy-fmnist-cpu", "Decoy Fashion-MNIST")):
         f = lambda k, kind, t=table: fmt(value(tables, t, k), kind)  # noqa: E731
-        out.append(f"{label}: discovery rate {f('discovery_rate', '.2f')}, repair gap {f('repair_gap', '.2f')} points "
-                   f"(RRR oracle {f('rrr_gap', '.2f')}), control drop {f('control_drop', '.2f')}")
+        out.append(f"{label}: discovery rate {f('discovery_rate', '.2f')} (suspect precision {f('suspect_precision', '.2f')}), "
+                   f"repair gap {f('repair_gap', '.2f')} points (RRR oracle {f('rrr_gap', '.2f')}), share of the gap closed "
+                   f"{f('share_closed', '.2f')} (RRR {f('share_closed_rrr', '.2f')}), control drop {f('control_drop', '.2f')}")
     return "Last lines: " + "; ".join(out) + "."
 
 
