@@ -49,6 +49,13 @@ def test_a_changed_table_makes_the_block_stale(tmp_path):
         publish.render("<!-- results:nope -->\n<!-- /results:nope -->\n", tables)
 
 
+def test_every_missed_goal_says_why():
+    """The README's goal table gives a reason for each missed goal, and names no ratio it lacks."""
+    keys = {(table, key) for _label, table, key, _kind, goal in publish.PERFORMANCE if goal}
+    assert set(publish.WHY_MISSED) <= keys, set(publish.WHY_MISSED) - keys
+    assert "not recorded |" not in publish.performance_goals(publish.read_tables())
+
+
 def test_goals_are_judged_in_the_unit_shown():
     assert publish.met(0.04, "<= 5", "pct") == "yes" and publish.met(0.06, "<= 5", "pct") == "**no**"
     assert publish.met(1.13, "<= 10", "growth") == "**no**" and publish.met(3.9, ">= 3", "x") == "yes"
