@@ -231,7 +231,8 @@ def one_seed(cell, seed: int, args, tmp: Path, gallery_out: Path | None):
     rows = {"clean-trained (ceiling)": measure(clean_model), "plain model on shortcut data": measure(plain)}
     suspects = run.suspects()
     sus_on = on_artifact(run, probe_cells, suspects)
-    if gallery_out is not None and suspects:
+    drew_gallery = gallery_out is not None and bool(suspects)
+    if drew_gallery:
         fig = run.plot_gallery(sorted(suspects[:6]), n=8)
         gallery_out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(gallery_out)
@@ -294,7 +295,7 @@ def one_seed(cell, seed: int, args, tmp: Path, gallery_out: Path | None):
     hits = [k for k, v in sus_on.items() if v > 0.5]
     info = dict(suspects=suspects, sus_on=sus_on, clean_suspects=clean_sus, t_train=t_train, notes=notes, chosen=chosen,
                 discovered=float(bool(hits)), precision=float(len(hits) / len(suspects)) if suspects else 0.0,
-                iou=iou(run, probe_cells, suspects), shares=shares, attacked_val=attacked_val, timings=timings)
+                iou=iou(run, probe_cells, suspects), shares=shares, attacked_val=attacked_val, timings=timings, drew_gallery=drew_gallery)
     print(f"[{data}:{arch}:{kind} seed {seed}] suspects {suspects} on-artifact {sus_on} chosen {chosen} "
           f"clean suspects {clean_sus}", file=sys.stderr)
     for k, v in rows.items():
@@ -350,7 +351,7 @@ def main() -> None:
     ap.add_argument("--test-size", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--finetune-epochs", type=int, default=1)
-    ap.add_argument("--gallery", default=None, help="save the first cell's seed-0 gallery of suspects to this PNG")
+    ap.add_argument("--gallery", default=None, help="save the suspects' gallery of the first cell's first seed that names any to this PNG (the table says which)")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.train_size, args.probe_size, args.test_size, args.epochs = 1, 1000, 100, 200, 2
@@ -363,11 +364,15 @@ def main() -> None:
         ap.error(str(e))
     _common.set_threads(args.threads)
     body, per_cell, summary = "", {}, []
+    gallery_seed = None  # the gallery is the first cell's first seed that names a suspect
     with tempfile.TemporaryDirectory() as tmp:
         for ci, cell in enumerate(cells):
             all_rows, infos = [], []
             for seed in range(args.seeds):
-                rows, info = one_seed(cell, seed, args, Path(tmp), Path(args.gallery) if args.gallery and seed == 0 and ci == 0 else None)
+                wanted = args.gallery and ci == 0 and gallery_seed is None
+                rows, info = one_seed(cell, seed, args, Path(tmp), Path(args.gallery) if wanted else None)
+                if wanted and info["drew_gallery"]:
+                    gallery_seed = seed
                 all_rows.append(rows)
                 infos.append(info)
             text, ratios = cell_report(cell, all_rows, infos, args)
@@ -388,6 +393,11 @@ def main() -> None:
     body += (f"\n\nSizes: {args.train_size} training images, {args.probe_size} probe, 1000 validation, 1000 attacked validation, "
              f"{args.test_size} test; {args.epochs} training epochs, {args.finetune_epochs} fine-tuning epoch(s); seeds 0..{args.seeds - 1}. "
              "Calibration cells: " + ", ".join(":".join(c) for c in sorted(CALIBRATION)) + "; every other cell is held out.")
+    if args.gallery:
+        note = (f"the suspects' gallery ({args.gallery}) is seed {gallery_seed}'s of {':'.join(cells[0])}, the first seed naming a suspect"
+                if gallery_seed is not None else f"no gallery written to {args.gallery}: no seed of {':'.join(cells[0])} named a suspect")
+        print(note, file=sys.stderr, flush=True)
+        body += f"\n\nGallery: {note}."
     held = [r for r, s in per_cell.values() if s == "held-out"] or [r for r, _ in per_cell.values()]
     ratios = {k: float(np.mean([r[k] for r in held])) for k in held[0]}
     _common.report("Finding and fixing a shortcut: " + ", ".join(":".join(c) for c in cells), body, ratios, args.out,
