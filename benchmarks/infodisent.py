@@ -32,7 +32,7 @@ D = 512 1.0 s, 0.5 s in float32, which the head's and EPIC's training steps now 
                   max pool, linear) trained by fit_patch_cnn (40 epochs, AdamW one-cycle peak 1e-2,
                   batch 64, head weights kept >= 0, decay 0.1); 1000 held-out training-split images. Per class,
                   the share of its images in which its top unit peaks in the swatch's cell:
-                  InfoDisent's top channel (largest mean contribution; head 5 epochs, lr 1e-2)
+                  InfoDisent's top channel (largest mean contribution; head 20 epochs, lr 1e-2)
                   against the k-means prototype (K = 16, fit_prototypes) carrying most of the class's
                   evidence w_c . z. Beside it, per class, the share of images predicted 9 once their
                   swatch is erased: the darkest shade (class 9) is read as "no brighter swatch"
@@ -114,7 +114,7 @@ def localisation(n_train, epochs):
         erased = model(torch.where(torch.from_numpy(masks).unsqueeze(1), torch.full_like(x, -1.0), x)).argmax(1)
     labels = y.numpy()
     to_nine = np.array([float((erased[y == c] == 9).float().mean()) for c in range(10)])
-    result = fit_infodisent(model, "0", train_set, held, epochs=5, lr=1e-2)
+    result = fit_infodisent(model, "0", train_set, held, epochs=20, lr=1e-2)
     corner = np.argwhere(masks)
     first = np.unique(corner[:, 0], return_index=True)[1]
     cells = (corner[first, 1] // 4) * 7 + corner[first, 2] // 4

@@ -394,12 +394,14 @@ def test_decoy_mnist_top_channels_peak_in_the_swatch(record_property):
     the swatch alone (planted: near-perfect on label-coded shades, chance on random shades and on
     clean digits); a class's top InfoDisent channel should peak in the swatch's cell of the 7 x 7 map.
 
-    Measured (seed 0, one thread): classes 0 and 2-8 localise in >= 0.99 of their images; class 1
-    does not (0.03) and class 9 cannot: the model reads class 9 (shade 30/255, the nearest to the
+    Measured (seed 0, one thread, head 20 epochs): classes 0 and 2-8 localise in 1.00 of their
+    images; class 1 does not (0.34) and class 9 cannot: the model reads class 9 (shade 30/255, the nearest to the
     black background) as "no brighter swatch anywhere" (erasing the swatch turns most images of
     every class into a 9), so nothing of it is lit at its swatch for any channel to peak on. The
     issue's goal (every class >= 0.9) is missed by those two; the test asserts the explanation of
-    class 9 and >= 0.9 for 8 classes, and records the k-means source's rates beside."""
+    class 9 and >= 0.9 for 8 classes, and records the k-means source's rates beside. The head
+    trains 20 epochs: at 5 the count was 8 on one set of library builds and 7 on another (class 8
+    at 0.00), the head not yet settled."""
     from lightning_i2x.channels import unmix
     from lightning_i2x.prototypes import fit_prototypes
 
@@ -424,7 +426,7 @@ def test_decoy_mnist_top_channels_peak_in_the_swatch(record_property):
     labels = labels_t.numpy()
     to_nine = np.array([float((erased[labels == c] == 9).float().mean()) for c in range(10)])
     assert to_nine.min() > 0.75 and to_nine[9] > 0.95  # class 9 is the absence of a brighter swatch
-    result = fit_infodisent(model, "0", train, held, epochs=5, lr=1e-2)
+    result = fit_infodisent(model, "0", train, held, epochs=20, lr=1e-2)
     assert result.backbone_accuracy > 0.99 and result.accuracy > 0.98
     corner = np.argwhere(masks)  # (n*16, 3) rows (image, row, col): the swatch's top-left pixel per image
     first = np.unique(corner[:, 0], return_index=True)[1]

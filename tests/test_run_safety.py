@@ -495,3 +495,44 @@ def test_truncate_by_the_writer_deletes_what_a_crash_left_unlisted(run_dir):
     assert left == listed and len(listed) == NUM_CHECKPOINTS - 1
     again = I2XRun.load(run_dir)
     np.testing.assert_array_equal(again.cams(), run.cams())
+
+
+def test_two_threads_editing_the_manifest_lose_nothing(run_dir):
+    """The training thread records errors while the background analysis records metrics and
+    attachments (the callback's two writers): every edit lands, none raises, and the manifest on
+    disk is the last complete one. Before the manifest lock and per-thread temporary files, one
+    thread's rename took the other's temporary file and failed with FileNotFoundError."""
+    import threading
+
+    run, rounds, failures = I2XRun.load(run_dir), 200, []
+    start = threading.Barrier(2)
+
+    def errors():
+        start.wait()
+        for i in range(rounds):
+            run.record_error("views", OSError(f"failure {i}"), epoch=i, global_step=i)
+
+    def analysis():
+        start.wait()
+        for i in range(rounds):
+            run.record_metrics({f"m{i % 7}": float(i)}, checkpoint=i % NUM_CHECKPOINTS)
+            run.save_attachment(f"a{i % 5}", data={"i": i})
+
+    threads = [threading.Thread(target=lambda f=f: _collect(f, failures)) for f in (errors, analysis)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    again = I2XRun.load(run_dir)
+    assert [e["message"] for e in again.errors] == [f"failure {i}" for i in range(rounds)]
+    assert again.attachments == [f"a{i}" for i in range(5)]
+    assert again.metrics()["m0"][0] == max(i for i in range(rounds) if i % 7 == 0 and i % NUM_CHECKPOINTS == 0)
+    assert not list(run_dir.glob(".*.tmp-*"))
+
+
+def _collect(fn, failures: list) -> None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the test reports every failure a thread met
+        failures.append(repr(e))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,15 @@ __all__ = ["write_bytes", "write_json", "write_npz", "write_npy_chunked"]
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``. The
+    temporary file is the writing thread's own, so two threads writing one file never rename each
+    other's half (the last complete write wins)."""
     _write_with(path, lambda f: f.write(data))
 
 
 def _write_with(path: str | os.PathLike, write) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             write(f)

@@ -31,6 +31,7 @@ explains as it did.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
         self._config: RunConfig | None = None
         self._groups: dict[tuple[int, int | None], np.ndarray] = {}
         self._stacked: dict[str, np.ndarray] = {}  # cams, confidences, intensities: dropped on every change
+        # the training thread (checkpoints, errors) and the background analysis (prototypes, metrics,
+        # attachments) both edit the manifest: each edit and its write hold this lock
+        self._manifest_lock = threading.RLock()
 
     # -- creation and loading -------------------------------------------------------------------
     @classmethod
@@ -205,8 +209,9 @@ class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
         self._confidences.append(conf)
         self._pooled.append(arrays.get("pooled"))
         self._stacked.clear()
-        self._manifest["checkpoints"].append({"index": index, "epoch": int(epoch), "global_step": int(global_step), "file": name})
-        self._write_manifest()
+        with self._manifest_lock:
+            self._manifest["checkpoints"].append({"index": index, "epoch": int(epoch), "global_step": int(global_step), "file": name})
+            self._write_manifest()
         return index
 
     def set_prototypes(
@@ -226,8 +231,9 @@ class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
         self._prototypes, self._assignment = prototypes, assignment.astype(np.int64)
         self._distances = arrays.get("distances")
         self._stacked.pop("intensities", None)
-        self._manifest["prototypes"] = {"file": name, "reference": int(reference)}
-        self._write_manifest()
+        with self._manifest_lock:
+            self._manifest["prototypes"] = {"file": name, "reference": int(reference)}
+            self._write_manifest()
         if old is not None and old["file"] != name:
             (self.path / old["file"]).unlink(missing_ok=True)
 
@@ -278,8 +284,9 @@ class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
             if not isinstance(k, str) or not isinstance(v, (int, float, np.floating, np.integer)) or isinstance(v, bool):
                 raise TypeError(f"metrics must map names to numbers, got {k!r}: {v!r}")
             clean[k] = float(v)
-        self._manifest["checkpoints"][index].setdefault("metrics", {}).update(clean)
-        self._write_manifest()
+        with self._manifest_lock:
+            self._manifest["checkpoints"][index].setdefault("metrics", {}).update(clean)
+            self._write_manifest()
 
     def metrics(self) -> dict[str, np.ndarray]:
         """{name: (T,) values over the checkpoints, NaN where a checkpoint did not measure it}."""
@@ -305,10 +312,11 @@ class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
             write_json(self.path / file, data)
         else:
             write_npz(self.path / file, **{k: np.asarray(v) for k, v in arrays.items()})
-        attachments = self._manifest.setdefault("attachments", {})
-        old = attachments.get(name)
-        attachments[name] = {"file": file, "checkpoint": index}
-        self._write_manifest()
+        with self._manifest_lock:
+            attachments = self._manifest.setdefault("attachments", {})
+            old = attachments.get(name)
+            attachments[name] = {"file": file, "checkpoint": index}
+            self._write_manifest()
         if old is not None and old["file"] != file:
             (self.path / old["file"]).unlink(missing_ok=True)
 
@@ -342,13 +350,15 @@ class I2XRun(RunAnalysis, RunXFeatures, RunMarks):
 
     def record_error(self, where: str, error: BaseException, *, epoch: int, global_step: int) -> None:
         """Keep an explainer failure in the manifest so the run says what it missed."""
-        self._manifest["errors"].append(
-            {"where": where, "type": type(error).__name__, "message": str(error), "epoch": int(epoch), "global_step": int(global_step)}
-        )
-        self._write_manifest()
+        with self._manifest_lock:
+            self._manifest["errors"].append(
+                {"where": where, "type": type(error).__name__, "message": str(error), "epoch": int(epoch), "global_step": int(global_step)}
+            )
+            self._write_manifest()
 
     def _write_manifest(self) -> None:
-        write_json(self.path / MANIFEST, self._manifest)
+        with self._manifest_lock:
+            write_json(self.path / MANIFEST, self._manifest)
 
     # -- reading ---------------------------------------------------------------------------------
     @property
