@@ -63,8 +63,7 @@ from scipy import stats
 from lightning_i2x.measures import FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline
 from lightning_i2x.options import IGOSOptions
 from lightning_i2x.perturb import default_blur_sigma, fill_values, hiding_sigma
-from lightning_i2x.saliency import default_mask_side, igos_maps, library_cam, native_gradcam
-from lightning_i2x.saliency._igos import AUTHORS_BLUR_FRACTION
+from lightning_i2x.saliency import AUTHORS_BLUR_FRACTION, default_mask_side, igos_maps, library_cam, native_gradcam
 
 import _common
 from demo_data import balanced_indices, load_cifar10_subset, load_mnist

@@ -162,8 +162,7 @@ def test_the_authors_blur_noise_and_mask_side():
     noise is relative to ImageNet-normalised inputs, and the probe pass optimises finer masks than
     the layer's map, pooled back to it."""
     from lightning_i2x.perturb import default_blur_sigma
-    from lightning_i2x.saliency import default_mask_side
-    from lightning_i2x.saliency._igos import AUTHORS_BLUR_FRACTION
+    from lightning_i2x.saliency import AUTHORS_BLUR_FRACTION, default_mask_side
 
     t = torch.linspace(-25, 25, 51)
     w = torch.exp(-t**2 / (2 * 50.0**2))
