@@ -2,6 +2,7 @@
 
     python benchmarks/publish.py          # rewrite the blocks in docs/benchmarks.md and README.md
     python benchmarks/publish.py --check  # exit 1, naming them, when a block disagrees with the tables
+    python benchmarks/publish.py --stale  # exit 1, naming them, when a table's measured code changed since its commit
 
 Every figure comes from a results table's ``Ratios: `name=value ...` `` line (the last line the
 script printed; ``n/a`` where that run could not measure it) and its ``- date:`` and ``- commit:``
@@ -284,8 +285,14 @@ def explainers(tables: dict[str, Table]) -> str:
             f"(goal: 1), the swapped roles {'yes' if value(tables, 'twin-cpu', 'swap_graph_exact') else 'no'}.")
 
 
+def scripts(_tables: dict[str, Table]) -> str:
+    """benchmarks/README.md's table of scripts, the one copy docs/benchmarks.md shows."""
+    text = (REPO / "benchmarks" / "README.md").read_text()
+    return "\n".join(line for line in text.split("\n## ")[0].splitlines() if line.startswith("|"))
+
+
 BLOCKS: dict[str, Callable[[dict[str, Table]], str]] = {
-    "performance": performance, "faithfulness": faithfulness, "sag": sag, "shortcut": shortcut, "files": files, "status": status,
+    "scripts": scripts, "performance": performance, "faithfulness": faithfulness, "sag": sag, "shortcut": shortcut, "files": files, "status": status,
     "explainers": explainers, "protocol": protocol, "performance-goals": performance_goals,
 }
 
@@ -310,11 +317,25 @@ def blocks_in(text: str) -> list[str]:
     return [m.group(2) for m in _BLOCK.finditer(text)]
 
 
+def print_freshness(tables: dict[str, Table]) -> int:
+    from _freshness import report
+
+    verdicts = report(tables)
+    for f in verdicts:
+        why = f" ({f.reason})" if f.reason else f": changed since: {', '.join(f.changed)}" if f.changed else ""
+        print(f"{f.table}: {f.verdict} at {f.commit}{why}")
+    return 0 if all(f.verdict == "current" for f in verdicts) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block disagrees with the tables")
+    ap.add_argument("--stale", action="store_true",
+                    help="change nothing; list each table's freshness (benchmarks/_freshness.py) and exit 1 when one is not current")
     args = ap.parse_args(argv)
     tables = read_tables()
+    if args.stale:
+        return print_freshness(tables)
     stale = []
     for path in TARGETS:
         text = path.read_text()

@@ -72,3 +72,62 @@ def test_the_benchmarks_readme_names_every_script():
         if line.startswith("| `"):
             for test in (w.strip("`;,") for w in line.split() if w.strip("`").startswith("tests/")):
                 assert (ROOT / test).is_file(), test
+
+
+class _Graph:
+    """A planted import graph: a imports b; c is imported by nothing the script reaches."""
+    modules = {"lightning_i2x", "lightning_i2x.a", "lightning_i2x.b", "lightning_i2x.c"}
+
+    def find_upstream_modules(self, name):
+        return {"lightning_i2x.a": {"lightning_i2x.b"}}.get(name, set())
+
+
+def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
+    import subprocess
+
+    from _freshness import freshness
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    files = {"lightning_i2x/__init__.py": "", "lightning_i2x/a.py": "import lightning_i2x.b\n", "lightning_i2x/b.py": "x = 1\n",
+             "lightning_i2x/c.py": "y = 1\n", "benchmarks/_common.py": "", "examples/demo_data.py": "",
+             "benchmarks/s.py": "import _common\nfrom lightning_i2x.a import f\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tree")
+    made = git("rev-parse", "--short", "HEAD")
+    fields = {"commit": made, "command": "python benchmarks/s.py --out benchmarks/results/s-cpu.md"}
+    judge = lambda f=fields: freshness("s-cpu", f, tmp_path, _Graph())  # noqa: E731
+    assert judge().verdict == "current"
+
+    def commit_change(name):
+        (tmp_path / name).write_text((tmp_path / name).read_text() + "# changed\n")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", name)
+
+    commit_change("lightning_i2x/c.py")  # not reached from the script
+    commit_change("examples/demo_data.py")  # not imported by the script
+    assert judge().verdict == "current"
+    commit_change("lightning_i2x/b.py")  # reached through a's import
+    f = judge()
+    assert (f.verdict, f.changed) == ("stale", ("lightning_i2x/b.py",))
+    fields["commit"] = git("rev-parse", "--short", "HEAD")
+    assert judge().verdict == "current"
+    (tmp_path / "lightning_i2x/__init__.py").write_text("# uncommitted\n")  # importing a runs the package's __init__
+    assert judge().changed == ("lightning_i2x/__init__.py",)
+    assert judge({**fields, "commit": fields["commit"] + "+dirty"}).verdict == "stale"
+    assert judge({**fields, "commit": "0000000"}).verdict == "unknown"
+
+
+def test_the_measured_files_of_a_real_benchmark_follow_its_imports():
+    from _freshness import measured_files
+
+    faith = measured_files(ROOT / "benchmarks" / "faithfulness.py")
+    assert {"benchmarks/faithfulness.py", "benchmarks/_common.py", "examples/demo_data.py", "examples/demo_models.py",
+            "lightning_i2x/saliency/_igos.py", "lightning_i2x/measures/__init__.py", "lightning_i2x/__init__.py"} <= faith
+    assert not any(f.startswith("lightning_i2x/dashboard/") for f in faith)  # nothing it imports reaches the app
+    # bench_import times `import lightning_i2x` in a child interpreter: the name is a string in the script
+    assert {"lightning_i2x/__init__.py", "lightning_i2x/store/_run.py"} <= measured_files(ROOT / "benchmarks" / "bench_import.py")
