@@ -138,6 +138,19 @@ def planted_app(logdir, **kw) -> DashboardApp:
     return app
 
 
+def test_an_image_page_carries_the_runs_numbers_at_the_precision_it_shows(logdir, client):
+    """The image page (asked for once per probe image, so N times in the one-file report) rounds its
+    maps, distances and confidences to the 3 decimals the page displays, and nothing coarser."""
+    run = I2XRun.load(logdir / RUN)
+    im = get_json(client, f"/api/image?run={RUN}&i=5")
+    cams = run.cams()[:, 5].reshape(run.num_checkpoints, -1)
+    np.testing.assert_allclose(np.array(im["cams"], dtype=float), cams, atol=5e-4 + 1e-9)
+    np.testing.assert_allclose(np.array(im["confidences"], dtype=float), run.confidences()[:, 5], atol=5e-4 + 1e-9)
+    values = [v for row in im["cams"] for v in row] + im["distances"]
+    assert all(len(repr(v).partition(".")[2]) <= 3 for v in values)
+    assert any(len(repr(v).partition(".")[2]) == 3 for v in values)  # rounded, not truncated to fewer
+
+
 def test_the_class_and_pair_pages_draw_the_planted_explanation(logdir):
     client = Client(planted_app(logdir))
     page = get_json(client, f"/api/class?run={RUN}&c=0")

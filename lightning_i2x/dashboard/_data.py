@@ -25,18 +25,25 @@ MAX_HOLDERS = 48  # probe images listed on a prototype page
 GAP = 2  # pixels between the sprite's patches
 
 
-def _f(x) -> float | None:
-    """A float for JSON: NaN and infinities become null."""
+IMAGE_DIGITS = 3  # decimals of an image page's numbers: what the page shows (its figures carry 3)
+
+
+def _f(x, digits: int = 5) -> float | int | None:
+    """A float for JSON, rounded to ``digits`` decimals (an integral value as an int: ``0``, not
+    ``0.0``); NaN and infinities become null."""
     x = float(x)
-    return round(x, 5) if math.isfinite(x) else None
+    if not math.isfinite(x):
+        return None
+    x = round(x, digits)
+    return int(x) if x.is_integer() and abs(x) < 2**53 else x
 
 
-def _fl(a) -> list:
-    """A nested list of floats for JSON (rounded, NaN as null)."""
+def _fl(a, digits: int = 5) -> list:
+    """A nested list of floats for JSON (rounded as ``_f`` rounds, NaN as null)."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 0:
-        return _f(a)
-    return [_fl(x) for x in a] if a.ndim > 1 else [_f(x) for x in a]
+        return _f(a, digits)
+    return [_fl(x, digits) for x in a] if a.ndim > 1 else [_f(x, digits) for x in a]
 
 
 def marks(snap: Snapshot) -> dict[str, str]:
@@ -287,17 +294,18 @@ def image(snap: Snapshot, i: int) -> dict:
     a = snap.assignment()
     cells = None if a is None else a[i]
     dist = snap.distances()
-    intensity = {} if cells is None else {str(int(k)): _fl(cams[:, cells == k].mean(axis=1)) for k in np.unique(cells)}
+    d = IMAGE_DIGITS  # this page is asked for once per probe image: the one-file report carries N of them
+    intensity = {} if cells is None else {str(int(k)): _fl(cams[:, cells == k].mean(axis=1), d) for k in np.unique(cells)}
     return {
         "image": i,
         "label": int(run.labels[i]),
         "feature_shape": list(run.feature_shape),
         "image_shape": _image_shape(snap),
-        "cams": _fl(cams),
+        "cams": _fl(cams, d),
         "cells": None if cells is None else cells.reshape(run.feature_shape).tolist(),
-        "distances": None if dist is None else _fl(dist[i].reshape(-1)),
+        "distances": None if dist is None else _fl(dist[i].reshape(-1), d),
         "intensity": intensity,
-        "confidences": _fl(run.confidences()[:, i]),
+        "confidences": _fl(run.confidences()[:, i], d),
         "contributions": _contributions(run, i),
     }
 
