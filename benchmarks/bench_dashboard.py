@@ -52,6 +52,7 @@ def main(argv=None) -> None:
     from lightning_i2x import I2XRun
     from lightning_i2x.dashboard import DashboardApp
 
+    info = {**_common.machine(), "packages": _common.versions()}  # at the start: the load average the run began under
     args = _common.parser(__doc__).parse_args(argv)
     k, n, t = (16, 300, 8) if args.quick else (128, 5000, 50)
     repeats = args.repeats or (5 if args.quick else 50)
@@ -96,7 +97,7 @@ def main(argv=None) -> None:
     body = f"K = {k}, N = {n}, T = {t}; {repeats} requests per interaction\n\n" + _common.table(["what", "median", "p95", "response"], rows)
     ratios = {"first_view_vs_load": first / load, "explanation_vs_load": explained / load, **{f"{name}_p95_ms": p95(ts) * 1e3 for name, ts in times.items()}}
     _common.report("Dashboard: first view and interactions", body, ratios, args.out,
-                   {"commit": _common.commit(), **_common.machine(), "packages": _common.versions()}, args.quick)
+                   {"commit": _common.commit(), **info}, args.quick)
 
 
 if __name__ == "__main__":

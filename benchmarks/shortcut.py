@@ -340,6 +340,7 @@ def cell_report(cell, all_rows, infos, args) -> tuple[str, dict[str, float]]:
 
 
 def main() -> None:
+    machine = _common.machine()  # at the start: it records the load average the run began under
     ap = _common.parser(__doc__)
     ap.add_argument("--variant", action="append", default=None,
                     help=f"DATA:ARCH:SHORTCUT, repeatable, '*' for all: DATA {DATASETS}, ARCH {ARCHS}, SHORTCUT {SHORTCUTS}")
@@ -401,7 +402,7 @@ def main() -> None:
     held = [r for r, s in per_cell.values() if s == "held-out"] or [r for r, _ in per_cell.values()]
     ratios = {k: float(np.mean([r[k] for r in held])) for k in held[0]}
     _common.report("Finding and fixing a shortcut: " + ", ".join(":".join(c) for c in cells), body, ratios, args.out,
-                   _common.machine(), args.quick)
+                   machine, args.quick)
 
 
 if __name__ == "__main__":

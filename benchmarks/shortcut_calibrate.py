@@ -185,6 +185,7 @@ def rrr_finetune(model, train, masks, args, seed):
 
 
 def main() -> None:
+    machine = _common.machine()  # at the start: it records the load average the run began under
     ap = _common.parser(__doc__)
     ap.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -245,7 +246,7 @@ def main() -> None:
             ["seed", "plain decoy-test acc", "RRR decoy-test acc", "lambda", "fine-tune time"], rrr_rows)
     ratios = {f"discovery_{n.replace('-', '_')}": float(np.mean(v)) for n, v in disc.items()}
     ratios["false_flags_clean"] = float(sum(r[7] for r in rows if r[1] == "clean"))
-    _common.report("Shortcut-suspect rule: calibration on Decoy MNIST / Fashion-MNIST", body, ratios, args.out, _common.machine(), args.quick)
+    _common.report("Shortcut-suspect rule: calibration on Decoy MNIST / Fashion-MNIST", body, ratios, args.out, machine, args.quick)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,18 @@ def test_the_measured_files_of_a_real_benchmark_follow_its_imports():
     assert not any(f.startswith("lightning_i2x/dashboard/") for f in faith)  # nothing it imports reaches the app
     # bench_import times `import lightning_i2x` in a child interpreter: the name is a string in the script
     assert {"lightning_i2x/__init__.py", "lightning_i2x/store/_run.py"} <= measured_files(ROOT / "benchmarks" / "bench_import.py")
+
+
+def test_every_benchmark_takes_its_start_load_before_it_runs():
+    """``_common.machine()`` records "load average at start": a script that calls it inside its
+    ``_common.report(...)`` (at the end) records the load at the end under that name."""
+    import ast
+
+    late = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "report":
+                inner = [n for arg in [*node.args, *(k.value for k in node.keywords)] for n in ast.walk(arg)]
+                if any(isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "machine" for n in inner):
+                    late.append(path.name)
+    assert not late, f"call _common.machine() at the start of main(), not inside report(): {late}"
