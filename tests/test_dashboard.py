@@ -374,6 +374,19 @@ def test_the_entry_point_leaves_tensorboard_running_when_we_fail(monkeypatch, ca
     assert "boom" in caplog.text
 
 
+def test_the_tab_refuses_a_tensorboard_older_than_the_oldest_tested(monkeypatch, caplog, logdir):
+    from tensorboard import version
+    from tensorboard.plugins import base_plugin
+
+    import lightning_i2x_tensorboard as entry
+
+    assert entry._release("2.21.0") == (2, 21, 0) and entry._release("2.22.0a1") == (2, 22, 0) and entry._release("2.3") == (2, 3)
+    assert entry._release(version.VERSION) >= entry.OLDEST_TENSORBOARD  # the installed one is supported: the tests above ran on it
+    monkeypatch.setattr(version, "VERSION", "2.14.1")
+    assert entry.I2XDashboardLoader().load(base_plugin.TBContext(logdir=str(logdir))) is None
+    assert "needs TensorBoard >= 2.21" in caplog.text and "2.14.1" in caplog.text and "i2x serve" in caplog.text
+
+
 def test_the_interactive_report_is_one_file_that_needs_no_network(logdir, tmp_path):
     page = build_interactive_report(logdir / RUN)
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
