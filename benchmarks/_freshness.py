@@ -3,9 +3,10 @@
 A table is current when none of the code it measured changed after its ``- commit:``: the script
 named in its ``- command:``, ``benchmarks/_common.py``, the ``examples/`` modules the script
 imports, and every ``lightning_i2x`` module the script (or those examples) imports, directly, by
-name in a string (a child interpreter's code), or through the package's own imports (grimp's import graph, function-level imports included). A
-table made from a dirty tree (``+dirty``) is never current; a commit this clone does not hold (a
-shallow clone) cannot be judged, and is said so rather than passed.
+name in a string (a child interpreter's code), or through the package's own imports (grimp's
+import graph, function-level imports included). A table made from a dirty tree (``+dirty``) is
+never current; one whose commit is unknown, or not in this clone (a shallow clone), cannot be
+judged, and is said so rather than passed.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def freshness(table: str, fields: dict[str, str], repo: Path = REPO, graph=None)
     script = next((repo / w for w in command if w.startswith("benchmarks/") and w.endswith(".py")), None)
     if not commit or script is None or not script.is_file():
         return Freshness(table, commit, "unknown", reason="no commit or no benchmark script in its header")
-    if "+dirty" in commit or "unknown" in commit:
+    if "unknown" in commit:
+        return Freshness(table, commit, "unknown", reason="made where the commit or its dirty state could not be read")
+    if "+dirty" in commit:
         return Freshness(table, commit, "stale", reason="made from a tree with uncommitted changes to the measured code")
     if _git(repo, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         return Freshness(table, commit, "unknown", reason=f"commit {commit} is not in this clone (shallow?)")

@@ -120,6 +120,7 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     assert judge().changed == ("lightning_i2x/__init__.py",)
     assert judge({**fields, "commit": fields["commit"] + "+dirty"}).verdict == "stale"
     assert judge({**fields, "commit": "0000000"}).verdict == "unknown"
+    assert judge({**fields, "commit": "unknown (no git)"}).verdict == "unknown"
 
 
 def test_the_measured_files_of_a_real_benchmark_follow_its_imports():
