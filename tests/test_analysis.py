@@ -44,8 +44,8 @@ def test_ridge_recovers_planted_beta():
     np.testing.assert_allclose(analysis.ridge(dp, dy, lam=3.0), aug, atol=1e-10)
 
 
-def _trajectories(betas, n=400, seed=0, noise=0.0):
-    """Intensities and confidences whose interval changes follow dY[t] = dP[t] @ betas[t]."""
+def planted_trajectories(betas, n=400, seed=0):
+    """Intensities and confidences whose interval changes follow dY[t] = dP[t] @ betas[t] exactly."""
     rng = np.random.default_rng(seed)
     t1, k, m = betas.shape
     p = np.zeros((t1 + 1, n, k))
@@ -54,7 +54,7 @@ def _trajectories(betas, n=400, seed=0, noise=0.0):
     for t in range(t1):
         dp = rng.normal(size=(n, k))
         p[t + 1] = p[t] + dp
-        y[t + 1] = y[t] + dp @ betas[t] + noise * rng.normal(size=(n, m))
+        y[t + 1] = y[t] + dp @ betas[t]
     return p, y
 
 
@@ -69,7 +69,7 @@ def _planted_flip_betas(k=8, m=10, intervals=5, seed=0):
 
 def test_explain_recovers_beta_and_finds_planted_uncertain_prototype():
     betas = _planted_flip_betas()
-    p, y = _trajectories(betas)
+    p, y = planted_trajectories(betas)
     labels = np.arange(400) % 10
     expl = explain(p, y, labels, np.ones((400, 8), bool))
     assert expl.beta.shape == (5, 8, 10)
@@ -83,7 +83,7 @@ def test_explain_recovers_beta_and_finds_planted_uncertain_prototype():
 
 def test_min_flips_and_absolute_tau():
     betas = _planted_flip_betas(intervals=2)  # one flip only
-    p, y = _trajectories(betas)
+    p, y = planted_trajectories(betas)
     labels = np.arange(400) % 10
     assert explain(p, y, labels, np.ones((400, 8), bool)).uncertain == []
     one = explain(p, y, labels, np.ones((400, 8), bool), min_flips=1)
@@ -95,7 +95,7 @@ def test_edges_name_the_planted_transfer():
     rng = np.random.default_rng(3)
     betas = 0.01 * rng.normal(size=(3, 5, 4))
     betas[1, 2, 0], betas[1, 2, 3] = 0.8, -0.8  # interval 1: prototype 2 moves confidence from class 3 to class 0
-    p, y = _trajectories(betas, seed=3)
+    p, y = planted_trajectories(betas, seed=3)
     expl = explain(p, y, np.arange(400) % 4, np.ones((400, 5), bool), class_names=["a", "b", "c", "d"])
     assert expl.edges("a") == [(1, 3, 0, [2])]
     assert (1, 0, 3, [2]) not in expl.edges(3)
@@ -110,7 +110,7 @@ def test_learning_order_follows_the_last_flip():
     for t in range(intervals):
         betas[t, 0, 1] = -2 * signs_01[t]  # separates 0 from 1 (and 2 from 1), not 0 from 2
         betas[t, 1, 0], betas[t, 1, 2] = signs_02[t], -signs_02[t]
-    p, y = _trajectories(betas, seed=4)
+    p, y = planted_trajectories(betas, seed=4)
     expl = explain(p, y, np.arange(400) % 3, np.ones((400, k), bool), tau=0.3)
     order = {s.classes: s.interval for s in expl.learning_order()}
     assert order[(0, 2)] == 0

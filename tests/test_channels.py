@@ -323,13 +323,19 @@ def test_channel_source_refuses_more_prototypes_than_channels(tmp_path, digits):
         trainer.fit(TinyCNN(), DataLoader(train, batch_size=64), DataLoader(probe, batch_size=100))
 
 
-def test_recorder_reads_the_bound_head_at_each_pass_and_pickles_without_the_model(digits):
+def unbound_channel_recorder(digits):
+    """(model, x, y, layer, recorder): a seeded TinyCNN, the probe's tensors, its ``features`` layer and
+    a channel-source ``Recorder`` not yet bound to it."""
     _, probe = digits
     torch.manual_seed(0)
     model = TinyCNN()
     x, y = probe.tensors
     layer = resolve_target_layer(model, "features", x[:2], forward_fn=lambda m, t: m(t))
-    rec = Recorder(8, PrototypeOptions(source="channels", epic_epochs=1))
+    return model, x, y, layer, Recorder(8, PrototypeOptions(source="channels", epic_epochs=1))
+
+
+def test_recorder_reads_the_bound_head_at_each_pass_and_pickles_without_the_model(digits):
+    model, x, y, layer, rec = unbound_channel_recorder(digits)
     with pytest.raises(ValueError, match=r"Recorder.bind\(model, ...\) before training"):
         rec.start_pass(streaming=True)
     rec.bind(model, layer, x, y)
@@ -358,12 +364,7 @@ def test_the_stream_a_record_brings_keeps_the_head_read_at_its_own_pass(digits, 
     """Under DDP the channel source's evidence is gathered whole and analysed later (in the
     background): its stream, made at its own pass, must carry that pass's head, not the head a later
     ``start_pass`` read meanwhile; ``append`` streams whole activations into the stream the evidence brings."""
-    _, probe = digits
-    torch.manual_seed(0)
-    model = TinyCNN()
-    x, y = probe.tensors
-    layer = resolve_target_layer(model, "features", x[:2], forward_fn=lambda m, t: m(t))
-    rec = Recorder(8, PrototypeOptions(source="channels", epic_epochs=1))
+    model, x, y, layer, rec = unbound_channel_recorder(digits)
     rec.bind(model, layer, x, y)
     rec.start_pass(streaming=False)
     first = rec.new_stream()  # what distributed_probe_pass attaches to the gathered evidence

@@ -5,6 +5,7 @@ real headless Chromium driving ``i2x serve``'s app."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -443,27 +444,43 @@ def test_serve_binds_loopback_and_says_so_otherwise(logdir, monkeypatch, capsys)
 
 
 # -- a real browser ----------------------------------------------------------------------------------
-@pytest.fixture
-def live_server(logdir):
+@contextlib.contextmanager
+def serving(app):
+    """``app`` on a free loopback port in a thread: yields its base URL, shuts it down on exit."""
     from werkzeug.serving import make_server
 
-    app = DashboardApp(logdir, allowed_hosts={"127.0.0.1", "localhost"})
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/", logdir
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def chromium(what: str):
+    """A headless Chromium (``DevTools``) closed on exit; its ``requests`` and ``console`` stay readable."""
+    require_chromium(what)
+    b = DevTools(size=(1300, 900))
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def live_server(logdir):
+    with serving(DashboardApp(logdir, allowed_hosts={"127.0.0.1", "localhost"})) as base:
+        yield base, logdir
 
 
 def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
     """Moving the slider changes the views, hovering a cell names its prototype, clicking a patch
     opens its probe image, marking writes marks.json, and no request leaves 127.0.0.1."""
-    require_chromium("the dashboard test")
     base, logdir = live_server
     shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    b = DevTools(size=(1300, 900))
-    try:
+    with chromium("the dashboard test") as b:
         b.goto(base + f"#run={RUN}")
         b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#conf-now td')")
         before = b.eval("document.querySelector('#conf-now').textContent")
@@ -512,8 +529,6 @@ def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
         b.mouse("mouseMoved", x, y)
         b.screenshot(shots / "dashboard-image.png")
         assert not b.console, b.console
-    finally:
-        b.close()
     outside = [u for u in b.requests if not (u.startswith(base) or u.startswith(("data:", "blob:", "about:")))]
     assert b.requests and not outside, outside
 
@@ -521,15 +536,8 @@ def test_the_dashboard_in_headless_chromium(live_server, tmp_path):
 def test_the_class_and_pair_pages_in_headless_chromium(logdir, tmp_path):
     """The overview links to the class and pair pages; the slider frames the interval in the grid
     and the graph; clicking an edge's prototype label opens that prototype's page."""
-    from werkzeug.serving import make_server
-
-    require_chromium("the class page test")
-    server = make_server("127.0.0.1", 0, planted_app(logdir, allowed_hosts={"127.0.0.1"}), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}/"
     shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    b = DevTools(size=(1300, 900))
-    try:
+    with serving(planted_app(logdir, allowed_hosts={"127.0.0.1"})) as base, chromium("the class page test") as b:
         b.goto(base + f"#run={RUN}")
         b.wait_for("document.querySelector('#view').dataset.explained === '1' && !!document.querySelector('#uncertain [data-pair]')")
         b.click(*b.center("#uncertain [data-pair='0-2']"))
@@ -553,25 +561,15 @@ def test_the_class_and_pair_pages_in_headless_chromium(logdir, tmp_path):
         b.click(*b.center("#graph [data-edge='2-0-0']"))
         b.wait_for("document.body.dataset.view === 'prototype' && location.hash.includes('k=1')")
         assert not b.console, b.console
-    finally:
-        b.close()
-        server.shutdown()
-        server.server_close()
     assert all(u.startswith((base, "data:", "blob:", "about:")) for u in b.requests), b.requests
 
 
 def test_two_runs_side_by_side_in_headless_chromium(tmp_path):
     """The header opens the side-by-side page; the second run's slider moves its checkpoint and
     the lists of fixed and broken images follow; a listed image opens in its run."""
-    from werkzeug.serving import make_server
-
-    require_chromium("the side-by-side test")
-    server = make_server("127.0.0.1", 0, DashboardApp(repaired_runs(tmp_path / "runs"), allowed_hosts={"127.0.0.1"}), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}/"
     shots = DOCS if os.environ.get("I2X_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    b = DevTools(size=(1300, 900))
-    try:
+    app = DashboardApp(repaired_runs(tmp_path / "runs"), allowed_hosts={"127.0.0.1"})
+    with serving(app) as base, chromium("the side-by-side test") as b:
         b.goto(base + "#run=before")
         b.wait_for("document.body.dataset.view === 'overview' && !!document.querySelector('#compare-link')")
         b.click(*b.center("#compare-link"))
@@ -593,19 +591,13 @@ def test_two_runs_side_by_side_in_headless_chromium(tmp_path):
         b.click(*b.center("#compare-changes [data-kind=broken] [data-image='5']"))
         b.wait_for("document.body.dataset.view === 'image' && location.hash.includes('run=before') && location.hash.includes('i=5')")
         assert not b.console, b.console
-    finally:
-        b.close()
-        server.shutdown()
-        server.server_close()
     assert all(u.startswith((base, "data:", "blob:", "about:")) for u in b.requests), b.requests
 
 
 def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):
-    require_chromium("the interactive report test")
     out = tmp_path / "dash.html"
     out.write_text(build_interactive_report(logdir / RUN))
-    b = DevTools(size=(1300, 900))
-    try:
+    with chromium("the interactive report test") as b:
         b.goto(out.as_uri() + "#view=prototype&k=1")
         b.wait_for("document.body.dataset.view === 'prototype' && document.querySelector('#sprite').naturalWidth > 0")
         b.goto(out.as_uri() + "#view=image&i=3")
@@ -615,6 +607,4 @@ def test_the_interactive_report_opens_offline_in_chromium(logdir, tmp_path):
         rows = json.loads(Client(DashboardApp(logdir)).get(f"/api/class?run={RUN}&c=1").data)["rows"]
         assert b.eval("document.querySelectorAll('#evolution .proto-label').length") == len(rows) > 0
         assert not b.console, b.console
-    finally:
-        b.close()
     assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in b.requests), b.requests

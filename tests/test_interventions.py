@@ -133,6 +133,21 @@ def test_resample_and_latent_see_a_uniform_swatch_the_blur_misses():
     assert measure(model, "decoy", fill="random").reliance[SWATCH] > 0.1
 
 
+def hooked_confidence(model, img, c, layer, hook):
+    """softmax(model(img))[c], with ``hook`` (or none) on ``layer``'s output for this one forward."""
+    handle = layer.register_forward_hook(hook) if hook is not None else None
+    try:
+        return torch.softmax(model(img[None]), 1)[0, c].item()
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def per_prototype_mean(values):
+    """(K,) the mean of each prototype's list, NaN where a prototype had none."""
+    return np.array([np.mean(values[k]) if values[k] else np.nan for k in range(K)])
+
+
 def brute_force(model, x, y, a, n_random, seed, *, layer=None):
     """One image and one prototype at a time: hide (the donor's pixels, or its features at the
     layer through a hand-written hook), forward, compare; the same for the random draws."""
@@ -154,12 +169,7 @@ def brute_force(model, x, y, a, n_random, seed, *, layer=None):
         def swap(mod, i, out):
             return torch.where(torch.from_numpy(loc.reshape(1, 1, h, w)), feats["v"], out)
 
-        handle = layer.register_forward_hook(swap) if loc is not None else None
-        try:
-            return torch.softmax(model(img[None]), 1)[0, c].item()
-        finally:
-            if handle is not None:
-                handle.remove()
+        return hooked_confidence(model, img, c, layer, swap if loc is not None else None)
 
     drops = {k: [] for k in range(K)}
     rand = {k: [] for k in range(K)}
@@ -173,9 +183,7 @@ def brute_force(model, x, y, a, n_random, seed, *, layer=None):
                 drops[k].append(base - prob(x[i], y[i], loc, donors[i]))
                 draws = random_locations(seed, i, k, int(loc.sum()), n_random, h * w)
                 rand[k].append(np.mean([base - prob(x[i], y[i], draws[r], donors[i]) for r in range(n_random)]))
-    d = np.array([np.mean(drops[k]) if drops[k] else np.nan for k in range(K)])
-    r = np.array([np.mean(rand[k]) if rand[k] else np.nan for k in range(K)])
-    return d, r
+    return per_prototype_mean(drops), per_prototype_mean(rand)
 
 
 @pytest.mark.parametrize("model_cls", [SwatchModel, CleanModel])

@@ -16,7 +16,7 @@ from lightning_i2x.analysis import suspect_basis
 from lightning_i2x.measures import prototype_reliance, prototype_subspaces, random_locations
 from lightning_i2x.perturb import LatentProjection, project_component
 
-from .test_interventions import MAP, OBJECT, SWATCH, CleanModel, K, images
+from .test_interventions import MAP, OBJECT, SWATCH, CleanModel, K, hooked_confidence, images, per_prototype_mean
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -119,12 +119,7 @@ def brute_force(model, layer, x, y, a, n_random, seed, directions=3):
                 o[0, :, r, col] = torch.from_numpy(new).to(out.dtype)
             return o
 
-        handle = layer.register_forward_hook(hook) if loc is not None else None
-        try:
-            return torch.softmax(model(img[None]), 1)[0, c].item()
-        finally:
-            if handle is not None:
-                handle.remove()
+        return hooked_confidence(model, img, c, layer, hook if loc is not None else None)
 
     drops, rand = {k: [] for k in range(K)}, {k: [] for k in range(K)}
     with torch.no_grad():
@@ -138,9 +133,7 @@ def brute_force(model, layer, x, y, a, n_random, seed, directions=3):
                 drops[k].append(base - prob(x[i], y[i], loc, basis))
                 draws = random_locations(seed, i, k, int(loc.sum()), n_random, h * w)
                 rand[k].append(np.mean([base - prob(x[i], y[i], draws[r], basis) for r in range(n_random)]))
-    d = np.array([np.mean(drops[k]) if drops[k] else np.nan for k in range(K)])
-    r = np.array([np.mean(rand[k]) if rand[k] else np.nan for k in range(K)])
-    return d, r
+    return per_prototype_mean(drops), per_prototype_mean(rand)
 
 
 @pytest.mark.parametrize("model_cls", [LiftedSwatchModel, CleanModel])

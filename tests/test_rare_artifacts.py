@@ -26,16 +26,21 @@ TAG_CLASS, TAG_FRACTION, TAG_VALUE = 0, 0.2, 3.0
 RING = [(r, c) for r in range(MAP) for c in range(MAP) if r in (0, MAP - 1) or c in (0, MAP - 1)]
 
 
+def untagged_probe(seed: int):
+    """(rng, x, y, empty tag masks): the class-coded shade over the central 16x16 pixels on noise;
+    ``rng`` is the seed's generator for placing tags."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(N) % CLASSES
+    x = 0.1 * torch.randn(N, 1, SIZE, SIZE, generator=g)
+    x[:, 0, 8:24, 8:24] += SHADES[y].view(N, 1, 1)
+    return np.random.default_rng(seed), x, y, np.zeros((N, SIZE, SIZE), bool)
+
+
 def tagged_probe(seed: int = 0):
     """(x, y, true tag masks (N, H, W), tagged ids): the object is a class-coded shade over the
     central 16x16 pixels; a 4x4 tag (one feature location) of value 3 at a random edge cell on
     ``TAG_FRACTION`` of class 0's images."""
-    g = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    y = torch.arange(N) % CLASSES
-    x = 0.1 * torch.randn(N, 1, SIZE, SIZE, generator=g)
-    x[:, 0, 8:24, 8:24] += SHADES[y].view(N, 1, 1)
-    masks = np.zeros((N, SIZE, SIZE), bool)
+    rng, x, y, masks = untagged_probe(seed)
     tagged = np.flatnonzero((y.numpy() == TAG_CLASS) & (rng.random(N) < TAG_FRACTION))
     for i in tagged:
         r, c = RING[rng.integers(len(RING))]
@@ -121,12 +126,7 @@ def test_refining_flags_nothing_on_a_clean_model():
 def straddling_probe(seed: int = 0):
     """As ``tagged_probe``, but each tag sits 2 px off the cell grid along its edge: half of it in
     each of two neighbouring cells."""
-    g = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    y = torch.arange(N) % CLASSES
-    x = 0.1 * torch.randn(N, 1, SIZE, SIZE, generator=g)
-    x[:, 0, 8:24, 8:24] += SHADES[y].view(N, 1, 1)
-    masks = np.zeros((N, SIZE, SIZE), bool)
+    rng, x, y, masks = untagged_probe(seed)
     for i in np.flatnonzero((y.numpy() == TAG_CLASS) & (rng.random(N) < TAG_FRACTION)):
         side, t = rng.integers(4), 4 * int(rng.integers(0, MAP - 1)) + 2
         r, c = [(0, t), (SIZE - 4, t), (t, 0), (t, SIZE - 4)][side]

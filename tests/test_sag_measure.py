@@ -27,6 +27,22 @@ from .test_sag import _trained
 FAST = dict(images_per_class=2, max_nodes=10)
 
 
+class Writer:
+    """A TensorBoard ``SummaryWriter`` stand-in that keeps each image's shape by tag."""
+
+    def __init__(self):
+        self.images = {}
+
+    def add_scalar(self, *a):
+        pass
+
+    def add_text(self, *a):
+        pass
+
+    def add_image(self, tag, rgb, step, dataformats):
+        self.images[tag] = rgb.shape
+
+
 def _images(run):
     return torch.from_numpy(np.asarray(run.images, dtype=np.float32))
 
@@ -111,19 +127,6 @@ def test_a_pinned_class_goes_after_the_drawn_slots_and_nothing_changes_in_the_mo
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert [s.cls for s in stored_sags(run)] == [other, first]
     assert stored_sags(run)[0].sag.region_kind == "grid"
-
-    class Writer:
-        def __init__(self):
-            self.images = {}
-
-        def add_scalar(self, *a):
-            pass
-
-        def add_text(self, *a):
-            pass
-
-        def add_image(self, tag, rgb, step, dataformats):
-            self.images[tag] = rgb.shape
 
     w = Writer()
     log_figures(w, run, expl, 0, drawn)

@@ -17,7 +17,7 @@ from lightning_i2x.twin import TwinResult, fit_twin
 from lightning_i2x.viz import build_report, log_figures
 
 from .conftest import global_rng_untouched
-from .test_sag_measure import _recorded_run
+from .test_sag_measure import Writer, _recorded_run
 
 FAST_FIT = dict(steps=3, strip_images=2, effect_images=32, batch_size=64)
 
@@ -27,20 +27,6 @@ def ink_context(images: np.ndarray) -> dict[str, np.ndarray]:
     a = images - images.min(axis=(1, 2), keepdims=True)
     total = a.sum(axis=(1, 2)) + 1e-9
     return {"ink": a.mean(axis=(1, 2)), "top": a[:, : a.shape[1] // 2].sum(axis=(1, 2)) / total}
-
-
-class Writer:
-    def __init__(self):
-        self.images = {}
-
-    def add_scalar(self, *a):
-        pass
-
-    def add_text(self, *a):
-        pass
-
-    def add_image(self, tag, rgb, step, dataformats):
-        self.images[tag] = rgb.shape
 
 
 def test_twin_measure_stores_draws_reports_and_serves(tmp_path, digits, one_torch_thread):

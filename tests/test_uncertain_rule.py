@@ -16,26 +16,13 @@ from lightning_i2x.record import open_run
 from lightning_i2x.saliency import resolve_target_layer
 
 from .conftest import TinyCNN
+from .test_analysis import planted_trajectories
 
 N = 400
 
 
-def _trajectories(betas, n=N, seed=0):
-    """Intensities and confidences whose interval changes follow dY[t] = dP[t] @ betas[t] exactly."""
-    rng = np.random.default_rng(seed)
-    t1, k, m = betas.shape
-    p = np.zeros((t1 + 1, n, k))
-    y = np.zeros((t1 + 1, n, m))
-    p[0] = rng.random((n, k))
-    for t in range(t1):
-        dp = rng.normal(size=(n, k))
-        p[t + 1] = p[t] + dp
-        y[t + 1] = y[t] + dp @ betas[t]
-    return p, y
-
-
 def _explain(betas, **kw):
-    p, y = _trajectories(betas)
+    p, y = planted_trajectories(betas)
     k, m = betas.shape[1:]
     return explain(p, y, np.arange(N) % m, np.ones((N, k), bool), tau=0.3, **kw)
 
@@ -171,7 +158,7 @@ def test_the_stderr_is_the_sandwich_of_the_ridge():
 
 def test_explain_with_interval_significance_keeps_the_planted_edge():
     betas = _edge_reverses()
-    p, y = _trajectories(betas)
+    p, y = planted_trajectories(betas)
     y = y + 0.05 * np.random.default_rng(3).normal(size=y.shape)  # a little noise, so intervals have width
     for significance in ("bootstrap", "stderr"):
         for rule in ("edges", "difference"):
