@@ -49,6 +49,32 @@ def test_a_changed_table_makes_the_block_stale(tmp_path):
         publish.render("<!-- results:nope -->\n<!-- /results:nope -->\n", tables)
 
 
+def _family_row(cell, split, discovery, plain, ceiling, share="0.50", control="+0.0"):
+    return (f"| {cell} | {split} | {discovery} | 1.00 | 0.20 | {plain} ± 1.0 | 80.0 ± 1.0 | {ceiling} ± 1.0 | 90.0 ± 1.0 | "
+            f"{share} | 0.00 | 0.90 | 0.10 | 0.00 | {control} |")
+
+
+def test_the_family_block_asks_discovery_only_where_the_model_leans_on_a_localised_shortcut(tmp_path):
+    header = "| cell | split | " + " | ".join(f"c{i}" for i in range(13)) + " |\n|" + "---|" * 15 + "\n"
+    seeds = "| seed | suspects | a | b | c | d | e | suspects (clean model) | t |\n|" + "---|" * 9 + "\n"
+    clean, alarm = "| 0 | [3] | x | yes | 1 | 0.2 | p | [] | 1 s |\n", "| 0 | [3] | x | yes | 1 | 0.2 | p | [7] | 1 s |\n"
+    rows = [_family_row("mnist:maxpool:swatch", "held-out", "0.67", "60.0", "80.0"),   # leans, missed
+            _family_row("mnist:maxpool:tag", "held-out", "0.00", "80.0", "80.5"),      # gap 0.5: not asked
+            _family_row("mnist:maxpool:cast", "held-out", "0.33", "40.0", "80.0", control="-2.5"),  # a suspect on the cast
+            _family_row("mnist:flatten:swatch", "held-out", "1.00", "60.0", "80.0", share="0.85")]  # found, closed
+    (tmp_path / "shortcut-family-mnist-cpu.md").write_text(
+        "# t\n\n- commit: abc1234\n\nRatios: `discovery_rate=0.5`\n\n" + header + "".join(r + "\n" for r in rows) + "\n"
+        + "".join(f"### c{i}\n\n" + seeds + (alarm if i == 2 else clean) + "\n" for i in range(4)))
+    tables = publish.read_tables(tmp_path)
+    lines = publish.shortcut_family(tables).splitlines()[2:]
+    assert len(lines) == 4
+    assert "| +20.0 | 0.67: **no** |" in lines[0] and "0.50: **no** (0.90)" in lines[0]
+    assert "0.00 (not asked: no gap)" in lines[1] and "**no**" not in lines[1]
+    assert "abstained in 0.67 of seeds: **no**" in lines[2] and "1 of 1: **no**" in lines[2]
+    assert "| 1.00 |" in lines[3] and "**no**" not in lines[3]
+    assert publish.family_discovery(tables) == "1 of 2"  # the cast and the untaken tag are not asked
+
+
 def test_every_missed_goal_says_why():
     """The README's goal table gives a reason for each missed goal, and names no ratio it lacks."""
     keys = {(table, key) for _label, table, key, _kind, goal in publish.PERFORMANCE if goal}
