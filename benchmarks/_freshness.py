@@ -1,8 +1,8 @@
 """Whether a results table is still what the current code measures.
 
 A table is current when none of the code it measured changed after its ``- commit:``: the script
-named in its ``- command:``, ``benchmarks/_common.py``, the ``examples/`` modules the script
-imports, and every ``lightning_i2x`` module the script (or those examples) imports, directly, by
+named in its ``- command:``, ``benchmarks/_common.py``, the ``benchmarks/`` and ``examples/``
+modules they import (at any depth: a module imported by an imported module counts), and every ``lightning_i2x`` module the script (or those examples) imports, directly, by
 name in a string (a child interpreter's code), or through the package's own imports (grimp's
 import graph, function-level imports included). A table made from a dirty tree (``+dirty``) is
 never current; one whose commit is unknown, or not in this clone (a shallow clone), cannot be
@@ -49,13 +49,15 @@ def measured_files(script: Path, repo: Path = REPO, graph=None) -> set[str]:
     import grimp  # a dev dependency (import-linter's graph)
 
     graph = graph or grimp.build_graph(PACKAGE, include_external_packages=False)
-    files = {script.relative_to(repo).as_posix(), "benchmarks/_common.py"}
-    sources = [script]
-    for name in imported_modules(script):
-        example = repo / "examples" / f"{name}.py"
-        if example.is_file():
-            files.add(example.relative_to(repo).as_posix())
-            sources.append(example)
+    sources = [p for p in (script, repo / "benchmarks" / "_common.py") if p.is_file()]
+    todo = list(sources)
+    while todo:  # sibling benchmark modules and examples, at any depth (shortcut.py -> shortcut_family -> demo_models)
+        for name in imported_modules(todo.pop()):
+            for local in (repo / "benchmarks" / f"{name}.py", repo / "examples" / f"{name}.py"):
+                if local.is_file() and local not in sources:
+                    sources.append(local)
+                    todo.append(local)
+    files = {src.relative_to(repo).as_posix() for src in sources}
     roots = {n for src in sources for n in imported_modules(src) if n == PACKAGE or n.startswith(PACKAGE + ".")}
     roots = {n for n in roots if n in graph.modules}
     modules = set(roots)

@@ -118,7 +118,8 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
 
     files = {"lightning_i2x/__init__.py": "", "lightning_i2x/a.py": "import lightning_i2x.b\n", "lightning_i2x/b.py": "x = 1\n",
              "lightning_i2x/c.py": "y = 1\n", "benchmarks/_common.py": "", "examples/demo_data.py": "",
-             "benchmarks/s.py": "import _common\nfrom lightning_i2x.a import f\n"}
+             "benchmarks/s.py": "import _common\nimport s_family\nfrom lightning_i2x.a import f\n",
+             "benchmarks/s_family.py": "from demo_models import M\n", "examples/demo_models.py": ""}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -137,6 +138,10 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     commit_change("lightning_i2x/c.py")  # not reached from the script
     commit_change("examples/demo_data.py")  # not imported by the script
     assert judge().verdict == "current"
+    commit_change("examples/demo_models.py")  # imported by a module the script imports
+    f = judge()
+    assert (f.verdict, f.changed) == ("stale", ("examples/demo_models.py",))
+    fields["commit"] = git("rev-parse", "--short", "HEAD")
     commit_change("lightning_i2x/b.py")  # reached through a's import
     f = judge()
     assert (f.verdict, f.changed) == ("stale", ("lightning_i2x/b.py",))
