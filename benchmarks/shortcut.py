@@ -36,11 +36,17 @@ precision (share of suspects that do: discovery alone ignores false positives), 
 suspects' probe locations with the artifact cells, share of the gap closed = (repaired - plain) /
 (ceiling - plain) on the attacked test, clipped to [0, 1] (0 when the gap is under 1 point).
 
+Refinement (``measures.refine_suspects_of_run``, not yet part of ``I2XRun.suspects``): suspects
+grown from the most relied-on locations, for a shortcut k-means drowns, on the shortcut-trained and
+the clean model; reported beside the rule (discovery and precision of the rule's and the refined
+suspects together, and the share of clean models that get a refined suspect); never used for repair.
+
 Ratios (last line; means over the held-out cells when there are any, else over the calibration
 cells): ``discovery_rate``, ``suspect_precision``, ``suspect_iou``, ``repair_gap`` (ceiling minus
 the chosen repair, points), ``rrr_gap``, ``control_drop`` (clean-test accuracy of the clean model
 minus after the rule, points), ``share_closed`` (chosen), ``share_closed_rrr``,
-``share_closed_masktune``, ``share_closed_pclarc``.
+``share_closed_masktune``, ``share_closed_pclarc``, ``discovery_rate_with_refinement``,
+``suspect_precision_with_refinement``, ``clean_refined_alarm_rate``.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_i2x import FinetuneOptions, I2XCallback, PerturbationFinetuner, PrototypeOptions
 from lightning_i2x.finetune import balance_weight, input_gradient_penalty, project_out
-from lightning_i2x.measures import RelianceMeasure
+from lightning_i2x.measures import RelianceMeasure, refine_suspects_of_run
 from lightning_i2x.saliency import probe_batches
 
 import _common  # puts the repository and examples/ on sys.path
@@ -189,6 +195,15 @@ def iou(run, cells, protos) -> float:
     return float((s & cells).sum() / union) if union else 0.0
 
 
+def refined(run, model, cells, seed: int) -> dict:
+    """``measures.refine_suspects_of_run`` (suspects grown from the most relied-on locations, for
+    a shortcut k-means drowns): its suspects, each one's on-artifact share, and the seconds it took."""
+    t0 = time.perf_counter()
+    ref = refine_suspects_of_run(run, model, seed=seed)
+    on = {int(s): float((ref.locations(s) & cells).sum() / max(1, ref.locations(s).sum())) for s in ref.suspects}
+    return dict(suspects=list(ref.suspects), on=on, seconds=time.perf_counter() - t0)
+
+
 def share_closed(repaired: float, plain: float, ceiling: float) -> float:
     gap = ceiling - plain
     if gap < 0.01:
@@ -293,11 +308,17 @@ def one_seed(cell, seed: int, args, tmp: Path, gallery_out: Path | None):
         ("masktune", "MaskTune (GradCAM > mean + 2 sd masked, one epoch)"),
         ("pclarc", "P-ClArC: suspects' subspace projected out (no training)"), ("control", "full -> full, same budget"))}
     hits = [k for k, v in sus_on.items() if v > 0.5]
+    ref, ref_clean = refined(run, plain, probe_cells, seed), refined(clean_run, clean_model, probe_cells, seed)
+    ref_hits = [k for k, v in ref["on"].items() if v > 0.5]
+    n_with = len(suspects) + len(ref["suspects"])
     info = dict(suspects=suspects, sus_on=sus_on, clean_suspects=clean_sus, t_train=t_train, notes=notes, chosen=chosen,
                 discovered=float(bool(hits)), precision=float(len(hits) / len(suspects)) if suspects else 0.0,
-                iou=iou(run, probe_cells, suspects), shares=shares, attacked_val=attacked_val, timings=timings, drew_gallery=drew_gallery)
+                iou=iou(run, probe_cells, suspects), shares=shares, refined=ref, refined_clean=ref_clean["suspects"],
+                discovered_with=float(bool(hits or ref_hits)),
+                precision_with=float((len(hits) + len(ref_hits)) / n_with) if n_with else 0.0, attacked_val=attacked_val, timings=timings, drew_gallery=drew_gallery)
     print(f"[{data}:{arch}:{kind} seed {seed}] suspects {suspects} on-artifact {sus_on} chosen {chosen} "
-          f"clean suspects {clean_sus}", file=sys.stderr)
+          f"clean suspects {clean_sus}; refined {ref['suspects']} on-artifact {ref['on']} ({ref['seconds']:.0f} s), "
+          f"clean model refined {ref_clean['suspects']}", file=sys.stderr)
     for k, v in rows.items():
         print(f"  {k}: attacked-test {100 * v[0]:.1f} clean-test {100 * v[1]:.1f} artifact-mass {v[2]:.3f}", file=sys.stderr, flush=True)
     return rows, info
@@ -318,10 +339,14 @@ def cell_report(cell, all_rows, infos, args) -> tuple[str, dict[str, float]]:
     body = _common.table(["model", "attacked-test acc (%)", "clean-test acc (%)", "GradCAM mass on artifact", "notes"], body_rows)
     sus_rows = [[s, i["suspects"], ", ".join(f"P-{k}: {v:.2f}" for k, v in i["sus_on"].items()) or "-",
                  "yes" if i["discovered"] else "no", f"{i['precision']:.2f}", f"{i['iou']:.2f}", i["chosen"].removeprefix("I2X auto: "),
-                 i["clean_suspects"], f"{i['t_train']:.0f} s"] for s, i in enumerate(infos)]
+                 i["clean_suspects"], f"{i['t_train']:.0f} s", i["refined"]["suspects"],
+                 ", ".join(f"R-{k}: {v:.2f}" for k, v in i["refined"]["on"].items()) or "-", "yes" if i["discovered_with"] else "no",
+                 i["refined_clean"], f"{i['refined']['seconds']:.0f} s"] for s, i in enumerate(infos)]
     body += "\n\nSuspects per seed (on-artifact share of each suspect's probe locations: evaluation only):\n\n"
     body += _common.table(["seed", "suspects", "on-artifact share", "discovered?", "suspect precision", "IoU with artifact",
-                           "mode chosen on attacked validation", "suspects (clean model)", "training time (2 models)"], sus_rows)
+                           "mode chosen on attacked validation", "suspects (clean model)", "training time (2 models)",
+                           "refined suspects", "refined on-artifact share", "discovered with refinement?",
+                           "refined suspects (clean model)", "refining time"], sus_rows)
     ceiling = np.array([r["clean-trained (ceiling)"][0] for r in all_rows])
     gap = lambda lab: float(100 * np.mean(ceiling - np.array([r[lab][0] for r in all_rows])))
     ratios = {
@@ -335,6 +360,9 @@ def cell_report(cell, all_rows, infos, args) -> tuple[str, dict[str, float]]:
         "share_closed_rrr": float(np.mean([i["shares"]["rrr"] for i in infos])),
         "share_closed_masktune": float(np.mean([i["shares"]["masktune"] for i in infos])),
         "share_closed_pclarc": float(np.mean([i["shares"]["pclarc"] for i in infos])),
+        "discovery_rate_with_refinement": float(np.mean([i["discovered_with"] for i in infos])),
+        "suspect_precision_with_refinement": float(np.mean([i["precision_with"] for i in infos])),
+        "clean_refined_alarm_rate": float(np.mean([bool(i["refined_clean"]) for i in infos])),
     }
     return body, ratios
 
@@ -385,11 +413,14 @@ def main() -> None:
                             ms([r[CHOSEN][0] for r in all_rows]), ms([r["clean-trained (ceiling)"][0] for r in all_rows]),
                             ms([r[CHOSEN][1] for r in all_rows]), f"{ratios['share_closed']:.2f}",
                             f"{np.mean([i['shares']['control'] for i in infos]):.2f}", f"{ratios['share_closed_rrr']:.2f}",
-                            f"{ratios['share_closed_masktune']:.2f}", f"{ratios['share_closed_pclarc']:.2f}", f"{ratios['control_drop']:+.1f}"])
+                            f"{ratios['share_closed_masktune']:.2f}", f"{ratios['share_closed_pclarc']:.2f}", f"{ratios['control_drop']:+.1f}",
+                            f"{ratios['discovery_rate_with_refinement']:.2f}", f"{ratios['suspect_precision_with_refinement']:.2f}",
+                            f"{ratios['clean_refined_alarm_rate']:.2f}"])
     head = _common.table(["cell", "split", "discovery", "suspect precision", "IoU", "plain attacked-test (%)",
                           "repaired (chosen on val) attacked-test (%)", "ceiling attacked-test (%)", "repaired clean-test (%)",
                           "share closed", "share closed, same-budget control", "share closed, RRR oracle", "share closed, MaskTune",
-                          "share closed, P-ClArC", "control drop (clean model, points)"], summary)
+                          "share closed, P-ClArC", "control drop (clean model, points)", "discovery with refinement",
+                          "suspect precision with refinement", "clean models with a refined suspect"], summary)
     body = head + body
     body += (f"\n\nSizes: {args.train_size} training images, {args.probe_size} probe, 1000 validation, 1000 attacked validation, "
              f"{args.test_size} test; {args.epochs} training epochs, {args.finetune_epochs} fine-tuning epoch(s); seeds 0..{args.seeds - 1}. "

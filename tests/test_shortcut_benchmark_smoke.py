@@ -51,11 +51,15 @@ def test_shortcut_benchmark_quick(tmp_path):
     last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
     ratios = {k: float(v) for k, v in (tok.split("=") for tok in last.split())}
     assert set(ratios) == {"discovery_rate", "suspect_precision", "suspect_iou", "repair_gap", "rrr_gap", "control_drop",
-                           "share_closed", "share_closed_rrr", "share_closed_masktune", "share_closed_pclarc"}
+                           "share_closed", "share_closed_rrr", "share_closed_masktune", "share_closed_pclarc",
+                           "discovery_rate_with_refinement", "suspect_precision_with_refinement", "clean_refined_alarm_rate"}
     assert all(math.isfinite(v) for v in ratios.values())
     assert ratios["discovery_rate"] in (0.0, 1.0)  # one seed: found or not
     assert 0.0 <= ratios["suspect_precision"] <= 1.0 and 0.0 <= ratios["suspect_iou"] <= 1.0
     assert ratios["discovery_rate"] == 0.0 or ratios["suspect_precision"] > 0.0  # a discovery is a suspect on the artifact
+    assert ratios["discovery_rate_with_refinement"] in (0.0, 1.0) and ratios["clean_refined_alarm_rate"] in (0.0, 1.0)
+    assert ratios["discovery_rate_with_refinement"] >= ratios["discovery_rate"]  # the rule's suspects are kept
+    assert ratios["discovery_rate_with_refinement"] == 0.0 or ratios["suspect_precision_with_refinement"] > 0.0
     for k in ("share_closed", "share_closed_rrr", "share_closed_masktune", "share_closed_pclarc"):
         assert 0.0 <= ratios[k] <= 1.0, k
     text = out.read_text()
