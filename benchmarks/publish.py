@@ -243,8 +243,9 @@ def shortcut_family(tables: dict[str, Table]) -> str:
     suspect on the clean model, the share of the gap closed and the control drop."""
     rows = ["| cell | split | gap, ceiling - plain (points) | discovery (goal 1.00) | suspect precision | IoU | "
             "plain / repaired / ceiling attacked-test (%) | share closed (goal 0.80; RRR oracle) | "
-            "clean model: seeds with a suspect (goal 0) | control drop, points (goal <= 0.3) | table |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "clean model: seeds with a suspect (goal 0) | control drop, points (goal <= 0.3) | "
+            "with the refinement: discovery, precision; clean seeds with a refined suspect | table |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     no = lambda ok: "" if ok else ": **no**"  # noqa: E731
     for table in FAMILY_TABLES:
         t = tables.get(table)
@@ -263,9 +264,13 @@ def shortcut_family(tables: dict[str, Table]) -> str:
                 disc += " (not asked: no gap)"
             share = share + no(float(share) >= 0.8) if leans and not cast else share
             false_alarms = sum(1 for s in seeds if s[7] != "[]")
+            refined = "not measured"
+            if len(c) > 17:  # tables made before the refinement was measured lack its columns
+                refined_alarms = sum(1 for s in seeds if s[12] != "[]")
+                refined = f"{c[15]}, {c[16]}; {refined_alarms} of {len(seeds)}{no(refined_alarms == 0)}"
             rows.append(f"| {cell} | {split} | {gap:+.1f} | {disc} | {prec} | {iou} | {plain} / {repaired} / {ceiling} | "
                         f"{share} ({rrr}) | {false_alarms} of {len(seeds)}{no(false_alarms == 0)} | "
-                        f"{c[14]}{no(float(c[14]) <= 0.3)} | `{table}` |")
+                        f"{c[14]}{no(float(c[14]) <= 0.3)} | {refined} | `{table}` |")
     return "\n".join(rows) if len(rows) > 2 else "No family table is committed."
 
 

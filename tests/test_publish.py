@@ -51,13 +51,14 @@ def test_a_changed_table_makes_the_block_stale(tmp_path):
 
 def _family_row(cell, split, discovery, plain, ceiling, share="0.50", control="+0.0"):
     return (f"| {cell} | {split} | {discovery} | 1.00 | 0.20 | {plain} ± 1.0 | 80.0 ± 1.0 | {ceiling} ± 1.0 | 90.0 ± 1.0 | "
-            f"{share} | 0.00 | 0.90 | 0.10 | 0.00 | {control} |")
+            f"{share} | 0.00 | 0.90 | 0.10 | 0.00 | {control} | 1.00 | 0.25 | 1.00 |")
 
 
 def test_the_family_block_asks_discovery_only_where_the_model_leans_on_a_localised_shortcut(tmp_path):
-    header = "| cell | split | " + " | ".join(f"c{i}" for i in range(13)) + " |\n|" + "---|" * 15 + "\n"
-    seeds = "| seed | suspects | a | b | c | d | e | suspects (clean model) | t |\n|" + "---|" * 9 + "\n"
-    clean, alarm = "| 0 | [3] | x | yes | 1 | 0.2 | p | [] | 1 s |\n", "| 0 | [3] | x | yes | 1 | 0.2 | p | [7] | 1 s |\n"
+    header = "| cell | split | " + " | ".join(f"c{i}" for i in range(16)) + " |\n|" + "---|" * 18 + "\n"
+    seeds = "| seed | suspects | a | b | c | d | e | suspects (clean model) | t | r | ro | rd | refined (clean model) | rt |\n|" + "---|" * 14 + "\n"
+    clean = "| 0 | [3] | x | yes | 1 | 0.2 | p | [] | 1 s | [1] | R-1: 1.00 | yes | [] | 1 s |\n"
+    alarm = "| 0 | [3] | x | yes | 1 | 0.2 | p | [7] | 1 s | [1] | R-1: 1.00 | yes | [4, 5] | 1 s |\n"
     rows = [_family_row("mnist:maxpool:swatch", "held-out", "0.67", "60.0", "80.0"),   # leans, missed
             _family_row("mnist:maxpool:tag", "held-out", "0.00", "80.0", "80.5"),      # gap 0.5: not asked
             _family_row("mnist:maxpool:cast", "held-out", "0.33", "40.0", "80.0", control="-2.5"),  # a suspect on the cast
@@ -71,6 +72,7 @@ def test_the_family_block_asks_discovery_only_where_the_model_leans_on_a_localis
     assert "| +20.0 | 0.67: **no** |" in lines[0] and "0.50: **no** (0.90)" in lines[0]
     assert "0.00 (not asked: no gap)" in lines[1] and "**no**" not in lines[1]
     assert "abstained in 0.67 of seeds: **no**" in lines[2] and "1 of 1: **no**" in lines[2]
+    assert "| 1.00, 0.25; 1 of 1: **no** |" in lines[2] and "| 1.00, 0.25; 0 of 1 |" in lines[0]  # refined false alarms
     assert "| 1.00 |" in lines[3] and "**no**" not in lines[3]
     assert publish.family_discovery(tables) == "1 of 2"  # the cast and the untaken tag are not asked
 
