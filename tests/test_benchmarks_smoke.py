@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,7 @@ BOUNDS = {
 def _run(name, tmp_path, *extra):
     out = tmp_path / f"{name}.md"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--out", str(out), *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    proc = run_benchmark(ROOT / "benchmarks" / f"{name}.py", "--quick", "--out", out, *extra, tmp_path=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"{name} printed nothing"

@@ -6,12 +6,11 @@ does more than loading it; every request is answered, in a finite time."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 INTERACTIONS = ("prototype", "sprite", "image", "image_png", "overview")
@@ -20,8 +19,7 @@ INTERACTIONS = ("prototype", "sprite", "image", "image_png", "overview")
 @pytest.mark.slow
 def test_dashboard_benchmark_quick(tmp_path):
     out = tmp_path / "dashboard.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dashboard.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = run_benchmark(REPO / "benchmarks" / "bench_dashboard.py", "--quick", "--out", out, tmp_path=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     pairs = {k: float(v) for k, v in (kv.split("=") for kv in last.split())}

@@ -7,11 +7,11 @@ process's on the same probe (assignment and centroids to the bit)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_distributed_quick(tmp_path):
     out = tmp_path / "distributed.md"
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # the ranks import this checkout's package
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_distributed.py"), "--quick", "--threads", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    done = run_benchmark(REPO / "benchmarks" / "bench_distributed.py", "--quick", "--threads", "1", "--out", out, tmp_path=tmp_path,
+                         env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     r = {k: float(v) for k, v in (kv.split("=") for kv in last.split())}

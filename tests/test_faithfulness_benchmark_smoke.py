@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ("igos_pp_vs_gradcam_deletion", "igos_pp_vs_gradcam_insertion", "igos_pp_minus_gradcam_deletion_ci_high",
@@ -34,10 +34,8 @@ BOUNDS = {
 def test_faithfulness_benchmark_quick_run(tmp_path):
     out = tmp_path / "faithfulness.md"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "faithfulness.py"), "--quick", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
+    proc = run_benchmark(ROOT / "benchmarks" / "faithfulness.py", "--quick", "--threads", "1", "--out", out, tmp_path=tmp_path,
+                         env=env, timeout=900)
     assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
     pairs = dict(token.split("=", 1) for token in last.split())

@@ -4,12 +4,11 @@ changing no prediction, localisation shares in [0, 1], positive costs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,9 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.usefixtures("local_data_dir")
 def test_infodisent_benchmark_quick(tmp_path):
     out = tmp_path / "infodisent.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "infodisent.py"), "--quick", "--threads", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's lightning_i2x
+    proc = run_benchmark(REPO / "benchmarks" / "infodisent.py", "--quick", "--threads", "1", "--out", out, tmp_path=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pairs = {k: float(v) for k, v in (kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())}
     for data in ("mnist", "fashionmnist"):

@@ -102,14 +102,6 @@ def test_the_benchmarks_readme_names_every_script():
                 assert (ROOT / test).is_file(), test
 
 
-class _Graph:
-    """A planted import graph: a imports b; c is imported by nothing the script reaches."""
-    modules = {"lightning_i2x", "lightning_i2x.a", "lightning_i2x.b", "lightning_i2x.c"}
-
-    def find_upstream_modules(self, name):
-        return {"lightning_i2x.a": {"lightning_i2x.b"}}.get(name, set())
-
-
 def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     import subprocess
 
@@ -118,8 +110,9 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     def git(*args):
         return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout.strip()
 
-    files = {"lightning_i2x/__init__.py": "", "lightning_i2x/a.py": "import lightning_i2x.b\n", "lightning_i2x/b.py": "x = 1\n",
-             "lightning_i2x/c.py": "y = 1\n", "benchmarks/_common.py": "", "examples/demo_data.py": "",
+    files = {"lightning_i2x/__init__.py": "", "lightning_i2x/a.py": "from .b import g\n\n\ndef f():\n    return g()\n\n\ndef unused():\n    return 0\n",
+             "lightning_i2x/b.py": "def g():\n    return 1\n\n\nx = 1\n", "lightning_i2x/c.py": "y = 1\n",
+             "benchmarks/_common.py": "", "examples/demo_data.py": "",
              "benchmarks/s.py": "import _common\nimport s_family\nfrom lightning_i2x.a import f\n",
              "benchmarks/s_family.py": "from demo_models import M\n", "examples/demo_models.py": ""}
     for name, text in files.items():
@@ -130,41 +123,51 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tree")
     made = git("rev-parse", "--short", "HEAD")
     fields = {"commit": made, "command": "python benchmarks/s.py --out benchmarks/results/s-cpu.md"}
-    judge = lambda f=fields: freshness("s-cpu", f, tmp_path, _Graph())  # noqa: E731
+    judge = lambda f=fields: freshness("s-cpu", f, tmp_path)  # noqa: E731
     assert judge().verdict == "current"
 
-    def commit_change(name):
-        (tmp_path / name).write_text((tmp_path / name).read_text() + "# changed\n")
+    def commit_change(name, old="", new="# changed\n"):
+        text = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(text.replace(old, new) if old else text + new)
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", name)
 
     commit_change("lightning_i2x/c.py")  # not reached from the script
     commit_change("examples/demo_data.py")  # not imported by the script
+    commit_change("lightning_i2x/a.py", "return 0", "return 2")  # a definition the script's f does not reach
+    commit_change("lightning_i2x/b.py", "x = 1", "x = 2")
+    commit_change("lightning_i2x/b.py", "    return 1\n", "    # a comment\n    return 1\n")  # no change of code
     assert judge().verdict == "current"
-    commit_change("examples/demo_models.py")  # imported by a module the script imports
+    commit_change("examples/demo_models.py")  # imported by a module the script imports: whole files
     f = judge()
     assert (f.verdict, f.changed) == ("stale", ("examples/demo_models.py",))
     fields["commit"] = git("rev-parse", "--short", "HEAD")
-    commit_change("lightning_i2x/b.py")  # reached through a's import
+    commit_change("lightning_i2x/b.py", "return 1", "return 3")  # g, reached through f's call
     f = judge()
-    assert (f.verdict, f.changed) == ("stale", ("lightning_i2x/b.py",))
+    assert (f.verdict, f.changed) == ("stale", ("lightning_i2x/b.py:g",))
     fields["commit"] = git("rev-parse", "--short", "HEAD")
     assert judge().verdict == "current"
-    (tmp_path / "lightning_i2x/__init__.py").write_text("# uncommitted\n")  # importing a runs the package's __init__
-    assert judge().changed == ("lightning_i2x/__init__.py",)
+    (tmp_path / "lightning_i2x/__init__.py").write_text("print()\n")  # uncommitted, and run on import whatever is used
+    assert judge().changed == ("lightning_i2x/__init__.py:<on import>",)
     assert judge({**fields, "commit": fields["commit"] + "+dirty"}).verdict == "stale"
     assert judge({**fields, "commit": "0000000"}).verdict == "unknown"
     assert judge({**fields, "commit": "unknown (no git)"}).verdict == "unknown"
 
 
-def test_the_measured_files_of_a_real_benchmark_follow_its_imports():
-    from _freshness import measured_files
+def test_the_measured_definitions_of_a_real_benchmark_follow_its_names():
+    from _freshness import WHOLE, measured_definitions, measured_files
 
     faith = measured_files(ROOT / "benchmarks" / "faithfulness.py")
     assert {"benchmarks/faithfulness.py", "benchmarks/_common.py", "examples/demo_data.py", "examples/demo_models.py",
             "lightning_i2x/saliency/_igos.py", "lightning_i2x/measures/__init__.py", "lightning_i2x/__init__.py"} <= faith
     assert not any(f.startswith("lightning_i2x/dashboard/") for f in faith)  # nothing it imports reaches the app
-    # bench_import times `import lightning_i2x` in a child interpreter: the name is a string in the script
-    assert {"lightning_i2x/__init__.py", "lightning_i2x/store/_run.py"} <= measured_files(ROOT / "benchmarks" / "bench_import.py")
+    # xnn.py trains the SRAE; the faithfulness benchmark only imports the package, whose defaults build SRAEOptions()
+    srae = "lightning_i2x/xfeatures/_srae.py"
+    assert {"train_srae", "SRAEOptions"} <= measured_definitions(ROOT / "benchmarks" / "xnn.py")[srae]
+    assert "train_srae" not in measured_definitions(ROOT / "benchmarks" / "faithfulness.py")[srae]
+    assert "SRAEOptions" in measured_definitions(ROOT / "benchmarks" / "faithfulness.py")[srae]
+    # bench_import times `import lightning_i2x` in a child interpreter (code in a string): every module it imports, whole
+    imports = measured_definitions(ROOT / "benchmarks" / "bench_import.py")
+    assert WHOLE in imports["lightning_i2x/store/_run.py"] and WHOLE in imports["lightning_i2x/__init__.py"]
 
 
 def test_every_benchmark_takes_its_start_load_before_it_runs():

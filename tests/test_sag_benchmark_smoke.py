@@ -4,12 +4,11 @@ number of regions, a test accuracy above chance."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,9 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_sag_benchmark_quick(tmp_path):
     out = tmp_path / "sag.md"
     fig = tmp_path / "sag.png"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sag.py"), "--quick", "--out", str(out), "--figure", str(fig)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # this checkout's lightning_i2x
+    proc = run_benchmark(REPO / "benchmarks" / "sag.py", "--quick", "--out", out, "--figure", fig, tmp_path=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     pairs = {k: float(v) for k, v in (kv.split("=") for kv in last.split())}

@@ -5,11 +5,11 @@ record, memory ratios of a plausible size."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_bench_scale_quick(tmp_path):
     out = tmp_path / "scale.md"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    done = run_benchmark(REPO / "benchmarks" / "bench_scale.py", "--quick", "--out", out, tmp_path=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("record_peak_mb_growth=") and "inertia_vs_full=" in last

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,10 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shortcut_calibrate_quick(tmp_path):
     out = tmp_path / "shortcut.md"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "shortcut_calibrate.py"), "--quick", "--rrr", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    proc = run_benchmark(ROOT / "benchmarks" / "shortcut_calibrate.py", "--quick", "--rrr", "--threads", "1", "--out", out,
+                         tmp_path=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
     ratios = dict(tok.split("=") for tok in last.split())
@@ -43,10 +41,8 @@ def test_shortcut_benchmark_quick(tmp_path):
     discovery and precision of one seed, shares of the gap in [0, 1], accuracies above chance."""
     out = tmp_path / "shortcut-bench.md"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "shortcut.py"), "--quick", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
+    proc = run_benchmark(ROOT / "benchmarks" / "shortcut.py", "--quick", "--threads", "1", "--out", out, tmp_path=tmp_path, env=env,
+                         timeout=900)
     assert proc.returncode == 0, f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
     ratios = {k: float(v) for k, v in (tok.split("=") for tok in last.split())}

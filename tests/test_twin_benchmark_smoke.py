@@ -4,12 +4,11 @@ positive cost."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,9 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_twin_benchmark_quick(tmp_path, local_data_dir):
     pytest.importorskip("skimage")
     out = tmp_path / "twin.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "twin.py"), "--quick", "--threads", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "I2X_DATA_DIR": str(local_data_dir)})
+    proc = run_benchmark(REPO / "benchmarks" / "twin.py", "--quick", "--threads", "1", "--out", out, tmp_path=tmp_path, timeout=900,
+                         env={"I2X_DATA_DIR": str(local_data_dir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     pairs = {k: (None if v == "n/a" else float(v)) for k, v in (kv.split("=") for kv in last.split())}

@@ -4,12 +4,11 @@ tried, a positive cost, correlations in [0, 1]."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .benchmark_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,9 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_xnn_benchmark_quick(tmp_path, local_data_dir):
     out = tmp_path / "xnn.md"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "xnn.py"), "--quick", "--threads", "1", "--out", str(out),
-                           "--data-dir", str(local_data_dir)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = run_benchmark(REPO / "benchmarks" / "xnn.py", "--quick", "--threads", "1", "--out", out, "--data-dir", local_data_dir,
+                         tmp_path=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     pairs = {k: float(v) for k, v in (kv.split("=") for kv in last.split())}
