@@ -10,7 +10,7 @@ order, which an import contract in ``make test`` enforces): ``saliency`` (the pr
 
 from . import _deprecated
 from .analysis import Explanation, LearningStep, Reliance, UncertainPrototype, explain, prototype_intensity, ridge
-from .callbacks import I2XCallback
+from .callbacks import I2XCallback, RepairDuringTraining
 from .errors import I2XRunError, OptionsError
 from .finetune import FinetuneResult, PerturbationFinetuner
 from .measures import FaithfulnessMeasure, InfoDisentMeasure, Measure, RelianceMeasure, SAGMeasure, XFeatureMeasure, reliance_of_run
@@ -26,6 +26,7 @@ __version__ = "0.3.0"
 
 __all__ = [
     "I2XCallback",
+    "RepairDuringTraining",
     "ProbePassOptions",
     "PrototypeOptions",
     "ExplainOptions",

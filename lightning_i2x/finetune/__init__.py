@@ -6,7 +6,7 @@ the paired intervals of every gain it claims. Imports no figure: results are pla
 
 from ._data import MaskedDataset
 from ._finetuner import PerturbationFinetuner, finetune_after_fit
-from ._latent import LatentBasis, Projection, latent_penalty, project_out, suspect_basis
+from ._latent import LatentBasis, Projection, basis_from_model, latent_penalty, parameters_after, project_out, suspect_basis
 from ._penalty import balance_weight, gradcam_penalty, input_gradient_penalty
 from ._result import FinetuneResult
 from ._search import Selection, find_uncertain_samples, flag_samples
@@ -18,6 +18,6 @@ __all__ = [
     "PairTarget", "PrototypeTarget", "Target", "target_from_dict",
     "Selection", "MaskedDataset", "flag_samples", "find_uncertain_samples",
     "input_gradient_penalty", "gradcam_penalty", "balance_weight",
-    "LatentBasis", "suspect_basis", "latent_penalty", "project_out", "Projection",
+    "LatentBasis", "suspect_basis", "basis_from_model", "latent_penalty", "parameters_after", "project_out", "Projection",
     "GainInterval", "paired_gain", "mcnemar_p",
 ]
