@@ -24,6 +24,7 @@ PACKAGE = "lightning_i2x"
 LOCAL = "<local>"  # a binding to a definition of the module itself: (LOCAL, name)
 WHOLE = "*"  # a module used whole: any change to it counts
 EFFECTS = "<on import>"  # what a module does on import whatever is used
+NAMED = "<named>"  # (module, NAMED): a module named in a string (a patch target), not imported there
 
 Ref = tuple[str, "str | None"]  # (module, name in it), or (module, None) for the module object
 
@@ -39,7 +40,7 @@ class Freshness:
 
 def imported_modules(path: Path) -> set[str]:
     """Every absolute module name ``path`` imports (and ``module.name`` for ``from module import name``)."""
-    return {f"{m}.{n}" if n else m for m, n in imported_refs(path)} | {m for m, _ in imported_refs(path)}
+    return {f"{m}.{n}" if n and n != NAMED else m for m, n in imported_refs(path)} | {m for m, _ in imported_refs(path)}
 
 
 def imported_refs(path: Path) -> set[Ref]:
@@ -55,7 +56,7 @@ def _refs(tree: ast.AST) -> set[Ref]:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value
             if "." in text and text.replace(".", "").isidentifier():
-                refs.add((text, None))
+                refs.add((text, NAMED))
             elif "import " in text:
                 try:
                     refs |= _refs(ast.parse(text))
@@ -113,8 +114,9 @@ def definitions(source: str) -> dict[str, str]:
     found: dict[str, list[str]] = {EFFECTS: []}
     for node, _ in _top_level(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            for a in node.names:
-                found.setdefault(a.asname or a.name.split(".")[0], []).append(ast.dump(node) + a.name)
+            source = f"{'.' * node.level}{node.module or ''} " if isinstance(node, ast.ImportFrom) else ""
+            for a in node.names:  # the one name's import, not the statement's other names
+                found.setdefault(a.asname or a.name.split(".")[0], []).append(f"import {source}{a.name} as {a.asname}")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             found.setdefault(node.name, []).append(ast.dump(node))
         elif _binds_names(node):
@@ -198,12 +200,12 @@ class Package:
         module, name = ref
         if module not in self.paths:
             head, _, tail = module.rpartition(".")  # a dotted string naming an attribute: module.name
-            if head in self.paths and name is None:
+            if head in self.paths and name == NAMED:
                 self._use((head, tail))
             return
         parsed = self._parse(module)
         self._mark(module, EFFECTS)
-        if name is None:  # the module object: any of its names
+        if name is None or name == NAMED:  # the module object: any of its names
             self._mark(module, WHOLE)
             for bound in parsed.bindings:
                 self._use((module, bound))
@@ -346,10 +348,11 @@ def changed_definitions(repo: Path, commit: str, measured: dict[str, set[str]]) 
     for file in sorted(set(committed) | set(uncommitted)):
         old = _git(repo, "show", f"{commit}:{file}")
         path = repo / file
-        if WHOLE in measured[file] or old.returncode != 0 or not path.is_file():
+        if WHOLE in measured[file] or not path.is_file():
             changed.append(file)
             continue
-        before, now = definitions(old.stdout), definitions(path.read_text())
+        before = definitions(old.stdout if old.returncode == 0 else "")  # a new module: every measured name is new
+        now = definitions(path.read_text())
         changed += [f"{file}:{name}" for name in sorted(measured[file]) if before.get(name) != now.get(name)]
     return changed
 

@@ -136,6 +136,7 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     commit_change("lightning_i2x/a.py", "return 0", "return 2")  # a definition the script's f does not reach
     commit_change("lightning_i2x/b.py", "x = 1", "x = 2")
     commit_change("lightning_i2x/b.py", "    return 1\n", "    # a comment\n    return 1\n")  # no change of code
+    commit_change("lightning_i2x/a.py", "from .b import g\n", "from .b import g, x\n")  # another name in g's import
     assert judge().verdict == "current"
     commit_change("examples/demo_models.py")  # imported by a module the script imports: whole files
     f = judge()
