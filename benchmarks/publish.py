@@ -274,6 +274,21 @@ def shortcut_family(tables: dict[str, Table]) -> str:
     return "\n".join(rows) if len(rows) > 2 else "No family table is committed."
 
 
+def shortcut_during(tables: dict[str, Table]) -> str:
+    """The repair during training against after it (``shortcut-during-cpu``), per cell, against the
+    family's 0.80 share-closed goal, at an equal total number of epochs."""
+    t = tables.get("shortcut-during-cpu")
+    if t is None or not t.cells:
+        return "No repair-during-training table is committed."
+    rows = ["| cell | split | share closed: during / after / one more plain epoch (goal 0.80) | during minus after, "
+            "attacked-test points | seeds switched on | first record, fraction of the run |", "|---|---|---|---|---|---|"]
+    for cell, split, during, after, more, diff, on, first in (c[:8] for c in t.cells):
+        best = max(float(during), float(after))
+        rows.append(f"| {cell} | {split} | {during} / {after} / {more}{'' if best >= 0.8 else ': **no**'} | {float(diff):+.1f} | "
+                    f"{on} | {first} |")
+    return "\n".join(rows)
+
+
 def family_discovery(tables: dict[str, Table]) -> str:
     """'a of b': the family's held-out cells with a localised shortcut the plain model leans on, and how many of them every seed found."""
     found = asked = 0
@@ -368,7 +383,7 @@ def scripts(_tables: dict[str, Table]) -> str:
 
 
 BLOCKS: dict[str, Callable[[dict[str, Table]], str]] = {
-    "scripts": scripts, "performance": performance, "faithfulness": faithfulness, "sag": sag, "shortcut": shortcut, "shortcut-family": shortcut_family, "files": files, "status": status,
+    "scripts": scripts, "performance": performance, "faithfulness": faithfulness, "sag": sag, "shortcut": shortcut, "shortcut-family": shortcut_family, "shortcut-during": shortcut_during, "files": files, "status": status,
     "explainers": explainers, "protocol": protocol, "performance-goals": performance_goals,
 }
 
