@@ -51,6 +51,7 @@ def test_unflagged_it_changes_nothing_and_says_so(tmp_path, decoy, plain):
     with pytest.warns(UserWarning, match=r"RepairDuringTraining did nothing: none of the 3 records read flagged.*failed reliance"):
         model, _, repair = fit(tmp_path, decoy, NEVER)
     assert repair.started is None and repair.weight is None and repair.last_report.verdict == "none"
+    assert "repair-during-training" not in repair.i2x.run.attachments
     state = plain[0].state_dict()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), "no flag: training is bit for bit the plain one"
 
@@ -64,6 +65,10 @@ def test_from_the_first_flagged_record_it_penalises_the_suspects_directions(tmp_
     assert f"record {start.record} (epoch {start.epoch}, step {start.step})" in start.describe()
     # the suspects are what the rule names at that record (read back from the run's reliance then)
     assert repair.last_report.suspects == start.prototypes
+    # the run says that training changed, from which record, and why
+    kept, checkpoint = i2x.run.attachment("repair-during-training")
+    assert checkpoint == start.record and kept["step"] == start.step and tuple(kept["prototypes"]) == start.prototypes
+    assert kept["layers"] == "after" and "relied on" in kept["rule"]
     # what it penalised went down against the plain fit of the same epochs and seed
     x = decoy[1].tensors[0][:200]
     basis = repair.state_dict()["basis"]

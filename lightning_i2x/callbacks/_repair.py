@@ -33,6 +33,8 @@ from ._i2x import I2XCallback
 __all__ = ["RepairDuringTraining", "RepairStart"]
 
 FULL_PRECISION = ("32-true", "64-true", "32", "64")
+ATTACHMENT = "repair-during-training"
+"""The run's record that training changed: where the repair switched on, and why (``run.attachment(ATTACHMENT)``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,8 @@ class RepairDuringTraining(pl.Callback):
 
     After fit: ``started`` (a ``RepairStart``, or None when no record flagged a suspect: then it
     did nothing, and says so), ``weight``, ``last_report`` (the rule's report at the last record read).
+    The run keeps where it switched on, and why, as the attachment ``"repair-during-training"``, so
+    whoever reads the run later knows training was changed from that record.
     Single process, automatic optimisation, full precision; anything else is refused at ``setup``.
     """
 
@@ -146,6 +150,8 @@ class RepairDuringTraining(pl.Callback):
         self._basis = torch.as_tensor(basis.basis, dtype=torch.float32)
         self.started = RepairStart(run.num_checkpoints - 1, trainer.current_epoch, trainer.global_step, tuple(report.suspects), basis.rank)
         self._bind(pl_module)
+        run.save_attachment(ATTACHMENT, data={**dataclasses.asdict(self.started), "penalty_ratio": self.penalty_ratio,
+                                              "layers": self.layers, "rule": report.summary()}, checkpoint=self.started.record)
         LogSink(trainer.loggers).scalars({"i2x/repair_on": 1.0}, trainer.global_step)
         rank_zero_info(f"RepairDuringTraining switched on at {self.started.describe()}: {report.summary()}")
 
