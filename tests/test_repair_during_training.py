@@ -109,3 +109,30 @@ def test_it_is_refused_where_it_cannot_work(tmp_path, decoy):
                                         precision="bf16-mixed"))
     with pytest.raises(ValueError, match="needs full precision"):
         mixed.fit(FlatCNN(), DataLoader(decoy[0], batch_size=64), DataLoader(decoy[1], batch_size=100))
+
+
+def test_a_resumed_fit_goes_on_penalising_as_the_uninterrupted_one(tmp_path, decoy):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_i2x import I2XRun
+
+    def run(root, run_dir, ckpt_path=None):
+        pl.seed_everything(0, verbose=False)
+        model = FlatCNN()
+        i2x = I2XCallback(decoy[1], num_prototypes=8, run_dir=run_dir, explain=EXPLAIN, views=False,
+                          measures=[RelianceMeasure(when="record", n_random=2)])
+        repair = RepairDuringTraining(i2x, **EASY)
+        ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        kw = trainer_kwargs(root, max_epochs=3, callbacks=[i2x, repair, ckpt], logger=False, deterministic=True)
+        kw["enable_checkpointing"] = True
+        pl.Trainer(**kw).fit(model, DataLoader(decoy[0], batch_size=64), DataLoader(decoy[1], batch_size=100), ckpt_path=ckpt_path)
+        return model, repair
+
+    whole, first = run(tmp_path / "whole", tmp_path / "run")
+    assert first.started is not None and first.started.record < 2, "switched on before the checkpoint resumed from"
+    I2XRun.load(tmp_path / "run").truncate(2)  # as if stopped after the second epoch's checkpoint
+    resumed, again = run(tmp_path / "resumed", tmp_path / "run", ckpt_path=tmp_path / "whole" / "ckpt" / "epoch=1.ckpt")
+    assert again.started == first.started and again.weight == first.weight
+    state = whole.state_dict()
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=1e-6, msg=f"{k}: the resumed fit's last epoch differs")
