@@ -1,7 +1,8 @@
 """Repairing a shortcut during training against after it, at an equal total number of epochs.
 
     python benchmarks/shortcut_during.py [--variant DATA:ARCH:SHORTCUT ...] [--seeds 3] [--train-size 6000]
-        [--epochs 2] [--probe-size 500] [--test-size 2000] [--data-dir DIR] [--quick] [--out FILE]
+        [--epochs 2] [--probe-size 500] [--test-size 2000] [--penalty-ratio 1] [--layers after|all]
+        [--data-dir DIR] [--quick] [--out FILE]
 
 Cells as ``benchmarks/shortcut.py`` (``shortcut_family.py``; default the issue's case
 ``mnist:maxpool:swatch`` and ``fmnist:maxpool:swatch``). Per cell and seed, the same seeded split and
@@ -15,6 +16,8 @@ and, in total, --epochs + 1 epochs of training:
   mode="latent")`` (RR-ClArC on the suspects of the last record; unchanged when there are none);
 - during: one fit of --epochs + 1 epochs with ``RepairDuringTraining`` (the same latent penalty,
   switched on from the record at which the rule first names a suspect; never on when it names none);
+  both repairs with --penalty-ratio (the penalty's weight against the cross-entropy at its start) and
+  --layers (the parameters the penalty trains: after the target layer, or all);
 - the ceiling: --epochs + 1 epochs on the clean data.
 
 Columns: accuracy on --test-size test-split images with the attacked shortcut and on the same
@@ -54,13 +57,13 @@ ROWS = ("plain (--epochs)", "plain, one more epoch", "after: one latent epoch on
         "clean-trained (ceiling)")
 
 
-def fit(data, seed: int, epochs: int, run_dir: Path, arch: str, shape, repair: bool):
+def fit(data, seed: int, epochs: int, run_dir: Path, arch: str, shape, repair: dict | None):
     train_ds, probe_ds, val_ds = data
     pl.seed_everything(seed, workers=True, verbose=False)
     model = make_model(arch, shape[0], shape[1])
     i2x = I2XCallback(probe_ds.tensors, target_layer=model.target_layer, num_prototypes=K, run_dir=run_dir, views=False,
                       prototypes=PrototypeOptions(seed=seed), measures=[RelianceMeasure(seed=seed, when="record")])
-    fixer = RepairDuringTraining(i2x, seed=seed) if repair else None
+    fixer = RepairDuringTraining(i2x, seed=seed, **repair) if repair is not None else None
     steps = -(-len(train_ds) // 64)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[i2x] + ([fixer] if fixer else []),
@@ -87,7 +90,8 @@ def one_seed(cell, seed: int, args, tmp: Path) -> tuple[dict, dict]:
     name = "-".join(cell)
     total = args.epochs + 1
 
-    plain, run, _ = fit(shortcut, seed, args.epochs, tmp / f"{name}-plain-{seed}", arch, shape, repair=False)
+    setting = dict(penalty_ratio=args.penalty_ratio, layers=args.layers)
+    plain, run, _ = fit(shortcut, seed, args.epochs, tmp / f"{name}-plain-{seed}", arch, shape, repair=None)
     rows = {ROWS[0]: measure(plain)}
     loader = DataLoader(shortcut[0], batch_size=64, shuffle=True)
     val = DataLoader(shortcut[2], batch_size=500)
@@ -99,11 +103,12 @@ def one_seed(cell, seed: int, args, tmp: Path) -> tuple[dict, dict]:
     after = copy.deepcopy(plain)
     if suspects:
         PerturbationFinetuner(run, FinetuneOptions(prototypes=suspects, mode="latent", schedule=("curated",), seed=seed,
-                                                   out_dir=tmp / "ft"), progress=False).fit(after, loader, val)
+                                                   penalty_ratio=args.penalty_ratio, latent_layers=args.layers, out_dir=tmp / "ft"),
+                              progress=False).fit(after, loader, val)
     rows[ROWS[2]] = measure(after)
-    during, during_run, fixer = fit(shortcut, seed, total, tmp / f"{name}-during-{seed}", arch, shape, repair=True)
+    during, during_run, fixer = fit(shortcut, seed, total, tmp / f"{name}-during-{seed}", arch, shape, repair=setting)
     rows[ROWS[3]] = measure(during)
-    ceiling, _, _ = fit(clean, seed, total, tmp / f"{name}-clean-{seed}", arch, shape, repair=False)
+    ceiling, _, _ = fit(clean, seed, total, tmp / f"{name}-clean-{seed}", arch, shape, repair=None)
     rows[ROWS[4]] = measure(ceiling)
     start = fixer.started
     info = dict(after_suspects=len(suspects), started=start, records=during_run.num_checkpoints,
@@ -139,6 +144,8 @@ def main() -> None:
     ap.add_argument("--probe-size", type=int, default=500)
     ap.add_argument("--test-size", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--penalty-ratio", type=float, default=1.0, help="both repairs' penalty weight against the cross-entropy")
+    ap.add_argument("--layers", choices=("after", "all"), default="after", help="the parameters both repairs' penalty trains")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.train_size, args.probe_size, args.test_size, args.epochs = 1, 640, 100, 200, 1
@@ -160,7 +167,9 @@ def main() -> None:
                           "during minus after (attacked-test points)", "seeds switched on", "first record (fraction of the run)"],
                          summary)
     body = head + body + (f"\n\nSizes: {args.train_size} training images, {args.probe_size} probe, 1000 validation, "
-                          f"{args.test_size} test; {args.epochs} + 1 epochs in total for every model; seeds 0..{args.seeds - 1}.")
+                          f"{args.test_size} test; {args.epochs} + 1 epochs in total for every model; seeds 0..{args.seeds - 1}; "
+                          f"both repairs: penalty ratio {args.penalty_ratio:g}, layers {args.layers}. Calibration cells: "
+                          + ", ".join(":".join(c) for c in sorted(CALIBRATION)) + "; every other cell is held out.")
     known = {k: [r[k] for r in per_cell if r[k] is not None] for k in per_cell[0]}
     ratios = {k: float(np.mean(v)) if v else None for k, v in known.items()}  # None: no seed of any cell switched on
     _common.report("Repairing a shortcut during training against after it: " + ", ".join(":".join(c) for c in cells), body, ratios,
