@@ -275,17 +275,23 @@ def shortcut_family(tables: dict[str, Table]) -> str:
 
 
 def shortcut_during(tables: dict[str, Table]) -> str:
-    """The repair during training against after it (``shortcut-during-cpu``), per cell, against the
-    family's 0.80 share-closed goal, at an equal total number of epochs."""
-    t = tables.get("shortcut-during-cpu")
-    if t is None or not t.cells:
+    """The repair during training against after it (``shortcut-during*`` tables: the held-out cells,
+    and the settings tried on the calibration cell), per cell, against the family's 0.80 goal, at an
+    equal total number of epochs."""
+    names = sorted((n for n in tables if n.startswith("shortcut-during") and tables[n].cells), key=lambda n: ("calibration" in n, n))
+    if not names:
         return "No repair-during-training table is committed."
-    rows = ["| cell | split | share closed: during / after / one more plain epoch (goal 0.80) | during minus after, "
-            "attacked-test points | seeds switched on | first record, fraction of the run |", "|---|---|---|---|---|---|"]
-    for cell, split, during, after, more, diff, on, first in (c[:8] for c in t.cells):
-        best = max(float(during), float(after))
-        rows.append(f"| {cell} | {split} | {during} / {after} / {more}{'' if best >= 0.8 else ': **no**'} | {float(diff):+.1f} | "
-                    f"{on} | {first} |")
+    rows = ["| cell | split | penalty ratio, layers | share closed: during / after / one more plain epoch (goal 0.80) | "
+            "during minus after, attacked-test points | seeds switched on | first record, fraction of the run | table |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        words = tables[name].fields.get("command", "").split()
+        option = lambda flag, default: words[words.index(flag) + 1] if flag in words[:-1] else default  # noqa: E731
+        setting = f"{option('--penalty-ratio', '1')}, {option('--layers', 'after')}"
+        for cell, split, during, after, more, diff, on, first in (c[:8] for c in tables[name].cells):
+            best = max(float(during), float(after))
+            rows.append(f"| {cell} | {split} | {setting} | {during} / {after} / {more}{'' if best >= 0.8 else ': **no**'} | "
+                        f"{float(diff):+.1f} | {on} | {first} | `{name}` |")
     return "\n".join(rows)
 
 
