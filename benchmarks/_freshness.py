@@ -40,7 +40,8 @@ class Freshness:
 
 def imported_modules(path: Path) -> set[str]:
     """Every absolute module name ``path`` imports (and ``module.name`` for ``from module import name``)."""
-    return {f"{m}.{n}" if n and n != NAMED else m for m, n in imported_refs(path)} | {m for m, _ in imported_refs(path)}
+    refs = imported_refs(path)
+    return {f"{m}.{n}" if n and n != NAMED else m for m, n in refs} | {m for m, _ in refs}
 
 
 def imported_refs(path: Path) -> set[Ref]:
