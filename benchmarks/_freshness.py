@@ -1,10 +1,11 @@
 """Whether a results table is still what the current code measures.
 
 A table is current when none of the code it measured changed after its ``- commit:``: the script
-named in its ``- command:``, ``benchmarks/_common.py`` and the ``benchmarks/`` and ``examples/``
-modules they import (at any depth), whole; and, in ``lightning_i2x``, the definitions those reach,
-name by name (``Package``): importing ``fit_srae`` measures ``fit_srae`` and what its code refers
-to, not every function of its module or every module its subpackage re-exports. A dotted name in a
+named in its ``- command:`` and ``benchmarks/_common.py``, whole; and the definitions those reach,
+name by name (``Package``), in ``lightning_i2x`` and in the ``benchmarks/`` and ``examples/``
+modules they import (at any depth): importing ``fit_srae`` measures ``fit_srae`` and what its code
+refers to, not every function of its module or every module its subpackage re-exports, and
+importing ``split`` from ``shortcut.py`` does not measure the refinement that script also runs. A dotted name in a
 string counts as an import (a child interpreter's code, a patch target). A table made from a dirty
 tree (``+dirty``) is never current; one whose commit is unknown, or not in this clone (a shallow
 clone), cannot be judged, and is said so rather than passed. ``tests/benchmark_run.py`` checks the
@@ -38,12 +39,6 @@ class Freshness:
     reason: str = ""
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every absolute module name ``path`` imports (and ``module.name`` for ``from module import name``)."""
-    refs = imported_refs(path)
-    return {f"{m}.{n}" if n and n != NAMED else m for m, n in refs} | {m for m, _ in refs}
-
-
 def imported_refs(path: Path) -> set[Ref]:
     """``(module, name)`` for each ``from module import name`` and ``(module, None)`` for each
     ``import module``, at any depth of the code, and in a string that is code (a child
@@ -51,7 +46,7 @@ def imported_refs(path: Path) -> set[Ref]:
     return _refs(ast.parse(path.read_text(), str(path)))
 
 
-def _refs(tree: ast.AST) -> set[Ref]:
+def _refs(tree: ast.AST, strings_only: bool = False) -> set[Ref]:
     refs: set[Ref] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -67,6 +62,8 @@ def _refs(tree: ast.AST) -> set[Ref]:
                             refs.add((words[1], None))
                         elif len(words) >= 4 and words[0] == "from" and words[2] == "import":
                             refs.update((words[1], w.strip("(), ")) for w in words[3:] if w.strip("(), ").isidentifier())
+        elif strings_only:
+            continue
         elif isinstance(node, ast.Import):
             refs.update((a.name, None) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -138,7 +135,8 @@ class _Module:
 
 
 class Package:
-    """``lightning_i2x``'s code resolved name by name, from its source.
+    """``lightning_i2x``'s code, and the helper modules of ``benchmarks/`` and ``examples/`` (by
+    their bare names, as the scripts import them), resolved name by name, from their source.
 
     Using a name defined in a module uses that definition (a function, a class with its methods and
     bases, an assigned value) and, in turn, every name its code refers to: the module's other
@@ -151,6 +149,10 @@ class Package:
     effect may register its functions elsewhere), decorators, metaclasses, and calls in default
     values, class bodies and assigned values (``options=SRAEOptions()`` runs its ``__post_init__``).
     Python can reach code by other ways (``getattr`` with a computed name, ``globals()``);
+    A helper module used at all runs on import: its effects, what its top level imports (the
+    package's import, another helper's), the calls on its top level, and any dotted name or code in
+    a string of it count; its effects (warning filters, ``sys.path``) count by what they name, not
+    as a registration of the whole module. ``import x`` costs its import only for the package's modules.
     ``tests/benchmark_run.py`` checks the rule against the functions the benchmarks' runs execute.
     """
 
@@ -158,6 +160,8 @@ class Package:
         self.repo = repo
         self.paths = {".".join(p.relative_to(repo).with_suffix("").parts).removesuffix(".__init__"): p
                       for p in sorted((repo / PACKAGE).rglob("*.py")) if p.name != "__main__.py"}
+        self.helpers = {p.stem: p for folder in ("examples", "benchmarks") for p in sorted((repo / folder).glob("*.py"))}
+        self.paths.update(self.helpers)  # benchmarks/ wins a name both folders have, as on the scripts' sys.path
         self._modules: dict[str, _Module] = {}
 
     def measured(self, refs) -> dict[str, set[str]]:
@@ -165,17 +169,41 @@ class Package:
         can change what code importing ``refs`` does."""
         self._used: dict[str, set[str]] = {}
         self._seen: set[Ref] = set()
-        refs = [r for r in refs if r[0] == PACKAGE or r[0].startswith(PACKAGE + ".")]
-        if refs:  # importing anything of the package runs its __init__, and so every module it imports
-            for module in self.imported_on_import():
-                self._mark(module, EFFECTS)
-                refs += self._parse(module).on_import
+        self._imported: set[str] = set()
+        refs = [r for r in refs if _in_package(r[0]) or r[0].split(".")[0] in self.helpers]
+        if any(_in_package(m) for m, _ in refs):
+            self._import_package()
         for ref in refs:
             self._use(ref)
-        for module in {m for m, name in refs if name is None and m in self.paths}:  # ``import x``: its cost counts
+        for module in {m for m, name in refs if name is None and m in self.paths and _in_package(m)}:  # ``import x``: its cost
             for imported in self.imported_on_import(module):
                 self._mark(imported, WHOLE)
         return self._used
+
+    def _import_package(self) -> None:
+        """Importing anything of the package runs its __init__, and so every module it imports."""
+        if PACKAGE in self._imported:
+            return
+        self._imported.add(PACKAGE)
+        for module in self.imported_on_import():
+            self._mark(module, EFFECTS)
+            for ref in self._parse(module).on_import:
+                self._use(ref)
+
+    def _import_helper(self, module: str) -> None:
+        """What importing a helper module runs (class docstring)."""
+        if module in self._imported:
+            return
+        self._imported.add(module)
+        parsed = self._parse(module)
+        for ref in [*parsed.on_import, *_refs(ast.parse(self.paths[module].read_text()), strings_only=True)]:
+            self._use(ref)
+        for imported in parsed.runs_imports:
+            if _in_package(imported):
+                self._import_package()
+            elif imported in self.helpers:
+                self._mark(imported, EFFECTS)
+                self._import_helper(imported)
 
     def imported_on_import(self, module: str = PACKAGE) -> list[str]:
         """The modules importing ``module`` imports."""
@@ -206,6 +234,8 @@ class Package:
             return
         parsed = self._parse(module)
         self._mark(module, EFFECTS)
+        if module in self.helpers:
+            self._import_helper(module)
         if name is None or name == NAMED:  # the module object: any of its names
             self._mark(module, WHOLE)
             for bound in parsed.bindings:
@@ -308,23 +338,21 @@ class Package:
 
         uses = {name: [r for n in defs for r in refs(n)] for name, defs in nodes.items()}
         on_import = [r for e in (*effects, *decorators) for r in refs(e)] + [r for e in evaluated for r in called(e)]
-        if effects and any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for d in nodes.values() for n in d):
-            # an effect may register this module's functions elsewhere
+        if module not in self.helpers and effects and any(
+                isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for d in nodes.values() for n in d):
+            # an effect may register this module's functions elsewhere (a helper's: a warning filter, sys.path)
             on_import.append((module, None))
         self._modules[module] = _Module(bindings, uses, runs_imports, on_import, lazy)
         return self._modules[module]
 
 
+def _in_package(module: str) -> bool:
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
 def measured_definitions(script: Path, repo: Path = REPO, package: Package | None = None) -> dict[str, set[str]]:
     """Repository-relative file -> what of it (``WHOLE``, or top-level names) ``script`` measures."""
     sources = [p for p in (script, repo / "benchmarks" / "_common.py") if p.is_file()]
-    todo = list(sources)
-    while todo:  # sibling benchmark modules and examples, at any depth (shortcut.py -> shortcut_family -> demo_models)
-        for name in imported_modules(todo.pop()):
-            for local in (repo / "benchmarks" / f"{name}.py", repo / "examples" / f"{name}.py"):
-                if local.is_file() and local not in sources:
-                    sources.append(local)
-                    todo.append(local)
     package = package or Package(repo)
     used = package.measured({r for src in sources for r in imported_refs(src)})
     return used | {src.relative_to(repo).as_posix(): {WHOLE} for src in sources}

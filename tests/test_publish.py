@@ -113,7 +113,8 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     files = {"lightning_i2x/__init__.py": "", "lightning_i2x/a.py": "from .b import g\n\n\ndef f():\n    return g()\n\n\ndef unused():\n    return 0\n",
              "lightning_i2x/b.py": "def g():\n    return 1\n\n\nx = 1\n", "lightning_i2x/c.py": "y = 1\n",
              "benchmarks/_common.py": "", "examples/demo_data.py": "",
-             "benchmarks/s.py": "import _common\nimport s_family\nfrom lightning_i2x.a import f\n",
+             "benchmarks/s.py": "import _common\nimport s_family\nfrom lightning_i2x.a import f\nfrom s_tools import h\n",
+             "benchmarks/s_tools.py": "from lightning_i2x import c\n\n\ndef h():\n    return 1\n\n\ndef unrelated():\n    return c.y\n",
              "benchmarks/s_family.py": "from demo_models import M\n", "examples/demo_models.py": ""}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +142,17 @@ def test_a_table_is_stale_exactly_when_code_it_measured_changed(tmp_path):
     commit_change("examples/demo_models.py")  # imported by a module the script imports: whole files
     f = judge()
     assert (f.verdict, f.changed) == ("stale", ("examples/demo_models.py",))
+    fields["commit"] = git("rev-parse", "--short", "HEAD")
+    commit_change("benchmarks/s_tools.py", "return c.y", "return c.y + 1")  # a helper's definition the script does not use
+    commit_change("lightning_i2x/c.py", "y = 1", "y = 2")  # reached only through it
+    assert judge().verdict == "current"
+    commit_change("benchmarks/s_tools.py", "return 1", "return 2")  # the helper's definition the script imports
+    f = judge()
+    assert (f.verdict, f.changed) == ("stale", ("benchmarks/s_tools.py:h",))
+    fields["commit"] = git("rev-parse", "--short", "HEAD")
+    commit_change("benchmarks/s_tools.py", "", "\nimport warnings\n\nwarnings.filterwarnings('ignore')\n")  # runs on import
+    f = judge()
+    assert (f.verdict, f.changed) == ("stale", ("benchmarks/s_tools.py:<on import>",))
     fields["commit"] = git("rev-parse", "--short", "HEAD")
     commit_change("lightning_i2x/b.py", "return 1", "return 3")  # g, reached through f's call
     f = judge()
