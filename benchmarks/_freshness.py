@@ -5,8 +5,8 @@ named in its ``- command:`` and ``benchmarks/_common.py``, whole; and the defini
 name by name (``Package``), in ``lightning_i2x`` and in the ``benchmarks/`` and ``examples/``
 modules they import (at any depth): importing ``fit_srae`` measures ``fit_srae`` and what its code
 refers to, not every function of its module or every module its subpackage re-exports, and
-importing ``split`` from ``shortcut.py`` does not measure the refinement that script also runs. A dotted name in a
-string counts as an import (a child interpreter's code, a patch target). A table made from a dirty
+importing ``split`` from ``shortcut.py`` does not measure the refinement that script also runs.
+A dotted name in a string counts as an import (a child interpreter's code, a patch target). A table made from a dirty
 tree (``+dirty``) is never current; one whose commit is unknown, or not in this clone (a shallow
 clone), cannot be judged, and is said so rather than passed. ``tests/benchmark_run.py`` checks the
 rule against the functions each benchmark's smoke run executes.
@@ -132,6 +132,7 @@ class _Module:
     runs_imports: list[str]  # the modules its top-level imports (not under TYPE_CHECKING) import
     on_import: list[Ref]  # what acts on import whatever is used: effect statements, decorators, defaults
     lazy: set[str]  # names bound only under TYPE_CHECKING: at run time a module ``__getattr__`` gives them
+    in_strings: set[Ref]  # dotted names and code in its strings (what a helper's strings import)
 
 
 class Package:
@@ -148,11 +149,11 @@ class Package:
     effect (``_deprecated.install()``; such a module that also defines code is used whole, since the
     effect may register its functions elsewhere), decorators, metaclasses, and calls in default
     values, class bodies and assigned values (``options=SRAEOptions()`` runs its ``__post_init__``).
-    Python can reach code by other ways (``getattr`` with a computed name, ``globals()``);
     A helper module used at all runs on import: its effects, what its top level imports (the
     package's import, another helper's), the calls on its top level, and any dotted name or code in
     a string of it count; its effects (warning filters, ``sys.path``) count by what they name, not
     as a registration of the whole module. ``import x`` costs its import only for the package's modules.
+    Python can reach code by other ways (``getattr`` with a computed name, ``globals()``);
     ``tests/benchmark_run.py`` checks the rule against the functions the benchmarks' runs execute.
     """
 
@@ -196,7 +197,7 @@ class Package:
             return
         self._imported.add(module)
         parsed = self._parse(module)
-        for ref in [*parsed.on_import, *_refs(ast.parse(self.paths[module].read_text()), strings_only=True)]:
+        for ref in [*parsed.on_import, *parsed.in_strings]:
             self._use(ref)
         for imported in parsed.runs_imports:
             if _in_package(imported):
@@ -342,7 +343,7 @@ class Package:
                 isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for d in nodes.values() for n in d):
             # an effect may register this module's functions elsewhere (a helper's: a warning filter, sys.path)
             on_import.append((module, None))
-        self._modules[module] = _Module(bindings, uses, runs_imports, on_import, lazy)
+        self._modules[module] = _Module(bindings, uses, runs_imports, on_import, lazy, _refs(tree, strings_only=True))
         return self._modules[module]
 
 
