@@ -58,6 +58,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -94,6 +95,26 @@ def split(seed: int, train_size: int, probe_size: int, n: int, val_size: int = 1
     perm = np.random.default_rng([seed, 7]).permutation(n)
     a, b, c = train_size, train_size + probe_size, train_size + probe_size + val_size
     return perm[:a], perm[a:b], perm[b:c], perm[c : c + val_size]
+
+
+def cell_data(cell, seed: int, args) -> SimpleNamespace:
+    """One cell's images for a seed: the training, probe and validation splits with the shortcut
+    (``x``, true ``masks``) and without (``clean``), their labels ``y``, an attacked validation split
+    (``xav``, ``yav``) and the attacked and clean test images (``tx``, ``cx``, ``ty``, ``test_masks``).
+    Every split's shortcut is drawn from its own seed, so a script that uses fewer splits sees the same ones."""
+    data, _, kind = cell
+    base_train, base_test = load(data, True, args.data_dir), load(data, False, args.data_dir)
+    bx, by = base_train.tensors
+    tr, pr, va, av = split(seed, args.train_size, args.probe_size, len(bx))
+    clean = [bx[torch.as_tensor(i)] for i in (tr, pr, va, av)]
+    y = [by[torch.as_tensor(i)] for i in (tr, pr, va, av)]
+    made = [add_shortcut(kind, clean[j], y[j], attacked=False, seed=seed + 1000 * j) for j in range(3)]
+    xav, _ = add_shortcut(kind, clean[3], y[3], attacked=True, seed=seed + 4000)
+    test_idx = torch.as_tensor(np.random.default_rng([seed, 9]).permutation(len(base_test))[: args.test_size])
+    cx, ty = base_test.tensors[0][test_idx], base_test.tensors[1][test_idx]
+    tx, test_masks = add_shortcut(kind, cx, ty, attacked=True, seed=seed + 3000)
+    return SimpleNamespace(shape=(bx.shape[1], bx.shape[-1]), x=[m[0] for m in made], masks=[m[1] for m in made],
+                           clean=clean[:3], y=y[:3], xav=xav, yav=y[3], tx=tx, cx=cx, ty=ty, test_masks=test_masks)
 
 
 def artifact_cells(masks: np.ndarray, hw) -> np.ndarray:
@@ -213,21 +234,11 @@ def share_closed(repaired: float, plain: float, ceiling: float) -> float:
 
 def one_seed(cell, seed: int, args, tmp: Path, gallery_out: Path | None):
     data, arch, kind = cell
-    base_train, base_test = load(data, True, args.data_dir), load(data, False, args.data_dir)
-    bx, by = base_train.tensors
-    tr, pr, va, av = split(seed, args.train_size, args.probe_size, len(bx))
-    shape = (bx.shape[1], bx.shape[-1])
-    sub = lambda idx: (bx[torch.as_tensor(idx)], by[torch.as_tensor(idx)])
-    made = [add_shortcut(kind, *sub(i), attacked=False, seed=seed + 1000 * j) for j, i in enumerate((tr, pr, va))]
-    (xt, train_masks), (xp, probe_masks), (xv, _) = made
-    yt, yp, yv = (sub(i)[1] for i in (tr, pr, va))
-    shortcut = [TensorDataset(xt, yt), TensorDataset(xp, yp), TensorDataset(xv, yv)]
-    clean = [TensorDataset(*sub(i)) for i in (tr, pr, va)]
-    xav, _ = add_shortcut(kind, *sub(av), attacked=True, seed=seed + 4000)
-    yav = sub(av)[1]
-    test_idx = torch.as_tensor(np.random.default_rng([seed, 9]).permutation(len(base_test))[: args.test_size])
-    cx, ty = base_test.tensors[0][test_idx], base_test.tensors[1][test_idx]
-    tx, test_masks = add_shortcut(kind, cx, ty, attacked=True, seed=seed + 3000)
+    d = cell_data(cell, seed, args)
+    shape, (train_masks, probe_masks, _) = d.shape, d.masks
+    shortcut = [TensorDataset(x, y) for x, y in zip(d.x, d.y)]
+    clean = [TensorDataset(x, y) for x, y in zip(d.clean, d.y)]
+    xav, yav, tx, cx, ty, test_masks = d.xav, d.yav, d.tx, d.cx, d.ty, d.test_masks
 
     t0 = time.perf_counter()
     clean_model, clean_run = train(clean, seed, args, tmp / f"{data}-{arch}-{kind}-clean-{seed}", arch, shape)

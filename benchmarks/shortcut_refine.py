@@ -4,9 +4,9 @@
         [--epochs 2] [--probe-size 500] [--test-size 2000] [--data-dir DIR] [--quick] [--out FILE]
 
 ``measures.refine_suspects`` (suspects grown from the locations the model relies on, for an artifact
-k-means drowns; docs/shortcut.md) had its thresholds set on a planted unit case only. In the benchmark
-family it finds the swatch, but it also names refined suspects on most clean models. Here its
-settings are chosen on the calibration cells, ``shortcut_family.CALIBRATION`` (MNIST x {flatten,
+k-means drowns; docs/shortcut.md) first judged its refined prototypes with the suspect rule's own
+thresholds, set on a planted unit case. In the benchmark family it found the swatch, but it also
+named refined suspects on most clean models. Here its settings are chosen on the calibration cells, ``shortcut_family.CALIBRATION`` (MNIST x {flatten,
 GAP} x swatch), and that choice is reported on the cells given by ``--variant`` that are not
 calibration cells (the default list: every held-out cell of MNIST and Fashion-MNIST whose plain model
 leans on its shortcut in the family tables, and two casts).
@@ -31,11 +31,13 @@ is under 1, a model that ignores its shortcut has nothing to be found.
 
 The choice, declared before any run: the grid setting with the highest found rate minus alarm rate
 on the calibration cells; ties go to the higher precision, then to the earlier setting in the grid
-(the first values of each list are ``refine_suspects``' defaults).
+(the first values of each list are the suspect rule's, ``analysis.SUSPECT_RULE_DEFAULTS``, and
+``refine_suspects``' grouping defaults). The choice became ``measures.REFINED_RULE_DEFAULTS``; the
+report says whether the two still agree.
 
 Ratios (last line, over the held-out cells; found over the localised ones whose model leans):
 ``found_chosen``, ``alarm_chosen``, ``precision_chosen``, ``cast_claims_chosen``, and the same four
-with the defaults (``*_default``).
+with the rule's thresholds (``*_rule``).
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ import warnings
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from shortcut import accuracy, artifact_cells, split
-from shortcut_family import CALIBRATION, add_shortcut, expand, load, make_model
+from shortcut import accuracy, artifact_cells, cell_data
+from shortcut_family import CALIBRATION, expand, make_model
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_i2x.analysis import SUSPECT_RULE_DEFAULTS, suspect_report
-from lightning_i2x.measures import refine_suspects
+from lightning_i2x.measures import REFINED_RULE_DEFAULTS, refine_suspects
 
 import _common  # puts the repository and examples/ on sys.path
 
@@ -65,22 +67,22 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 RULE = SUSPECT_RULE_DEFAULTS
 GROUPING = {"min_reliance_per_location": (RULE["min_reliance_per_location"], 0.2, 0.3, 0.5),
             "scale": (inspect.signature(refine_suspects).parameters["scale"].default, 0.75)}
-"""The settings that change which locations are grouped (one ``refine_suspects`` call each pair); the defaults first."""
+"""The settings that change which locations are grouped (one ``refine_suspects`` call each pair); the rule's first."""
 JUDGING = {"min_images": (RULE["min_images"], 10, 20), "min_reliance": (RULE["min_reliance"], 0.05),
            "min_localisation": (RULE["min_localisation"], 0.75, 0.9)}
-"""The rule's thresholds re-applied to each call's refined reliance; the defaults first."""
+"""The rule's thresholds re-applied to each call's refined reliance; the rule's own first."""
 HELD_OUT = ["mnist:maxpool:swatch", "mnist:gap:tag", "fmnist:flatten:swatch", "fmnist:maxpool:swatch", "fmnist:maxpool:tag",
             "mnist:maxpool:cast", "fmnist:maxpool:cast"]
 MIN_LEAN = 1.0  # points: under it the model ignores its shortcut (as the family's discovery count)
 
 
 def settings() -> list[dict]:
-    """Every grid setting, the defaults first."""
+    """Every grid setting, the rule's thresholds first."""
     grid = {**GROUPING, **JUDGING}
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-DEFAULT = tuple(settings()[0].values())
+RULES = tuple(settings()[0].values())
 
 
 def fit_model(train_ds, seed: int, epochs: int, arch: str, shape):
@@ -118,26 +120,19 @@ def judged(model, probe: TensorDataset, masks: np.ndarray, seed: int, groupings:
 
 
 def one_seed(cell, seed: int, args, groupings: list[tuple]) -> dict:
-    data, arch, kind = cell
-    base_train, base_test = load(data, True, args.data_dir), load(data, False, args.data_dir)
-    bx, by = base_train.tensors
-    tr, pr, _, _ = split(seed, args.train_size, args.probe_size, len(bx))
-    shape = (bx.shape[1], bx.shape[-1])
-    sub = lambda idx: (bx[torch.as_tensor(idx)], by[torch.as_tensor(idx)])  # noqa: E731
-    (xt, _), (xp, probe_masks) = (add_shortcut(kind, *sub(i), attacked=False, seed=seed + 1000 * j) for j, i in enumerate((tr, pr)))
-    test_idx = torch.as_tensor(np.random.default_rng([seed, 9]).permutation(len(base_test))[: args.test_size])
-    cx, ty = base_test.tensors[0][test_idx], base_test.tensors[1][test_idx]
-    tx, _ = add_shortcut(kind, cx, ty, attacked=True, seed=seed + 3000)
+    _, arch, _ = cell
+    d = cell_data(cell, seed, args)
+    (xt, xp, _), (yt, yp, _), (ct, cp, _) = d.x, d.y, d.clean
     t0 = time.perf_counter()
-    plain = fit_model(TensorDataset(xt, sub(tr)[1]), seed, args.epochs, arch, shape)
-    clean = fit_model(TensorDataset(*sub(tr)), seed, args.epochs, arch, shape)
+    plain = fit_model(TensorDataset(xt, yt), seed, args.epochs, arch, d.shape)
+    clean = fit_model(TensorDataset(ct, yt), seed, args.epochs, arch, d.shape)
     t1 = time.perf_counter()
-    info = dict(lean=100 * (accuracy(clean, tx, ty) - accuracy(plain, tx, ty)),
-                shortcut=judged(plain, TensorDataset(xp, sub(pr)[1]), probe_masks, seed, groupings),
-                clean=judged(clean, TensorDataset(*sub(pr)), probe_masks, seed, groupings), t_train=t1 - t0,
+    info = dict(lean=100 * (accuracy(clean, d.tx, d.ty) - accuracy(plain, d.tx, d.ty)),
+                shortcut=judged(plain, TensorDataset(xp, yp), d.masks[1], seed, groupings),
+                clean=judged(clean, TensorDataset(cp, yp), d.masks[1], seed, groupings), t_train=t1 - t0,
                 t_refine=(time.perf_counter() - t1) / 2)
-    print(f"[{':'.join(cell)} seed {seed}] leans {info['lean']:+.1f} points; defaults: shortcut model "
-          f"{info['shortcut'][DEFAULT]}, clean model {info['clean'][DEFAULT]} (suspects, on artifact); "
+    print(f"[{':'.join(cell)} seed {seed}] leans {info['lean']:+.1f} points; the rule's thresholds: shortcut model "
+          f"{info['shortcut'][RULES]}, clean model {info['clean'][RULES]} (suspects, on artifact); "
           f"{info['t_refine']:.0f} s a model for {len(groupings)} refine_suspects call(s)", file=sys.stderr, flush=True)
     return info
 
@@ -194,19 +189,18 @@ def main() -> None:
 
     cal = {key: overall(calibration, key) for key in keys}
     rank = lambda k: ((cal[k]["found"] or 0.0) - cal[k]["alarm"], cal[k]["precision"] or 0.0)  # noqa: E731
-    chosen = max(keys, key=rank)  # max keeps the first of equals: the grid starts at the defaults
-    default = DEFAULT
-    grouped = list(dict.fromkeys(k[: len(GROUPING)] for k in (default, chosen)))  # held out: these two settings only
+    chosen = max(keys, key=rank)  # max keeps the first of equals: the grid starts at the rule's thresholds
+    grouped = list(dict.fromkeys(k[: len(GROUPING)] for k in (RULES, chosen)))  # held out: these two settings only
     results.update({cell: [one_seed(cell, seed, args, grouped) for seed in range(args.seeds)] for cell in held})
     names = list(grid[0])
     best = sorted(keys, key=rank, reverse=True)[:8]
     sweep = _common.table([*names, "found", "alarm", "precision", "found minus alarm"],
                           [[*k, fmt(cal[k]["found"]), fmt(cal[k]["alarm"]), fmt(cal[k]["precision"]),
-                            f"{rank(k)[0]:+.2f}"] for k in dict.fromkeys([default, *best])])
+                            f"{rank(k)[0]:+.2f}"] for k in dict.fromkeys([RULES, *best])])
     rows = []
     for cell in cells:
         infos = results[cell]
-        for label, key in (("defaults", default), ("chosen", chosen)):
+        for label, key in (("the rule's", RULES), ("chosen", chosen)):
             s = scores(cell, infos, key)
             rows.append([":".join(cell), "calibration" if cell in CALIBRATION else "held-out", label,
                          " / ".join(f"{i['lean']:+.1f}" for i in infos), fmt(s["found"]), fmt(s["alarm"]), fmt(s["precision"]),
@@ -215,18 +209,22 @@ def main() -> None:
     per_cell = _common.table(["cell", "split", "setting", "leans (points, per seed)", "found", "alarm (clean models)",
                               "precision", "claims on the cast", "per seed: on artifact of suspects, clean model's suspects"], rows)
     out = {}
-    for label, key in (("chosen", chosen), ("default", default)):
+    for label, key in (("chosen", chosen), ("rule", RULES)):
         out.update({f"{n}_{label}": v for n, v in overall(held, key).items()} if held else
                    {f"{n}_{label}": None for n in ("found", "alarm", "precision", "cast_claims")})
+    library = {**REFINED_RULE_DEFAULTS, "scale": GROUPING["scale"][0]}
+    agree = ("equal the chosen setting" if all(library[n] == v for n, v in zip(names, chosen))
+             else "differ from it: " + ", ".join(f"{n} {library[n]}" for n in names))
     timing = np.mean([i["t_refine"] for c in calibration for i in results[c]])
     body = (f"Chosen on the calibration cells ({', '.join(':'.join(c) for c in calibration)}): "
-            + ", ".join(f"{n} {v}" for n, v in zip(names, chosen)) + "; the defaults: "
-            + ", ".join(f"{n} {v}" for n, v in zip(names, default)) + ".\n\n"
-            f"### The calibration sweep ({len(keys)} settings; the defaults, then the best eight)\n\n{sweep}\n\n"
-            f"### Every cell, with the defaults and with the chosen setting\n\n{per_cell}\n\n"
+            + ", ".join(f"{n} {v}" for n, v in zip(names, chosen)) + "; the rule's thresholds: "
+            + ", ".join(f"{n} {v}" for n, v in zip(names, RULES)) + ". The library's refined defaults "
+            f"(``REFINED_RULE_DEFAULTS`` and ``refine_suspects``' scale) {agree}.\n\n"
+            f"### The calibration sweep ({len(keys)} settings; the rule's thresholds, then the best eight)\n\n{sweep}\n\n"
+            f"### Every cell, with the rule's thresholds and with the chosen setting\n\n{per_cell}\n\n"
             f"Sizes: {args.train_size} training images, {args.probe_size} probe, {args.test_size} attacked test images; "
             f"{args.epochs} epochs; seeds 0..{args.seeds - 1}. On the calibration cells, refining with the whole grid took "
-            f"{timing:.0f} s a model ({len(every)} refine_suspects calls); on the held-out cells only the defaults' and the "
+            f"{timing:.0f} s a model ({len(every)} refine_suspects calls); on the held-out cells only the rule's and the "
             f"chosen setting's grouping are run.")
     _common.report("Calibrating the refined suspects: " + ", ".join(":".join(c) for c in cells), body, out, args.out, machine,
                    args.quick)

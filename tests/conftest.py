@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import sys
@@ -27,9 +28,11 @@ warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, so each computes on one thread
     torch.set_num_threads(1)
-    # and each unpacks the MNIST files into its own cache (examples/demo_data.py), so no worker reads another's half-written copy
+    # and each unpacks the MNIST files into its own cache (examples/demo_data.py), so no worker reads another's half-written
+    # copy; one per checkout too, since the cache links the data folder beside it: another clone's links dangle once it is gone
+    checkout = hashlib.sha1(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:10]
     os.environ["I2X_CACHE_DIR"] = str(Path(os.environ.get("I2X_CACHE_DIR", Path.home() / ".cache" / "lightning_i2x"))
-                                      / f"xdist-{os.environ['PYTEST_XDIST_WORKER']}")
+                                      / f"tests-{checkout}" / f"xdist-{os.environ['PYTEST_XDIST_WORKER']}")
 
 
 class TinyCNN(pl.LightningModule):

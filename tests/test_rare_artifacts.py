@@ -202,3 +202,23 @@ def test_on_a_run_reads_its_probe_and_target_layer():
         refine_suspects(model, model.features, x, y, windows=(0,))
     with pytest.raises(ValueError, match="larger than the 8x8 map"):
         refine_suspects(model, model.features, x, y, windows=(9,))
+
+
+def test_refined_defaults_want_ten_images_and_say_so():
+    """``REFINED_RULE_DEFAULTS`` (chosen on the benchmark family's calibration cells) asks a refined
+    prototype for 10 probe images: a tag on fewer is named as the strongest candidate, failing
+    "images", and found once the user lowers ``min_images``."""
+    from lightning_i2x.measures import REFINED_RULE_DEFAULTS
+
+    assert REFINED_RULE_DEFAULTS["min_images"] == 10 and REFINED_RULE_DEFAULTS["min_localisation"] == 0.9
+    x, y, masks, tagged = tagged_probe()
+    few = tagged[:6]  # the tag kept on 6 images only
+    for i in set(tagged.tolist()) - set(few.tolist()):
+        x[i], masks[i] = untagged_probe(0)[1][i], False
+    model = TagModel()
+    strict = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024)
+    assert strict.suspects == () and strict.report.verdict == "none"
+    tag_candidates = [c for c in strict.report.candidates if iou(strict.locations(c.prototype - 1), masks) > 0.9]
+    assert tag_candidates and [f.name for f in tag_candidates[0].failed] == ["images"], strict.report.summary()
+    lowered = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024, min_images=5)
+    assert lowered.suspects and all(iou(lowered.locations(j), masks) > 0.9 for j in lowered.suspects)

@@ -7,7 +7,7 @@ also works on its own, on a model and a run."""
 from ._channels import INFODISENT_ATTACHMENT, InfoDisentMeasure
 from ._faithfulness import FaithfulnessMeasure, FaithfulnessResult, deletion_insertion, pixel_ranks, random_baseline, random_maps
 from ._protocol import Measure, check_measures
-from ._refine import RefinedSuspects, location_drops, refine_suspects, refine_suspects_of_run
+from ._refine import REFINED_RULE_DEFAULTS, RefinedSuspects, location_drops, refine_suspects, refine_suspects_of_run
 from ._reliance import (
     DEFAULT_FILL,
     DEFAULT_INTERVENTION,
@@ -43,7 +43,7 @@ __all__ = [
     "Measure", "check_measures",
     "InfoDisentMeasure", "INFODISENT_ATTACHMENT",
     "FaithfulnessMeasure", "FaithfulnessResult", "deletion_insertion", "pixel_ranks", "random_baseline", "random_maps",
-    "RefinedSuspects", "location_drops", "refine_suspects", "refine_suspects_of_run",
+    "REFINED_RULE_DEFAULTS", "RefinedSuspects", "location_drops", "refine_suspects", "refine_suspects_of_run",
     "RelianceMeasure", "prototype_reliance", "latent_reliance", "prototype_subspaces", "random_locations", "reliance_of_run", "DEFAULT_FILL",
     "DEFAULT_INTERVENTION",
     "SAG", "SAGNode", "SAGEdge", "MSEResult", "SAGMeasure", "StoredSAG", "stored_sags", "sag", "minimal_sufficient_explanations",

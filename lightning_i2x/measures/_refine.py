@@ -28,7 +28,13 @@ from ..errors import I2XRunError
 from ..perturb import FILLS, LatentSwap, apply_mask, default_sigma, fill_values, resample_donors, target_probabilities
 from ._reliance import _run_layer, prototype_reliance
 
-__all__ = ["RefinedSuspects", "location_drops", "refine_suspects", "refine_suspects_of_run"]
+__all__ = ["REFINED_RULE_DEFAULTS", "RefinedSuspects", "location_drops", "refine_suspects", "refine_suspects_of_run"]
+
+REFINED_RULE_DEFAULTS: dict[str, object] = {**SUSPECT_RULE_DEFAULTS, "min_images": 10, "min_localisation": 0.9}
+"""The suspect rule's thresholds for refined prototypes: the rule's own but for two, chosen on the
+benchmark family's calibration cells (``benchmarks/shortcut_refine.py``): a refined prototype must
+be in at least 10 probe images, and at least 0.9 of its drop must be more than hiding as much of
+the image anywhere costs. With the rule's 5 and 0.5 it named refined suspects on most clean models."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +138,8 @@ def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torc
         windows: the block sizes of ``location_drops`` (default single locations and 2 x 2 blocks:
             one location at a time misses a tag across a cell border that the model reads from
             either half, ``tests/test_rare_artifacts.py``).
-        **thresholds: the suspect rule's (``SUSPECT_RULE_DEFAULTS``); ``min_reliance_per_location``
-            also picks the relied-on locations.
+        **thresholds: the suspect rule's, by name (defaults ``REFINED_RULE_DEFAULTS``);
+            ``min_reliance_per_location`` also picks the relied-on locations.
 
     Returns a ``RefinedSuspects``; with no location relied on, no refined prototype and no suspect.
     """
@@ -143,7 +149,8 @@ def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torc
     unknown = sorted(set(thresholds) - set(SUSPECT_RULE_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown suspect-rule threshold(s) {unknown}; the rule takes {sorted(SUSPECT_RULE_DEFAULTS)}")
-    min_drop = float(thresholds.get("min_reliance_per_location", SUSPECT_RULE_DEFAULTS["min_reliance_per_location"]))
+    rule = {**REFINED_RULE_DEFAULTS, **thresholds}
+    min_drop = float(rule["min_reliance_per_location"])
     drops, feats = location_drops(model, layer, images, labels, fill=fill, seed=seed, batch_size=batch_size, windows=windows,
                                   forward_fn=forward_fn)
     clusters = relied_clusters(feats.permute(0, 2, 3, 1).float().cpu().numpy(), drops, min_drop=min_drop,
@@ -158,7 +165,7 @@ def refine_suspects(model: torch.nn.Module, layer: torch.nn.Module, images: torc
     rel = prototype_reliance(model, images, labels, assignment, 1 + clusters.count, fill=fill, n_random=n_random, seed=seed,
                              batch_size=batch_size, max_images_per_prototype=max_images_per_prototype, num_classes=num_classes,
                              forward_fn=forward_fn)
-    report = suspect_report(rel, assignment, np.asarray(torch.as_tensor(labels).cpu()), **thresholds)
+    report = suspect_report(rel, assignment, np.asarray(torch.as_tensor(labels).cpu()), **rule)
     suspects = tuple(k - 1 for k in report.suspects if k >= 1)
     return RefinedSuspects(clusters, assignment, rel, report, suspects, drops)
 
