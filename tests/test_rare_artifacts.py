@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_i2x.analysis import relied_clusters, suspect_report
 from lightning_i2x.errors import I2XRunError
-from lightning_i2x.measures import prototype_reliance, refine_suspects, refine_suspects_of_run
+from lightning_i2x.measures import REFINED_RULE_DEFAULTS, prototype_reliance, refine_suspects, refine_suspects_of_run
 from lightning_i2x.perturb import pixel_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -208,13 +208,11 @@ def test_refined_defaults_want_ten_images_and_say_so():
     """``REFINED_RULE_DEFAULTS`` (chosen on the benchmark family's calibration cells) asks a refined
     prototype for 10 probe images: a tag on fewer is named as the strongest candidate, failing
     "images", and found once the user lowers ``min_images``."""
-    from lightning_i2x.measures import REFINED_RULE_DEFAULTS
-
     assert REFINED_RULE_DEFAULTS["min_images"] == 10 and REFINED_RULE_DEFAULTS["min_localisation"] == 0.9
     x, y, masks, tagged = tagged_probe()
-    few = tagged[:6]  # the tag kept on 6 images only
-    for i in set(tagged.tolist()) - set(few.tolist()):
-        x[i], masks[i] = untagged_probe(0)[1][i], False
+    untagged = untagged_probe(0)[1]
+    for i in tagged[6:]:  # the tag kept on 6 images only
+        x[i], masks[i] = untagged[i], False
     model = TagModel()
     strict = refine_suspects(model, model.features, x, y, n_random=4, seed=0, batch_size=1024)
     assert strict.suspects == () and strict.report.verdict == "none"
